@@ -1,0 +1,1 @@
+"""SQL migrations for the agent_memory database (applied by orchestrator.migrate)."""

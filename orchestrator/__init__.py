@@ -1,0 +1,3 @@
+"""agogd: the orchestration daemon (agent-backend) of AgogSaaS."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,83 @@
+"""structlog set-up: JSON lines on stdout by default, a console format on request.
+
+Context (``req_number``, ``stage``, ``agent``, ``msg_subject``) is bound with
+``bound_context`` and rides on every line logged inside it. A redaction
+processor keeps anything that looks like a secret out of the output.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import sys
+from collections.abc import Iterator, MutableMapping
+from typing import Any
+
+import structlog
+
+CONTEXT_KEYS = ("req_number", "stage", "agent", "msg_subject")
+_SECRET_KEY = re.compile(r"pass(word)?|secret|token|creds|authorization|api_key", re.I)
+_URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*):[^@/\s]+@", re.I)
+
+
+def redact_secrets(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """Mask values under secret-looking keys and passwords inside URLs."""
+    for key, value in list(event_dict.items()):
+        if _SECRET_KEY.search(key) and value is not None:
+            event_dict[key] = "***"
+        elif isinstance(value, str) and "://" in value:
+            event_dict[key] = _URL_PASSWORD.sub(r"\g<scheme>\g<user>:***@", value)
+    return event_dict
+
+
+def configure(level: str = "info", fmt: str = "json") -> None:
+    """Configure structlog and route stdlib logging (asyncio, nats) through it."""
+    if fmt == "auto":
+        fmt = "console" if sys.stdout.isatty() else "json"
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        redact_secrets,
+    ]
+    renderer: Any
+    if fmt == "console":
+        renderer = structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty())
+    else:
+        renderer = structlog.processors.JSONRenderer()
+    numeric = logging.getLevelName(level.upper())
+    structlog.configure(
+        processors=[*shared, structlog.processors.format_exc_info, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stdout),
+        cache_logger_on_first_use=False,
+    )
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                renderer,
+            ],
+            foreign_pre_chain=[*shared, structlog.stdlib.ExtraAdder()],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(max(numeric, logging.INFO) if numeric < logging.INFO else numeric)
+
+
+def get_logger(name: str | None = None) -> structlog.typing.FilteringBoundLogger:
+    return structlog.get_logger(name) if name else structlog.get_logger()
+
+
+@contextlib.contextmanager
+def bound_context(**context: Any) -> Iterator[None]:
+    """Bind REQ/stage/agent/subject context to every log line in the block."""
+    known = {k: v for k, v in context.items() if v is not None}
+    with structlog.contextvars.bound_contextvars(**known):
+        yield

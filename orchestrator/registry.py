@@ -1,0 +1,353 @@
+"""The canonical stage registry, loaded from ``pipeline.toml``.
+
+The old daemon failed because components disagreed on subjects and stage
+numbers. Here one data file describes the pipeline and every module asks this
+module. Everything in it is pure: no I/O beyond reading the TOML file.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+DEFAULT_PIPELINE_FILE = Path(__file__).with_name("pipeline.toml")
+
+GateKind = Literal["none", "critique", "qa", "deploy"]
+GATE_KINDS: tuple[str, ...] = ("none", "critique", "qa", "deploy")
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+_TOKEN = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+class RegistryError(ValueError):
+    """The pipeline file is inconsistent; agogd refuses to start on it."""
+
+
+def parse_duration(value: str | int | float) -> float:
+    """Turn ``"90s"``, ``"2h"``, ``"7d"`` or a number of seconds into seconds."""
+    if isinstance(value, bool):
+        raise RegistryError(f"not a duration: {value!r}")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        match = _DURATION.match(value)
+        if not match:
+            raise RegistryError(f"not a duration: {value!r} (use e.g. 90s, 30m, 2h, 7d)")
+        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    if seconds <= 0:
+        raise RegistryError(f"duration must be positive: {value!r}")
+    return seconds
+
+
+def subject_matches(pattern: str, subject: str) -> bool:
+    """NATS subject matching: ``*`` is one token, ``>`` the rest (one or more)."""
+    p_tokens = pattern.split(".")
+    s_tokens = subject.split(".")
+    for i, tok in enumerate(p_tokens):
+        if tok == ">":
+            return len(s_tokens) > i
+        if i >= len(s_tokens):
+            return False
+        if tok != "*" and tok != s_tokens[i]:
+            return False
+    return len(s_tokens) == len(p_tokens)
+
+
+def patterns_overlap(a: str, b: str) -> bool:
+    """Whether two subject patterns can match a common subject."""
+    a_tokens, b_tokens = a.split("."), b.split(".")
+    for i in range(max(len(a_tokens), len(b_tokens))):
+        ta = a_tokens[i] if i < len(a_tokens) else None
+        tb = b_tokens[i] if i < len(b_tokens) else None
+        if ta == ">" and tb is not None:
+            return True
+        if tb == ">" and ta is not None:
+            return True
+        if ta is None or tb is None:
+            return False
+        if ta != tb and "*" not in (ta, tb):
+            return False
+    return True
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    """Desired configuration of one JetStream stream."""
+
+    name: str
+    subjects: tuple[str, ...]
+    storage: str = "file"
+    retention: str = "limits"
+    discard: str = "old"
+    max_age: float = 7 * 86400
+    max_msgs: int = 10000
+    max_bytes: int = 1 << 30
+    max_msg_size: int = 10 << 20
+    duplicate_window: float = 120
+    num_replicas: int = 1
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One step of the pipeline, or a follow-up such as Tim's documentation."""
+
+    index: int
+    name: str
+    agent: str
+    role: str
+    stream: str
+    timeout: float
+    retries: int
+    gate: str = "none"
+    rework_budget: int = 0
+    after: str | None = None
+
+
+@dataclass(frozen=True)
+class Reporter:
+    """An agent that publishes deliverables outside the REQ pipeline (Miki)."""
+
+    name: str
+    agent: str
+    role: str
+    stream: str
+
+
+@dataclass(frozen=True)
+class ConsumerSpec:
+    """A durable pull consumer that agogd creates on one or more streams."""
+
+    name: str
+    streams: tuple[str, ...]
+    filter_subject: str | None = None
+    ack_wait: float = 60
+    max_deliver: int = 20
+    max_ack_pending: int = 1000
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """The whole registry: stages, follow-ups, reporters, streams, consumers."""
+
+    stages: tuple[Stage, ...]
+    followups: tuple[Stage, ...]
+    reporters: tuple[Reporter, ...]
+    streams: tuple[StreamSpec, ...]
+    consumers: tuple[ConsumerSpec, ...]
+    subjects: Mapping[str, str] = field(default_factory=dict)
+
+    # --- lookups -----------------------------------------------------------
+    @property
+    def agents(self) -> tuple[str, ...]:
+        """Every agent agogd knows, pipeline first."""
+        names = [s.agent for s in self.stages] + [s.agent for s in self.followups]
+        names += [r.agent for r in self.reporters]
+        return tuple(dict.fromkeys(names))
+
+    def stage(self, index: int) -> Stage:
+        return self.stages[index]
+
+    def stage_for_agent(self, agent: str) -> Stage | None:
+        """The pipeline stage or follow-up an agent runs, or None."""
+        for stage in (*self.stages, *self.followups):
+            if stage.agent == agent:
+                return stage
+        return None
+
+    def next_stage(self, index: int) -> Stage | None:
+        return self.stages[index + 1] if index + 1 < len(self.stages) else None
+
+    def followups_after(self, agent: str) -> tuple[Stage, ...]:
+        return tuple(f for f in self.followups if f.after == agent)
+
+    def stream(self, name: str) -> StreamSpec:
+        for spec in self.streams:
+            if spec.name == name:
+                return spec
+        raise KeyError(name)
+
+    def streams_binding(self, subject: str) -> list[str]:
+        """Names of the streams whose subjects match a concrete subject."""
+        return [s.name for s in self.streams if any(subject_matches(p, subject) for p in s.subjects)]
+
+    # --- subjects ----------------------------------------------------------
+    def subject(self, kind: str, **fields: str) -> str:
+        """Fill a subject template; every field must be a single safe token."""
+        for key, value in fields.items():
+            if not _TOKEN.match(value):
+                raise ValueError(f"{key}={value!r} is not a single safe subject token")
+        return self.subjects[kind].format(**fields)
+
+    def deliverable_subject(self, stage: Stage | Reporter, req: str) -> str:
+        return self.subject("deliverable", agent=stage.agent, role=stage.role, req=req)
+
+    def sample_subjects(self) -> list[str]:
+        """One concrete subject for everything agogd publishes or consumes."""
+        req = "REQ-SAMPLE-1"
+        out: list[str] = []
+        for stage in (*self.stages, *self.followups):
+            out.append(self.deliverable_subject(stage, req))
+            out.append(self.subject("assignment", agent=stage.agent, req=req))
+            out.append(self.subject("heartbeat", agent=stage.agent, req=req))
+            for event in ("started", "completed", "blocked", "failed", "skipped"):
+                out.append(self.subject("stage_event", event=event, agent=stage.agent, req=req))
+        for reporter in self.reporters:
+            out.append(self.deliverable_subject(reporter, "infra"))
+        for event in ("started", "resumed", "completed", "failed"):
+            out.append(self.subject("workflow_event", event=event, req=req))
+        out.append(self.subjects["rejection"])
+        out.append(self.subject("decision", req=req))
+        out.append(self.subject("escalation", target="human"))
+        out.append(self.subject("escalation", target=req))
+        out.append(self.subjects["intake"])
+        out.append(self.subject("sub_intake", req=req))
+        return out
+
+    def with_timeouts(self, overrides: Mapping[str, float]) -> Pipeline:
+        """A copy with some stage timeouts replaced, keyed by agent."""
+        unknown = set(overrides) - {s.agent for s in (*self.stages, *self.followups)}
+        if unknown:
+            raise RegistryError(f"stage timeout for unknown agent(s): {', '.join(sorted(unknown))}")
+        return replace(
+            self,
+            stages=tuple(replace(s, timeout=overrides.get(s.agent, s.timeout)) for s in self.stages),
+            followups=tuple(
+                replace(s, timeout=overrides.get(s.agent, s.timeout)) for s in self.followups
+            ),
+        )
+
+
+def validate(pipeline: Pipeline) -> list[str]:
+    """Every inconsistency in a pipeline, as readable lines (empty when fine)."""
+    problems: list[str] = []
+    stream_names = [s.name for s in pipeline.streams]
+    if len(set(stream_names)) != len(stream_names):
+        problems.append("duplicate stream names")
+    if not pipeline.stages:
+        problems.append("the pipeline has no stages")
+    for pos, stage in enumerate(pipeline.stages):
+        if stage.index != pos:
+            problems.append(f"stage {stage.name!r} has index {stage.index}, expected {pos}")
+    agents = [s.agent for s in (*pipeline.stages, *pipeline.followups)]
+    if len(set(agents)) != len(agents):
+        problems.append("an agent appears in more than one stage")
+    for stage in (*pipeline.stages, *pipeline.followups, *pipeline.reporters):
+        for token in (stage.agent, stage.role):
+            if not _TOKEN.match(token):
+                problems.append(f"{token!r} is not a safe subject token")
+        if stage.stream not in stream_names:
+            problems.append(f"{stage.name!r} names unknown stream {stage.stream!r}")
+    for stage in (*pipeline.stages, *pipeline.followups):
+        if stage.gate not in GATE_KINDS:
+            problems.append(f"stage {stage.name!r} has unknown gate {stage.gate!r}")
+        if stage.retries < 0 or stage.rework_budget < 0:
+            problems.append(f"stage {stage.name!r} has a negative budget")
+    for followup in pipeline.followups:
+        if followup.after not in {s.agent for s in pipeline.stages}:
+            problems.append(f"follow-up {followup.name!r} runs after unknown {followup.after!r}")
+    for consumer in pipeline.consumers:
+        for stream in consumer.streams:
+            if stream not in stream_names:
+                problems.append(f"consumer {consumer.name!r} names unknown stream {stream!r}")
+    required = {"deliverable", "assignment", "heartbeat", "stage_event", "workflow_event",
+                "rejection", "decision", "escalation", "intake", "sub_intake"}
+    missing = required - set(pipeline.subjects)
+    if missing:
+        problems.append(f"subject templates missing: {', '.join(sorted(missing))}")
+        return problems
+    for a in pipeline.streams:
+        for b in pipeline.streams:
+            if a.name < b.name and any(
+                patterns_overlap(x, y) for x in a.subjects for y in b.subjects
+            ):
+                problems.append(f"streams {a.name} and {b.name} bind overlapping subjects")
+    for subject in pipeline.sample_subjects():
+        bound = pipeline.streams_binding(subject)
+        if len(bound) != 1:
+            problems.append(f"subject {subject} is bound by {len(bound)} streams {bound}, not 1")
+    return problems
+
+
+def _stream(raw: Mapping[str, Any], defaults: Mapping[str, Any]) -> StreamSpec:
+    merged = {**defaults, **raw}
+    return StreamSpec(
+        name=merged["name"],
+        subjects=tuple(merged["subjects"]),
+        storage=merged.get("storage", "file"),
+        retention=merged.get("retention", "limits"),
+        discard=merged.get("discard", "old"),
+        max_age=parse_duration(merged.get("max_age", "7d")),
+        max_msgs=int(merged.get("max_msgs", -1)),
+        max_bytes=int(merged.get("max_bytes", -1)),
+        max_msg_size=int(merged.get("max_msg_size", -1)),
+        duplicate_window=parse_duration(merged.get("duplicate_window", "2m")),
+        num_replicas=int(merged.get("num_replicas", 1)),
+    )
+
+
+def _stage(raw: Mapping[str, Any], index: int) -> Stage:
+    return Stage(
+        index=int(raw.get("index", index)),
+        name=raw["name"],
+        agent=raw["agent"],
+        role=raw["role"],
+        stream=raw["stream"],
+        timeout=parse_duration(raw.get("timeout", "1h")),
+        retries=int(raw.get("retries", 0)),
+        gate=raw.get("gate", "none"),
+        rework_budget=int(raw.get("rework_budget", 0)),
+        after=raw.get("after"),
+    )
+
+
+def _consumer(raw: Mapping[str, Any], defaults: Mapping[str, Any]) -> ConsumerSpec:
+    merged = {**defaults, **raw}
+    return ConsumerSpec(
+        name=merged["name"],
+        streams=tuple(merged["streams"]),
+        filter_subject=merged.get("filter_subject"),
+        ack_wait=parse_duration(merged.get("ack_wait", "60s")),
+        max_deliver=int(merged.get("max_deliver", 20)),
+        max_ack_pending=int(merged.get("max_ack_pending", 1000)),
+    )
+
+
+def from_mapping(data: Mapping[str, Any]) -> Pipeline:
+    """Build and validate a pipeline from parsed TOML."""
+    try:
+        stream_defaults = data.get("stream_defaults", {})
+        consumer_defaults = data.get("consumer_defaults", {})
+        pipeline = Pipeline(
+            stages=tuple(_stage(s, i) for i, s in enumerate(data.get("stages", []))),
+            followups=tuple(_stage(s, -1) for s in data.get("followups", [])),
+            reporters=tuple(
+                Reporter(name=r["name"], agent=r["agent"], role=r["role"], stream=r["stream"])
+                for r in data.get("reporters", [])
+            ),
+            streams=tuple(_stream(s, stream_defaults) for s in data.get("streams", [])),
+            consumers=tuple(_consumer(c, consumer_defaults) for c in data.get("consumers", [])),
+            subjects=dict(data.get("subjects", {})),
+        )
+    except KeyError as exc:
+        raise RegistryError(f"pipeline entry is missing the key {exc}") from None
+    problems = validate(pipeline)
+    if problems:
+        raise RegistryError("; ".join(problems))
+    return pipeline
+
+
+def load(path: Path | None = None, timeouts: Mapping[str, float] | None = None) -> Pipeline:
+    """Load the pipeline file (the packaged default unless a path is given)."""
+    source = path or DEFAULT_PIPELINE_FILE
+    try:
+        data = tomllib.loads(source.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise RegistryError(f"cannot read pipeline file {source}: {exc}") from None
+    pipeline = from_mapping(data)
+    return pipeline.with_timeouts(timeouts) if timeouts else pipeline
+

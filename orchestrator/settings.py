@@ -1,0 +1,179 @@
+"""All of agogd's configuration in one place (``AGOG_*`` environment, ``.env``).
+
+Secrets are ``SecretStr`` so that they never reach a log line or a repr.
+A bad value becomes one readable line naming the variable (see
+``describe_error``), never a traceback.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from orchestrator import registry
+
+ENV_PREFIX = "AGOG_"
+
+
+class Settings(BaseSettings):
+    """agogd settings; each field is read from ``AGOG_<FIELD>``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        validate_default=True,
+    )
+
+    # --- NATS ------------------------------------------------------------
+    nats_url: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["nats://127.0.0.1:4222"],
+        description="Comma-separated NATS server URLs.",
+    )
+    nats_user: str | None = None
+    nats_password: SecretStr | None = None
+    nats_token: SecretStr | None = None
+    nats_creds_file: Path | None = None
+    nats_tls_ca: Path | None = None
+    nats_tls_cert: Path | None = None
+    nats_tls_key: Path | None = None
+    nats_connect_timeout: float = Field(default=5.0, gt=0)
+
+    # --- Postgres (agent_memory) ----------------------------------------
+    postgres_dsn: SecretStr = SecretStr("postgresql://agent_user@127.0.0.1:5434/agent_memory")
+    postgres_password: SecretStr | None = None
+    postgres_pool_min: int = Field(default=1, ge=0)
+    postgres_pool_max: int = Field(default=10, ge=1)
+
+    # --- other services --------------------------------------------------
+    docker_url: str = "unix:///var/run/docker.sock"
+    ollama_url: str = "http://127.0.0.1:11434"
+
+    # --- pipeline ----------------------------------------------------------
+    pipeline_file: Path | None = None
+    stage_timeouts: dict[str, float] = Field(
+        default_factory=dict,
+        description='JSON object of agent -> seconds, e.g. {"roy": 7200}.',
+    )
+
+    # --- HTTP, lifecycle, logging ----------------------------------------
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=8090, ge=0, le=65535)
+    shutdown_grace: float = Field(default=20.0, gt=0)
+    health_interval: float = Field(default=2.0, gt=0)
+    backoff_max: float = Field(default=30.0, gt=0)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["json", "console", "auto"] = "json"
+
+    # --- embedded default (agogd dev) ------------------------------------
+    data_dir: Path = Path(".agogd")
+
+    @field_validator("nats_url", mode="before")
+    @classmethod
+    def _split_urls(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [u.strip() for u in value.split(",") if u.strip()]
+        return value
+
+    @field_validator("nats_url")
+    @classmethod
+    def _check_urls(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("at least one NATS URL is required")
+        for url in value:
+            if urlsplit(url).scheme not in ("nats", "tls", "ws", "wss"):
+                raise ValueError(f"{redact_url(url)} is not a nats://, tls://, ws:// or wss:// URL")
+        return value
+
+    @field_validator("log_level", "log_format", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("postgres_dsn")
+    @classmethod
+    def _check_dsn(cls, value: SecretStr) -> SecretStr:
+        scheme = urlsplit(value.get_secret_value()).scheme
+        if scheme not in ("postgres", "postgresql"):
+            raise ValueError("must be a postgresql:// URL")
+        return value
+
+    @field_validator("stage_timeouts")
+    @classmethod
+    def _check_timeouts(cls, value: dict[str, float]) -> dict[str, float]:
+        for agent, seconds in value.items():
+            if seconds <= 0:
+                raise ValueError(f"timeout for {agent} must be positive")
+        return value
+
+    @model_validator(mode="after")
+    def _check_auth(self) -> Settings:
+        if self.nats_password is not None and not self.nats_user:
+            raise ValueError("AGOG_NATS_PASSWORD is set without AGOG_NATS_USER")
+        if self.nats_creds_file is not None and not self.nats_creds_file.is_file():
+            raise ValueError(f"AGOG_NATS_CREDS_FILE {self.nats_creds_file} does not exist")
+        if bool(self.nats_tls_cert) != bool(self.nats_tls_key):
+            raise ValueError("AGOG_NATS_TLS_CERT and AGOG_NATS_TLS_KEY go together")
+        return self
+
+    # --- derived ----------------------------------------------------------
+    def load_pipeline(self) -> registry.Pipeline:
+        """The canonical pipeline with this deployment's timeout overrides."""
+        return registry.load(self.pipeline_file, self.stage_timeouts)
+
+    def dsn(self) -> str:
+        """The Postgres DSN with the password filled in (never log this)."""
+        raw = self.postgres_dsn.get_secret_value()
+        if self.postgres_password is None:
+            return raw
+        parts = urlsplit(raw)
+        user = parts.username or ""
+        host = parts.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        port = f":{parts.port}" if parts.port else ""
+        netloc = f"{user}:{self.postgres_password.get_secret_value()}@{host}{port}"
+        return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+    def public_dsn(self) -> str:
+        """The Postgres DSN safe to print: no password."""
+        return redact_url(self.postgres_dsn.get_secret_value())
+
+
+def redact_url(url: str) -> str:
+    """Drop the password (and token-style user info) from a URL."""
+    parts = urlsplit(url)
+    if parts.password is None and "@" not in parts.netloc:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    if parts.password is None:
+        user = "***"  # a bare token in the user slot is a secret too
+    netloc = f"{user}@{host}" if user else host
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def describe_error(exc: ValidationError | ValueError) -> str:
+    """One line naming each offending variable, for the start-up error."""
+    if not isinstance(exc, ValidationError):
+        return f"invalid settings: {exc}"
+    parts = []
+    for err in exc.errors():
+        loc = [str(x) for x in err.get("loc", ()) if x != "__root__"]
+        message = err.get("msg", "invalid").removeprefix("Value error, ")
+        if loc:
+            name = ENV_PREFIX + loc[0].upper()
+            parts.append(f"{name}: {message}")
+        else:
+            parts.append(message)
+    return "invalid settings: " + "; ".join(parts)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read settings from the environment and ``.env``; raises ValidationError."""
+    return Settings(**overrides)

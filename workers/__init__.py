@@ -1,0 +1,1 @@
+"""Workers that agogd runs beside the orchestrator: the agent runner and DevOps workers."""
