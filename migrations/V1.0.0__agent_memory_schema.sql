@@ -2,7 +2,6 @@
 -- for workflow state; JetStream only carries messages.
 
 CREATE EXTENSION IF NOT EXISTS vector;
-CREATE EXTENSION IF NOT EXISTS pgcrypto;
 
 -- Compatible with the old daemon (Berry reads it to verify Billy's approval).
 -- req_number widened from 50 to 64 characters: valid REQ ids go up to 64.

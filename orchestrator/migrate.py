@@ -72,9 +72,7 @@ def discover(directory: Path | None = None) -> list[Migration]:
             raise MigrationError(
                 f"{path.name}: migration files are named V<major>.<minor>.<patch>__<what>.sql"
             )
-        found.append(
-            Migration(match["version"], match["description"], path.name, path.read_text())
-        )
+        found.append(Migration(match["version"], match["description"], path.name, path.read_text()))
     found.sort(key=lambda m: m.key)
     keys = [m.key for m in found]
     if len(set(keys)) != len(keys):

@@ -173,7 +173,9 @@ class Pipeline:
 
     def streams_binding(self, subject: str) -> list[str]:
         """Names of the streams whose subjects match a concrete subject."""
-        return [s.name for s in self.streams if any(subject_matches(p, subject) for p in s.subjects)]
+        return [
+            s.name for s in self.streams if any(subject_matches(p, subject) for p in s.subjects)
+        ]
 
     # --- subjects ----------------------------------------------------------
     def subject(self, kind: str, **fields: str) -> str:
@@ -215,7 +217,9 @@ class Pipeline:
             raise RegistryError(f"stage timeout for unknown agent(s): {', '.join(sorted(unknown))}")
         return replace(
             self,
-            stages=tuple(replace(s, timeout=overrides.get(s.agent, s.timeout)) for s in self.stages),
+            stages=tuple(
+                replace(s, timeout=overrides.get(s.agent, s.timeout)) for s in self.stages
+            ),
             followups=tuple(
                 replace(s, timeout=overrides.get(s.agent, s.timeout)) for s in self.followups
             ),
@@ -254,8 +258,18 @@ def validate(pipeline: Pipeline) -> list[str]:
         for stream in consumer.streams:
             if stream not in stream_names:
                 problems.append(f"consumer {consumer.name!r} names unknown stream {stream!r}")
-    required = {"deliverable", "assignment", "heartbeat", "stage_event", "workflow_event",
-                "rejection", "decision", "escalation", "intake", "sub_intake"}
+    required = {
+        "deliverable",
+        "assignment",
+        "heartbeat",
+        "stage_event",
+        "workflow_event",
+        "rejection",
+        "decision",
+        "escalation",
+        "intake",
+        "sub_intake",
+    }
     missing = required - set(pipeline.subjects)
     if missing:
         problems.append(f"subject templates missing: {', '.join(sorted(missing))}")
@@ -350,4 +364,3 @@ def load(path: Path | None = None, timeouts: Mapping[str, float] | None = None) 
         raise RegistryError(f"cannot read pipeline file {source}: {exc}") from None
     pipeline = from_mapping(data)
     return pipeline.with_timeouts(timeouts) if timeouts else pipeline
-

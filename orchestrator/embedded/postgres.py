@@ -40,9 +40,15 @@ def _bin_dir() -> Path:
 class PostgresServer:
     """Init, start, stop, kill and restart one PostgreSQL cluster."""
 
-    def __init__(self, data_dir: Path, port: int = 0, host: str = "127.0.0.1",
-                 durable: bool = True, user: str = "agent_user",
-                 database: str = "agent_memory") -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        port: int = 0,
+        host: str = "127.0.0.1",
+        durable: bool = True,
+        user: str = "agent_user",
+        database: str = "agent_memory",
+    ) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.host = host
         self.port = port or free_port(host)
@@ -67,8 +73,9 @@ class PostgresServer:
 
     def dsn(self, database: str | None = None, user: str | None = None) -> str:
         """Loopback DSN; the cluster trusts loopback, so it carries no password."""
-        return (f"postgresql://{user or self.user}@{self.host}:{self.port}/"
-                f"{database or self.database}")
+        return (
+            f"postgresql://{user or self.user}@{self.host}:{self.port}/{database or self.database}"
+        )
 
     # --- set-up -------------------------------------------------------------
     def _prepare_root(self) -> None:
@@ -78,8 +85,11 @@ class PostgresServer:
         try:
             entry = pwd.getpwnam(self.run_as)
         except KeyError:
-            subprocess.run(["useradd", "--system", "--no-create-home", self.run_as],
-                           check=True, capture_output=True)
+            subprocess.run(
+                ["useradd", "--system", "--no-create-home", self.run_as],
+                check=True,
+                capture_output=True,
+            )
             entry = pwd.getpwnam(self.run_as)
         traverse = stat.S_IXGRP | stat.S_IXOTH | stat.S_IRGRP | stat.S_IROTH
         for path in (self.bin.parent, self.data_dir):
@@ -96,8 +106,9 @@ class PostgresServer:
             os.chown(self.pgdata, entry.pw_uid, entry.pw_gid)
 
     def _run(self, args: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(args, capture_output=True, text=True, user=self.run_as,
-                                check=False, **kwargs)  # type: ignore[call-overload]
+        result = subprocess.run(
+            args, capture_output=True, text=True, user=self.run_as, check=False, **kwargs
+        )  # type: ignore[call-overload]
         if result.returncode != 0:
             raise EmbeddedError(f"{Path(args[0]).name} failed: {result.stderr.strip()}")
         return result
@@ -105,14 +116,42 @@ class PostgresServer:
     def _initdb(self) -> None:
         if (self.pgdata / "PG_VERSION").exists():
             return
-        self._run([str(self.bin / "initdb"), "-D", str(self.pgdata), "-U", SUPERUSER,
-                   "--auth=trust", "--encoding=UTF8", "--no-instructions"])
+        self._run(
+            [
+                str(self.bin / "initdb"),
+                "-D",
+                str(self.pgdata),
+                "-U",
+                SUPERUSER,
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--no-instructions",
+            ]
+        )
 
     def psql(self, sql: str, database: str = "postgres") -> str:
         """Run SQL as the superuser through psql (for bootstrap and tests)."""
-        return self._run([str(self.bin / "psql"), "-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1",
-                          "-h", self.host, "-p", str(self.port), "-U", SUPERUSER,
-                          "-d", database, "-c", sql]).stdout
+        return self._run(
+            [
+                str(self.bin / "psql"),
+                "-X",
+                "-q",
+                "-t",
+                "-A",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                self.host,
+                "-p",
+                str(self.port),
+                "-U",
+                SUPERUSER,
+                "-d",
+                database,
+                "-c",
+                sql,
+            ]
+        ).stdout
 
     def _bootstrap(self) -> None:
         exists = self.psql(f"SELECT 1 FROM pg_roles WHERE rolname = '{self.user}'").strip()
@@ -134,7 +173,9 @@ class PostgresServer:
     def _ready(self) -> bool:
         result = subprocess.run(
             [str(self.bin / "pg_isready"), "-q", "-h", self.host, "-p", str(self.port)],
-            capture_output=True, check=False)
+            capture_output=True,
+            check=False,
+        )
         return result.returncode == 0
 
     def start(self, timeout: float = 60.0) -> PostgresServer:
@@ -145,18 +186,40 @@ class PostgresServer:
         self._prepare_root()
         self._initdb()
         kill_stale(self.pgdata / "postmaster.pid", str(self.pgdata), signal.SIGINT)
-        args = [str(self.bin / "postgres"), "-D", str(self.pgdata), "-h", self.host,
-                "-p", str(self.port), "-k", str(self.socket_dir), "-c", "max_connections=200"]
+        args = [
+            str(self.bin / "postgres"),
+            "-D",
+            str(self.pgdata),
+            "-h",
+            self.host,
+            "-p",
+            str(self.port),
+            "-k",
+            str(self.socket_dir),
+            "-c",
+            "max_connections=200",
+        ]
         if not self.durable:
-            args += ["-c", "fsync=off", "-c", "synchronous_commit=off",
-                     "-c", "full_page_writes=off"]
+            args += [
+                "-c",
+                "fsync=off",
+                "-c",
+                "synchronous_commit=off",
+                "-c",
+                "full_page_writes=off",
+            ]
         log = self.log_file.open("ab")
         if self.run_as:
             os.chown(self.log_file, pwd.getpwnam(self.run_as).pw_uid, -1)
         with log:
-            self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
-                                         user=self.run_as, start_new_session=True,
-                                         preexec_fn=parent_death_signal)
+            self.proc = subprocess.Popen(
+                args,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                user=self.run_as,
+                start_new_session=True,
+                preexec_fn=parent_death_signal,
+            )
         wait_until(self._ready, timeout, "postgres", self.proc, self.log_file)
         self._bootstrap()
         return self

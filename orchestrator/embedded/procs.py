@@ -42,8 +42,13 @@ def find_executable(name: str, package_hint: str) -> Path:
     return Path(found)
 
 
-def wait_until(check: Callable[[], bool], timeout: float, what: str,
-               proc: subprocess.Popen[bytes] | None = None, log: Path | None = None) -> None:
+def wait_until(
+    check: Callable[[], bool],
+    timeout: float,
+    what: str,
+    proc: subprocess.Popen[bytes] | None = None,
+    log: Path | None = None,
+) -> None:
     """Poll ``check`` until true; fail with the log tail if the process died."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -61,8 +66,9 @@ def tail(log: Path | None, lines: int = 15) -> str:
     return " | ".join(log.read_text(errors="replace").splitlines()[-lines:])
 
 
-def stop_process(proc: subprocess.Popen[bytes] | None, sig: int = signal.SIGTERM,
-                 timeout: float = 15.0) -> None:
+def stop_process(
+    proc: subprocess.Popen[bytes] | None, sig: int = signal.SIGTERM, timeout: float = 15.0
+) -> None:
     """Signal a child and wait; SIGKILL it if it does not go in time."""
     if proc is None or proc.poll() is not None:
         return
@@ -88,8 +94,9 @@ def parent_death_signal() -> None:
         _LIBC.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def kill_stale(pid_file: Path, marker: str, sig: int = signal.SIGTERM,
-               timeout: float = 15.0) -> None:
+def kill_stale(
+    pid_file: Path, marker: str, sig: int = signal.SIGTERM, timeout: float = 15.0
+) -> None:
     """Stop a leftover server of ours (from a crashed run) named in a pid file."""
     try:
         pid = int(pid_file.read_text().split()[0])

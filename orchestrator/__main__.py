@@ -1,0 +1,5 @@
+"""``python -m orchestrator`` starts the daemon, like ``agogd``."""
+
+from orchestrator.cli import main
+
+main()

@@ -1,0 +1,96 @@
+"""``agogd``: run the daemon (default), or ``agogd dev`` on embedded servers."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+from pydantic import ValidationError
+from pydantic_settings import SettingsError
+
+from orchestrator import logs
+from orchestrator.registry import RegistryError
+from orchestrator.settings import ENV_PREFIX, Settings, describe_error, load_settings
+
+EXIT_BAD_CONFIG = 2
+
+
+def fail_config(message: str) -> NoReturn:
+    click.echo(f"agogd: {message}", err=True)
+    sys.exit(EXIT_BAD_CONFIG)
+
+
+def settings_or_exit(**overrides: Any) -> Settings:
+    """Settings and pipeline, or one clear line on stderr and exit code 2."""
+    try:
+        settings = load_settings(**overrides)
+        settings.load_pipeline()
+    except ValidationError as exc:
+        fail_config(describe_error(exc))
+    except SettingsError as exc:
+        match = re.search(r'field "(\w+)"', str(exc))
+        name = ENV_PREFIX + match.group(1).upper() if match else "a setting"
+        fail_config(f"invalid settings: {name}: not valid JSON")
+    except RegistryError as exc:
+        fail_config(f"invalid pipeline: {exc}")
+    return settings
+
+
+def run_daemon(settings: Settings) -> int:
+    from orchestrator.daemon import Daemon
+
+    logs.configure(settings.log_level, settings.log_format)
+    return asyncio.run(Daemon(settings).run())
+
+
+@click.group(invoke_without_command=True)
+@click.version_option(package_name="agogd")
+@click.pass_context
+def main(ctx: click.Context) -> None:
+    """agogd, the AgogSaaS orchestration daemon.
+
+    With no command it runs the daemon against the configured NATS and Postgres
+    (AGOG_* environment variables or .env; see .env.example).
+    """
+    if ctx.invoked_subcommand is None:
+        sys.exit(run_daemon(settings_or_exit()))
+
+
+@main.command()
+def run() -> None:
+    """Run the daemon against the configured NATS and Postgres."""
+    sys.exit(run_daemon(settings_or_exit()))
+
+
+@main.command()
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where the embedded servers keep their data (default ./.agogd, or AGOG_DATA_DIR).",
+)
+def dev(data_dir: Path | None) -> None:
+    """Run agogd on its own embedded nats-server and PostgreSQL (no Docker needed)."""
+    from orchestrator.dev import run_dev
+
+    overrides: dict[str, Any] = {"data_dir": data_dir} if data_dir else {}
+    sys.exit(run_dev(settings_or_exit(**overrides)))
+
+
+@main.command("check-config")
+def check_config() -> None:
+    """Validate settings and the pipeline file, then exit."""
+    settings = settings_or_exit()
+    pipeline = settings.load_pipeline()
+    click.echo(
+        f"ok: {len(pipeline.stages)} stages, {len(pipeline.streams)} streams, "
+        f"nats={','.join(settings.nats_url)} postgres={settings.public_dsn()}"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,112 @@
+"""``agogd dev``: agogd on its own nats-server and PostgreSQL, under one data dir.
+
+The data directory (default ``./.agogd``) keeps both servers' data between
+runs; a second run reuses it and, when they are free, the same ports. Once
+ready, one line with the endpoints is printed and ``endpoints.json`` written
+for scripts, agents and agogctl.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import click
+
+from orchestrator import logs
+from orchestrator.daemon import Daemon
+from orchestrator.embedded import EmbeddedError, NatsServer, PostgresServer
+from orchestrator.embedded.procs import free_port, port_is_free
+from orchestrator.settings import Settings
+
+# The compose stack's host ports, used when free so habits carry over.
+PREFERRED_PORTS = {"nats": 4222, "postgres": 5434, "http": 8090}
+
+
+def _previous_ports(endpoints: Path) -> dict[str, int]:
+    try:
+        return {k: int(v) for k, v in json.loads(endpoints.read_text()).get("ports", {}).items()}
+    except (OSError, ValueError, AttributeError):
+        return {}
+
+
+def _choose_port(name: str, previous: dict[str, int], wanted: int | None = None) -> int:
+    for candidate in (wanted, previous.get(name), PREFERRED_PORTS[name]):
+        if candidate and port_is_free(candidate):
+            return candidate
+    return free_port()
+
+
+def write_endpoints(path: Path, data: dict[str, Any]) -> None:
+    """Atomically replace endpoints.json."""
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def _lock(data_dir: Path) -> int:
+    fd = os.open(data_dir / ".lock", os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise click.ClickException(f"another `agogd dev` is using {data_dir}") from None
+    return fd
+
+
+def run_dev(settings: Settings) -> int:
+    """Start the embedded servers, run agogd on them, stop them on exit."""
+    log_format = settings.log_format if "AGOG_LOG_FORMAT" in os.environ else "auto"
+    logs.configure(settings.log_level, log_format)
+    log = logs.get_logger("agogd.dev")
+    data_dir = settings.data_dir.resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    lock_fd = _lock(data_dir)
+    endpoints_file = data_dir / "endpoints.json"
+    previous = _previous_ports(endpoints_file)
+    http_wanted = settings.http_port if "AGOG_HTTP_PORT" in os.environ else None
+    nats = NatsServer(data_dir / "nats", port=_choose_port("nats", previous))
+    postgres = PostgresServer(data_dir / "postgres", port=_choose_port("postgres", previous))
+    try:
+        log.info("dev.starting_servers", data_dir=str(data_dir))
+        nats.start()
+        postgres.start()
+        run_settings = settings.model_copy(
+            update={
+                "nats_url": [nats.url],
+                "postgres_dsn": type(settings.postgres_dsn)(postgres.dsn()),
+                "postgres_password": None,
+                "http_port": _choose_port("http", previous, http_wanted),
+            }
+        )
+        daemon = Daemon(run_settings)
+
+        async def announce(d: Daemon) -> None:
+            endpoints = {
+                "nats_url": nats.url,
+                "postgres_dsn": postgres.dsn(),
+                "http_url": d.http.url,
+                "data_dir": str(data_dir),
+                "ports": {"nats": nats.port, "postgres": postgres.port, "http": d.http.port},
+                "pid": os.getpid(),
+            }
+            write_endpoints(endpoints_file, endpoints)
+            click.echo(
+                f"agogd dev ready: nats={nats.url} postgres={postgres.dsn()} "
+                f"http={d.http.url} (endpoints in {endpoints_file})",
+                err=False,
+            )
+
+        daemon.ready_hooks.append(announce)
+        return asyncio.run(daemon.run())
+    except EmbeddedError as exc:
+        log.error("dev.server_failed", error=str(exc))
+        return 1
+    finally:
+        postgres.stop()
+        nats.stop()
+        os.close(lock_fd)
