@@ -280,7 +280,12 @@ def validate(pipeline: Pipeline) -> list[str]:
                 patterns_overlap(x, y) for x in a.subjects for y in b.subjects
             ):
                 problems.append(f"streams {a.name} and {b.name} bind overlapping subjects")
-    for subject in pipeline.sample_subjects():
+    try:
+        samples = pipeline.sample_subjects()
+    except (ValueError, KeyError) as exc:
+        problems.append(f"subject templates cannot be filled: {exc}")
+        return problems
+    for subject in samples:
         bound = pipeline.streams_binding(subject)
         if len(bound) != 1:
             problems.append(f"subject {subject} is bound by {len(bound)} streams {bound}, not 1")

@@ -230,7 +230,8 @@ class Reconciler:
 
     # --- consumers -------------------------------------------------------
     def desired_consumer_config(self, consumer: ConsumerSpec) -> ConsumerConfig:
-        start = datetime.now(UTC) - timedelta(seconds=self.consumer_backfill)
+        # Whole seconds, so replicas starting together ask for the same config.
+        start = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=self.consumer_backfill)
         return ConsumerConfig(
             name=consumer.name,
             durable_name=consumer.name,
@@ -238,7 +239,7 @@ class Reconciler:
             # A new durable must not replay a week of history (the old daemon's
             # failure); it starts a bounded backfill window before now.
             deliver_policy=DeliverPolicy.BY_START_TIME,
-            opt_start_time=start.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            opt_start_time=start.strftime("%Y-%m-%dT%H:%M:%SZ"),
             ack_wait=consumer.ack_wait,
             max_deliver=consumer.max_deliver,
             max_ack_pending=consumer.max_ack_pending,
@@ -246,13 +247,21 @@ class Reconciler:
         )
 
     async def reconcile_consumer(self, stream: str, consumer: ConsumerSpec) -> str:
-        try:
-            info = await self.js.consumer_info(stream, consumer.name)
-        except NotFoundError:
-            await self.js.add_consumer(stream, self.desired_consumer_config(consumer))
-            log.info("topology.consumer_created", stream=stream, consumer=consumer.name)
-            return "created"
-        cfg = info.config
+        for _ in range(5):
+            try:
+                info = await self.js.consumer_info(stream, consumer.name)
+            except NotFoundError:
+                try:
+                    await self.js.add_consumer(stream, self.desired_consumer_config(consumer))
+                except APIError:
+                    continue  # another replica created it meanwhile; compare with its config
+                log.info("topology.consumer_created", stream=stream, consumer=consumer.name)
+                return "created"
+            return await self._update_consumer_if_drifted(stream, consumer, info.config)
+        raise TopologyError(f"consumer {consumer.name} on {stream} kept changing while reconciled")
+
+    async def _update_consumer_if_drifted(self, stream: str, consumer: ConsumerSpec,
+                                          cfg: ConsumerConfig) -> str:
         wanted = {
             "ack_wait": consumer.ack_wait,
             "max_deliver": consumer.max_deliver,

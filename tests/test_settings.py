@@ -1,0 +1,118 @@
+"""Settings: AGOG_* variables, secrets kept secret, one-line errors with exit 2."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from orchestrator.settings import Settings, describe_error, redact_url
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for key in list(os.environ):
+        if key.startswith("AGOG_"):
+            monkeypatch.delenv(key)
+    monkeypatch.chdir(tmp_path)  # no stray .env
+
+
+def test_defaults_and_env_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AGOG_NATS_URL", "nats://a:4222, nats://b:4222")
+    monkeypatch.setenv("AGOG_STAGE_TIMEOUTS", '{"roy": 7200}')
+    monkeypatch.setenv("AGOG_LOG_FORMAT", "CONSOLE")
+    s = Settings()
+    assert s.nats_url == ["nats://a:4222", "nats://b:4222"]
+    assert s.stage_timeouts == {"roy": 7200}
+    assert s.log_format == "console"
+    assert s.load_pipeline().stage_for_agent("roy").timeout == 7200
+
+
+def test_dotenv_file_is_read(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("AGOG_HTTP_PORT=9999\nAGOG_OLLAMA_URL=http://ollama:11434\n")
+    s = Settings()
+    assert s.http_port == 9999 and s.ollama_url == "http://ollama:11434"
+
+
+def test_secrets_never_show(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AGOG_NATS_USER", "agogd")
+    monkeypatch.setenv("AGOG_NATS_PASSWORD", "hunter2-nats")
+    monkeypatch.setenv("AGOG_POSTGRES_DSN", "postgresql://agent_user@db:5432/agent_memory")
+    monkeypatch.setenv("AGOG_POSTGRES_PASSWORD", "hunter2-pg")
+    s = Settings()
+    assert "hunter2" not in repr(s) and "hunter2" not in str(s.model_dump())
+    assert s.dsn() == "postgresql://agent_user:hunter2-pg@db:5432/agent_memory"
+    assert "hunter2" not in s.public_dsn()
+
+
+def test_redact_url() -> None:
+    assert redact_url("postgresql://u:secret@h:1/db") == "postgresql://u@h:1/db"
+    assert redact_url("nats://sometoken@h:4222") == "nats://***@h:4222"
+    assert redact_url("nats://h:4222") == "nats://h:4222"
+
+
+@pytest.mark.parametrize(
+    ("env", "names"),
+    [
+        ({"AGOG_HTTP_PORT": "eighty"}, ["AGOG_HTTP_PORT"]),
+        ({"AGOG_HTTP_PORT": "70000"}, ["AGOG_HTTP_PORT"]),
+        ({"AGOG_NATS_URL": "http://nats:4222"}, ["AGOG_NATS_URL"]),
+        ({"AGOG_POSTGRES_DSN": "mysql://x"}, ["AGOG_POSTGRES_DSN"]),
+        ({"AGOG_LOG_LEVEL": "chatty", "AGOG_SHUTDOWN_GRACE": "-1"},
+         ["AGOG_LOG_LEVEL", "AGOG_SHUTDOWN_GRACE"]),
+    ],
+)
+def test_bad_values_name_the_variable(monkeypatch: pytest.MonkeyPatch, env: dict[str, str],
+                                      names: list[str]) -> None:
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(ValueError) as info:
+        Settings()
+    line = describe_error(info.value)
+    assert "\n" not in line
+    for name in names:
+        assert name in line
+
+
+def _agogd(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("AGOG_")}
+    return subprocess.run([sys.executable, "-m", "orchestrator", *args], env={**clean, **env},
+                          capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"AGOG_HTTP_PORT": "eighty"}, "AGOG_HTTP_PORT"),
+        ({"AGOG_STAGE_TIMEOUTS": "{not json"}, "AGOG_STAGE_TIMEOUTS"),
+        ({"AGOG_STAGE_TIMEOUTS": '{"bob": 5}'}, "unknown agent"),
+        ({"AGOG_NATS_PASSWORD": "pw-only"}, "AGOG_NATS_USER"),
+        ({"AGOG_PIPELINE_FILE": "/nonexistent/pipeline.toml"}, "cannot read pipeline file"),
+    ],
+)
+def test_cli_bad_settings_exit_2_with_one_line(env: dict[str, str], expected: str) -> None:
+    result = _agogd(env)
+    assert result.returncode == 2, result
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert expected in lines[0]
+    assert "Traceback" not in result.stderr
+    assert "pw-only" not in result.stderr + result.stdout
+
+
+def test_check_config_ok() -> None:
+    result = _agogd({}, "check-config")
+    assert result.returncode == 0, result.stderr
+    assert "7 stages" in result.stdout
+
+
+def test_entry_points_answer_help() -> None:
+    bindir = Path(sys.executable).parent
+    for tool in ("agogd", "agogctl"):
+        result = subprocess.run([str(bindir / tool), "--help"], capture_output=True, text=True,
+                                timeout=60)
+        assert result.returncode == 0, result.stderr
+        assert "Usage:" in result.stdout
