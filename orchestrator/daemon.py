@@ -81,6 +81,9 @@ class Daemon:
         except StartupError as exc:
             log.error("agogd.startup_failed", error=str(exc))
             return EXIT_FAILED
+        except Exception:
+            log.exception("agogd.crashed")
+            return EXIT_FAILED
         finally:
             await self._close()
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -137,7 +140,13 @@ class Daemon:
         code = EXIT_OK
         for task in done - {stopper}:
             exc = task.exception()
-            log.error("service.crashed", service=tasks[task], error=repr(exc))
+            if exc is None and self.stopping.is_set():
+                continue  # finished because we are stopping
+            log.error(
+                "service.crashed",
+                service=tasks[task],
+                error=repr(exc) if exc else "returned before the daemon stopped",
+            )
             code = EXIT_FAILED
             self.request_stop(f"service {tasks[task]} crashed")
         await self._drain(set(tasks) - done)

@@ -35,6 +35,8 @@ def _previous_ports(endpoints: Path) -> dict[str, int]:
 
 
 def _choose_port(name: str, previous: dict[str, int], wanted: int | None = None) -> int:
+    if wanted == 0:
+        return free_port()
     for candidate in (wanted, previous.get(name), PREFERRED_PORTS[name]):
         if candidate and port_is_free(candidate):
             return candidate

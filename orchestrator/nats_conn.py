@@ -83,7 +83,7 @@ async def connect(
 
     async def error(exc: Exception) -> None:
         # nats-py reports every failed reconnect; keep only changes of error kind.
-        states.set("nats.error", type(exc).__name__, "debug", error=str(exc))
+        states.set("nats.client", "error", "debug", cause=type(exc).__name__, error=str(exc))
 
     async def closed() -> None:
         states.set("nats", "closed")
@@ -91,6 +91,18 @@ async def connect(
     opts = connect_options(settings)
     for attempt, delay in enumerate(delays(maximum=settings.backoff_max), start=1):
         try:
+            # nats-py retries an unreachable first server forever and silently
+            # when reconnects are unlimited, so probe with a bounded client first.
+            probe = await nats.connect(
+                **{
+                    **opts,
+                    "allow_reconnect": False,
+                    "max_reconnect_attempts": 1,
+                    "reconnect_time_wait": 0,
+                },
+                error_cb=error,
+            )
+            await probe.close()
             nc = await nats.connect(
                 **opts,
                 disconnected_cb=disconnected,
@@ -103,6 +115,7 @@ async def connect(
                 "nats",
                 "unreachable",
                 "warning",
+                cause=type(exc).__name__,
                 servers=servers,
                 error=str(exc) or type(exc).__name__,
                 retry="with backoff",

@@ -15,14 +15,18 @@ class StateLog:
     def __init__(self) -> None:
         self._last: dict[str, str] = {}
 
-    def set(self, component: str, state: str, level: str = "info", **detail: Any) -> bool:
-        """Record a state; returns True (and logs) only if it changed."""
-        if self._last.get(component) == state:
+    def set(
+        self, component: str, state: str, level: str = "info", cause: str = "", **detail: Any
+    ) -> bool:
+        """Record a state; returns True (and logs) only if it, or its cause, changed."""
+        key = f"{state}:{cause}"
+        if self._last.get(component) == key:
             return False
-        previous = self._last.get(component)
-        self._last[component] = state
+        previous = self._last.get(component, "").split(":", 1)[0] or None
+        self._last[component] = key
         getattr(log, level)(f"{component}.{state}", previous=previous, **detail)
         return True
 
     def get(self, component: str) -> str | None:
-        return self._last.get(component)
+        last = self._last.get(component)
+        return last.split(":", 1)[0] if last else None

@@ -260,8 +260,9 @@ class Reconciler:
             return await self._update_consumer_if_drifted(stream, consumer, info.config)
         raise TopologyError(f"consumer {consumer.name} on {stream} kept changing while reconciled")
 
-    async def _update_consumer_if_drifted(self, stream: str, consumer: ConsumerSpec,
-                                          cfg: ConsumerConfig) -> str:
+    async def _update_consumer_if_drifted(
+        self, stream: str, consumer: ConsumerSpec, cfg: ConsumerConfig
+    ) -> str:
         wanted = {
             "ack_wait": consumer.ack_wait,
             "max_deliver": consumer.max_deliver,

@@ -12,8 +12,9 @@ from orchestrator import logs
 def test_json_lines_carry_bound_context(capsys: pytest.CaptureFixture[str]) -> None:
     logs.configure("info", "json")
     log = logs.get_logger("t")
-    with logs.bound_context(req_number="REQ-1", stage=4, agent="billy",
-                            msg_subject="agog.deliverables.billy.qa.REQ-1"):
+    with logs.bound_context(
+        req_number="REQ-1", stage=4, agent="billy", msg_subject="agog.deliverables.billy.qa.REQ-1"
+    ):
         log.info("stage.completed", attempt=1)
     log.info("outside")
     lines = [json.loads(x) for x in capsys.readouterr().out.strip().splitlines()]
@@ -27,10 +28,14 @@ def test_json_lines_carry_bound_context(capsys: pytest.CaptureFixture[str]) -> N
 
 def test_secrets_are_redacted(capsys: pytest.CaptureFixture[str]) -> None:
     logs.configure("info", "json")
-    logs.get_logger("t").info("connect", password="hunter2",
-                              dsn="postgresql://u:hunter2@db/agent_memory", nats_token="tok")
+    logs.get_logger("t").info(
+        "connect",
+        password="hunter2",
+        dsn="postgresql://u:hunter2@db/agent_memory",
+        nats_token="tok",
+    )
     out = capsys.readouterr().out
-    assert "hunter2" not in out and "tok\"" not in out
+    assert "hunter2" not in out and 'tok"' not in out
     assert "postgresql://u:***@db/agent_memory" in out
 
 

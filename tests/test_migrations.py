@@ -11,10 +11,21 @@ import pytest
 
 from orchestrator import migrate
 
-TABLES = {"nats_deliverable_cache", "workflow_state", "stage_attempts", "deliverable_history",
-          "outbox", "processed_messages", "idempotency_keys", "workflow_events",
-          "strategic_decisions", "escalations", "embedding_config", "memories",
-          "schema_migrations"}
+TABLES = {
+    "nats_deliverable_cache",
+    "workflow_state",
+    "stage_attempts",
+    "deliverable_history",
+    "outbox",
+    "processed_messages",
+    "idempotency_keys",
+    "workflow_events",
+    "strategic_decisions",
+    "escalations",
+    "embedding_config",
+    "memories",
+    "schema_migrations",
+}
 
 
 async def _tables(conn: asyncpg.Connection) -> set[str]:
@@ -30,19 +41,26 @@ async def test_first_migration_creates_the_schema(pg_conn: asyncpg.Connection) -
     # The old daemon's cache contract: unique (req_number, agent, stage).
     await pg_conn.execute(
         "INSERT INTO nats_deliverable_cache (req_number, agent, stage, deliverable)"
-        " VALUES ('REQ-1', 'billy', 4, '{\"status\": \"COMPLETE\"}')")
+        " VALUES ('REQ-1', 'billy', 4, '{\"status\": \"COMPLETE\"}')"
+    )
     with pytest.raises(asyncpg.UniqueViolationError):
         await pg_conn.execute(
             "INSERT INTO nats_deliverable_cache (req_number, agent, stage, deliverable)"
-            " VALUES ('REQ-1', 'billy', 4, '{}')")
+            " VALUES ('REQ-1', 'billy', 4, '{}')"
+        )
     # A real vector round-trip through the HNSW-indexed column.
     await pg_conn.execute(
         "INSERT INTO memories (agent_id, memory_type, content, content_hash, embedding)"
         " VALUES ('roy', 'deliverable', 'inventory api', 'h1', $1::vector)",
-        "[" + ",".join(["0.5"] * 768) + "]")
-    assert await pg_conn.fetchval(
-        "SELECT content FROM memories ORDER BY embedding <=> $1::vector LIMIT 1",
-        "[" + ",".join(["0.4"] * 768) + "]") == "inventory api"
+        "[" + ",".join(["0.5"] * 768) + "]",
+    )
+    assert (
+        await pg_conn.fetchval(
+            "SELECT content FROM memories ORDER BY embedding <=> $1::vector LIMIT 1",
+            "[" + ",".join(["0.4"] * 768) + "]",
+        )
+        == "inventory api"
+    )
 
 
 async def test_second_apply_is_a_no_op(pg_conn: asyncpg.Connection) -> None:
@@ -68,12 +86,16 @@ async def test_edited_migration_is_refused(pg_conn: asyncpg.Connection, tmp_path
         await migrate.apply(pg_conn, folder)
 
 
-async def test_failing_migration_is_rolled_back(pg_conn: asyncpg.Connection,
-                                                tmp_path: Path) -> None:
+async def test_failing_migration_is_rolled_back(
+    pg_conn: asyncpg.Connection, tmp_path: Path
+) -> None:
     folder = _copy_migrations(tmp_path)
     (folder / "V1.1.0__broken.sql").write_text(
-        "CREATE TABLE half_done (id int);\nINSERT INTO no_such_table VALUES (1);\n")
-    with pytest.raises(migrate.MigrationError, match="V1.1.0__broken.sql failed and was rolled back"):
+        "CREATE TABLE half_done (id int);\nINSERT INTO no_such_table VALUES (1);\n"
+    )
+    with pytest.raises(
+        migrate.MigrationError, match=r"V1\.1\.0__broken\.sql failed and was rolled back"
+    ):
         await migrate.apply(pg_conn, folder)
     assert "half_done" not in await _tables(pg_conn)
     versions = [r["version"] for r in await pg_conn.fetch("SELECT version FROM schema_migrations")]
@@ -91,12 +113,14 @@ async def test_versions_sort_numerically(tmp_path: Path) -> None:
         migrate.discover(folder)
 
 
-async def test_unknown_applied_version_is_refused(pg_conn: asyncpg.Connection,
-                                                  tmp_path: Path) -> None:
+async def test_unknown_applied_version_is_refused(
+    pg_conn: asyncpg.Connection, tmp_path: Path
+) -> None:
     await migrate.apply(pg_conn)
     await pg_conn.execute(
         "INSERT INTO schema_migrations (version, description, filename, checksum, execution_ms)"
-        " VALUES ('9.0.0', 'future', 'V9.0.0__future.sql', 'x', 0)")
+        " VALUES ('9.0.0', 'future', 'V9.0.0__future.sql', 'x', 0)"
+    )
     with pytest.raises(migrate.MigrationError, match="does not know"):
         await migrate.apply(pg_conn)
 

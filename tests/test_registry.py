@@ -21,7 +21,14 @@ def test_default_pipeline_is_the_seven_stages_then_tim() -> None:
     assert [s.agent for s in p.stages] == SEVEN
     assert [s.index for s in p.stages] == list(range(7))
     assert [s.role for s in p.stages] == [
-        "research", "critique", "backend", "frontend", "qa", "statistics", "devops"]
+        "research",
+        "critique",
+        "backend",
+        "frontend",
+        "qa",
+        "statistics",
+        "devops",
+    ]
     assert [(f.agent, f.after) for f in p.followups] == [("tim", "berry")]
     assert [r.agent for r in p.reporters] == ["miki"]
     assert p.stage_for_agent("sylvia").gate == "critique"
@@ -33,18 +40,29 @@ def test_default_pipeline_is_the_seven_stages_then_tim() -> None:
 def test_streams_match_the_old_daemon_plus_missing_ones() -> None:
     p = registry.load()
     names = {s.name for s in p.streams}
-    assert {"agog_features_research", "agog_features_critique", "agog_features_backend",
-            "agog_features_frontend", "agog_features_qa", "agog_features_statistics",
-            "agog_features_devops", "agog_orchestration_events", "agog_strategic_decisions",
-            "agog_strategic_escalations", "agog_features_documentation",
-            "agog_requirements"} == names
+    assert {
+        "agog_features_research",
+        "agog_features_critique",
+        "agog_features_backend",
+        "agog_features_frontend",
+        "agog_features_qa",
+        "agog_features_statistics",
+        "agog_features_devops",
+        "agog_orchestration_events",
+        "agog_strategic_decisions",
+        "agog_strategic_escalations",
+        "agog_features_documentation",
+        "agog_requirements",
+    } == names
     qa = p.stream("agog_features_qa")
     assert (qa.max_msgs, qa.max_bytes, qa.max_msg_size) == (10000, 1 << 30, 10 << 20)
     assert qa.max_age == 7 * 86400 and qa.duplicate_window == 120
     assert p.stream("agog_strategic_decisions").max_age == 30 * 86400
     assert p.stream("agog_strategic_escalations").max_age == 90 * 86400
     assert set(p.stream("agog_features_devops").subjects) == {
-        "agog.deliverables.berry.>", "agog.deliverables.miki.>"}
+        "agog.deliverables.berry.>",
+        "agog.deliverables.miki.>",
+    }
 
 
 def test_every_used_subject_is_bound_by_exactly_one_stream() -> None:
@@ -61,7 +79,9 @@ def test_deliverable_subject_follows_the_old_contract() -> None:
     p = registry.load()
     billy = p.stage_for_agent("billy")
     assert p.deliverable_subject(billy, "REQ-ITEM-001") == "agog.deliverables.billy.qa.REQ-ITEM-001"
-    assert p.deliverable_subject(p.reporters[0], "feature") == "agog.deliverables.miki.devops.feature"
+    assert (
+        p.deliverable_subject(p.reporters[0], "feature") == "agog.deliverables.miki.devops.feature"
+    )
 
 
 @pytest.mark.parametrize("bad", ["REQ.1", "REQ*", "REQ>", "REQ 1", "REQ/1", ""])
@@ -76,21 +96,36 @@ def _raw() -> dict:
 
 def test_an_eleven_stage_pipeline_is_a_configuration_change(tmp_path: Path) -> None:
     data = _raw()
-    extra = [("liz", "frontend_qa"), ("todd", "security"), ("vic", "compliance"),
-             ("zed", "release")]
+    extra = [
+        ("liz", "frontend_qa"),
+        ("todd", "security"),
+        ("vic", "compliance"),
+        ("zed", "release"),
+    ]
     stages = data["stages"]
     for i, (agent, role) in enumerate(extra):
-        data["streams"].append({"name": f"agog_features_{role}",
-                                "subjects": [f"agog.deliverables.{agent}.>"]})
-        stages.append({"index": 7 + i, "name": role.title(), "agent": agent, "role": role,
-                       "stream": f"agog_features_{role}", "timeout": "30m", "retries": 1})
+        data["streams"].append(
+            {"name": f"agog_features_{role}", "subjects": [f"agog.deliverables.{agent}.>"]}
+        )
+        stages.append(
+            {
+                "index": 7 + i,
+                "name": role.title(),
+                "agent": agent,
+                "role": role,
+                "stream": f"agog_features_{role}",
+                "timeout": "30m",
+                "retries": 1,
+            }
+        )
     text = _to_toml(data)
     path = tmp_path / "pipeline.toml"
     path.write_text(text)
     p = registry.load(path)
     assert len(p.stages) == 11 and p.stages[-1].agent == "zed"
     assert p.streams_binding("agog.deliverables.liz.frontend_qa.REQ-1") == [
-        "agog_features_frontend_qa"]
+        "agog_features_frontend_qa"
+    ]
 
 
 def _to_toml(data: dict) -> str:
@@ -118,10 +153,18 @@ def _to_toml(data: dict) -> str:
         (lambda d: d["stages"][2].update(index=5), "index"),
         (lambda d: d["stages"][3].update(stream="agog_nowhere"), "unknown stream"),
         (lambda d: d["stages"][1].update(gate="vibes"), "unknown gate"),
-        (lambda d: d["streams"].append({"name": "agog_dup", "subjects": ["agog.deliverables.roy.>"]}),
-         "overlapping"),
-        (lambda d: d["streams"].__setitem__(0, {"name": "agog_features_research",
-                                                 "subjects": ["agog.other.>"]}), "bound by 0"),
+        (
+            lambda d: d["streams"].append(
+                {"name": "agog_dup", "subjects": ["agog.deliverables.roy.>"]}
+            ),
+            "overlapping",
+        ),
+        (
+            lambda d: d["streams"].__setitem__(
+                0, {"name": "agog_features_research", "subjects": ["agog.other.>"]}
+            ),
+            "bound by 0",
+        ),
         (lambda d: d["stages"][0].update(agent="cyn.thia"), "safe subject token"),
         (lambda d: d["stages"][0].update(timeout="soon"), "not a duration"),
         (lambda d: d["stages"][0].pop("agent"), "missing the key"),
@@ -144,8 +187,10 @@ def test_timeout_overrides() -> None:
         registry.load(timeouts={"bob": 1})
 
 
-@pytest.mark.parametrize(("text", "seconds"), [("90s", 90), ("2m", 120), ("2h", 7200),
-                                                ("7d", 604800), ("1.5h", 5400), (30, 30)])
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("90s", 90), ("2m", 120), ("2h", 7200), ("7d", 604800), ("1.5h", 5400), (30, 30)],
+)
 def test_parse_duration(text: str | int, seconds: float) -> None:
     assert parse_duration(text) == seconds
 
@@ -175,20 +220,29 @@ def _oracle(pattern: str, subject: str) -> bool:
     return re.fullmatch(rx, subject) is not None
 
 
-@given(st.lists(pattern_token, min_size=1, max_size=4), st.booleans(),
-       st.lists(token, min_size=1, max_size=6))
-def test_subject_matching_agrees_with_oracle(p_tokens: list[str], tail: bool,
-                                             s_tokens: list[str]) -> None:
+@given(
+    st.lists(pattern_token, min_size=1, max_size=4),
+    st.booleans(),
+    st.lists(token, min_size=1, max_size=6),
+)
+def test_subject_matching_agrees_with_oracle(
+    p_tokens: list[str], tail: bool, s_tokens: list[str]
+) -> None:
     pattern = ".".join([*p_tokens, ">"] if tail else p_tokens)
     subject = ".".join(s_tokens)
     assert subject_matches(pattern, subject) == _oracle(pattern, subject)
 
 
-@given(st.lists(pattern_token, min_size=1, max_size=3), st.booleans(),
-       st.lists(pattern_token, min_size=1, max_size=3), st.booleans(),
-       st.lists(token, min_size=1, max_size=5))
-def test_overlap_is_implied_by_a_common_match(a: list[str], a_tail: bool, b: list[str],
-                                              b_tail: bool, s: list[str]) -> None:
+@given(
+    st.lists(pattern_token, min_size=1, max_size=3),
+    st.booleans(),
+    st.lists(pattern_token, min_size=1, max_size=3),
+    st.booleans(),
+    st.lists(token, min_size=1, max_size=5),
+)
+def test_overlap_is_implied_by_a_common_match(
+    a: list[str], a_tail: bool, b: list[str], b_tail: bool, s: list[str]
+) -> None:
     pa = ".".join([*a, ">"] if a_tail else a)
     pb = ".".join([*b, ">"] if b_tail else b)
     subject = ".".join(s)

@@ -61,12 +61,15 @@ def test_redact_url() -> None:
         ({"AGOG_HTTP_PORT": "70000"}, ["AGOG_HTTP_PORT"]),
         ({"AGOG_NATS_URL": "http://nats:4222"}, ["AGOG_NATS_URL"]),
         ({"AGOG_POSTGRES_DSN": "mysql://x"}, ["AGOG_POSTGRES_DSN"]),
-        ({"AGOG_LOG_LEVEL": "chatty", "AGOG_SHUTDOWN_GRACE": "-1"},
-         ["AGOG_LOG_LEVEL", "AGOG_SHUTDOWN_GRACE"]),
+        (
+            {"AGOG_LOG_LEVEL": "chatty", "AGOG_SHUTDOWN_GRACE": "-1"},
+            ["AGOG_LOG_LEVEL", "AGOG_SHUTDOWN_GRACE"],
+        ),
     ],
 )
-def test_bad_values_name_the_variable(monkeypatch: pytest.MonkeyPatch, env: dict[str, str],
-                                      names: list[str]) -> None:
+def test_bad_values_name_the_variable(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], names: list[str]
+) -> None:
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     with pytest.raises(ValueError) as info:
@@ -79,8 +82,13 @@ def test_bad_values_name_the_variable(monkeypatch: pytest.MonkeyPatch, env: dict
 
 def _agogd(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("AGOG_")}
-    return subprocess.run([sys.executable, "-m", "orchestrator", *args], env={**clean, **env},
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator", *args],
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 @pytest.mark.parametrize(
@@ -112,7 +120,8 @@ def test_check_config_ok() -> None:
 def test_entry_points_answer_help() -> None:
     bindir = Path(sys.executable).parent
     for tool in ("agogd", "agogctl"):
-        result = subprocess.run([str(bindir / tool), "--help"], capture_output=True, text=True,
-                                timeout=60)
+        result = subprocess.run(
+            [str(bindir / tool), "--help"], capture_output=True, text=True, timeout=60
+        )
         assert result.returncode == 0, result.stderr
         assert "Usage:" in result.stdout

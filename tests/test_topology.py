@@ -45,8 +45,14 @@ async def test_reconcile_is_idempotent(nc: NATS) -> None:
 
 async def test_drifted_stream_is_updated(nc: NATS) -> None:
     js = nc.jetstream()
-    await js.add_stream(StreamConfig(name="agog_features_qa", subjects=["agog.deliverables.billy.qa.*"],
-                                     max_age=3600, max_msgs=50))
+    await js.add_stream(
+        StreamConfig(
+            name="agog_features_qa",
+            subjects=["agog.deliverables.billy.qa.*"],
+            max_age=3600,
+            max_msgs=50,
+        )
+    )
     await js.publish("agog.deliverables.billy.qa.REQ-1", b'{"status":"COMPLETE"}')
     outcome = await Reconciler(nc, PIPELINE).reconcile()
     assert outcome["agog_features_qa"] == "updated"
@@ -58,8 +64,13 @@ async def test_drifted_stream_is_updated(nc: NATS) -> None:
 
 async def test_refused_change_fails_loudly_and_keeps_data(nc: NATS) -> None:
     js = nc.jetstream()
-    await js.add_stream(StreamConfig(name="agog_features_qa", subjects=["agog.deliverables.billy.>"],
-                                     storage=StorageType.MEMORY))
+    await js.add_stream(
+        StreamConfig(
+            name="agog_features_qa",
+            subjects=["agog.deliverables.billy.>"],
+            storage=StorageType.MEMORY,
+        )
+    )
     await js.publish("agog.deliverables.billy.qa.REQ-1", b"{}")
     with pytest.raises(TopologyError) as info:
         await Reconciler(nc, PIPELINE).reconcile()
@@ -70,12 +81,20 @@ async def test_refused_change_fails_loudly_and_keeps_data(nc: NATS) -> None:
 
 async def test_update_that_would_drop_messages_is_refused(nc: NATS) -> None:
     js = nc.jetstream()
-    await js.add_stream(StreamConfig(name="agog_strategic_decisions",
-                                     subjects=["agog.strategic.decisions.>"], max_msgs=-1))
-    tight = registry.from_mapping({
-        **_raw(), "streams": [
-            {**s, "max_msgs": 2} if s["name"] == "agog_strategic_decisions" else s
-            for s in _raw()["streams"]]})
+    await js.add_stream(
+        StreamConfig(
+            name="agog_strategic_decisions", subjects=["agog.strategic.decisions.>"], max_msgs=-1
+        )
+    )
+    tight = registry.from_mapping(
+        {
+            **_raw(),
+            "streams": [
+                {**s, "max_msgs": 2} if s["name"] == "agog_strategic_decisions" else s
+                for s in _raw()["streams"]
+            ],
+        }
+    )
     for i in range(3):
         await js.publish(f"agog.strategic.decisions.REQ-{i}", b"{}")
     with pytest.raises(TopologyError, match="would drop stored messages"):
@@ -92,25 +111,35 @@ def _raw() -> dict:
 
 
 async def test_foreign_stream_on_our_subjects_fails_loudly(nc: NATS) -> None:
-    await nc.jetstream().add_stream(StreamConfig(name="someone_else",
-                                                 subjects=["agog.deliverables.roy.backend.*"]))
+    await nc.jetstream().add_stream(
+        StreamConfig(name="someone_else", subjects=["agog.deliverables.roy.backend.*"])
+    )
     with pytest.raises(TopologyError, match="agog_features_backend"):
         await Reconciler(nc, PIPELINE).reconcile()
 
 
 async def test_drifted_consumer_is_updated(nc: NATS) -> None:
     await Reconciler(nc, PIPELINE).reconcile()
-    changed = registry.from_mapping({**_raw(), "consumer_defaults": {
-        "ack_wait": "45s", "max_deliver": 7, "max_ack_pending": 100}})
+    changed = registry.from_mapping(
+        {
+            **_raw(),
+            "consumer_defaults": {"ack_wait": "45s", "max_deliver": 7, "max_ack_pending": 100},
+        }
+    )
     await Reconciler(nc, changed).reconcile()
     info = await nc.jetstream().consumer_info("agog_requirements", "agogd_intake")
-    assert (info.config.ack_wait, info.config.max_deliver, info.config.max_ack_pending) == (45, 7, 100)
+    assert (info.config.ack_wait, info.config.max_deliver, info.config.max_ack_pending) == (
+        45,
+        7,
+        100,
+    )
 
 
 async def test_new_durable_does_not_replay_old_history(nc: NATS) -> None:
     js = nc.jetstream()
-    await js.add_stream(StreamConfig(name="agog_requirements", subjects=["agog.requirements.>"],
-                                     max_age=30 * 86400))
+    await js.add_stream(
+        StreamConfig(name="agog_requirements", subjects=["agog.requirements.>"], max_age=30 * 86400)
+    )
     await js.publish("agog.requirements.new", b'{"req_number": "REQ-OLD"}')
     await asyncio.sleep(1.2)  # start times have whole-second resolution
     await Reconciler(nc, PIPELINE, consumer_backfill=0).reconcile()
