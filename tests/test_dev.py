@@ -1,0 +1,124 @@
+"""`agogd dev`: the embedded default, run the way the README tells a new user."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+from pathlib import Path
+
+import asyncpg
+import nats
+
+from orchestrator import registry
+from orchestrator.embedded.postgres import _bin_dir
+from orchestrator.embedded.procs import port_is_free
+from tests.daemon_proc import DaemonProcess
+
+TABLES = (
+    "nats_deliverable_cache",
+    "workflow_state",
+    "stage_attempts",
+    "outbox",
+    "processed_messages",
+    "memories",
+)
+
+
+def _dev(data_dir: Path) -> DaemonProcess:
+    return DaemonProcess({"AGOG_HTTP_PORT": "0"}, ("dev", "--data-dir", str(data_dir))).start()
+
+
+def _ready_line(d: DaemonProcess) -> str:
+    return d.wait_for(
+        lambda: next((x for x in d.lines if x.startswith("agogd dev ready:")), None),
+        60,
+        "the ready line",
+    )
+
+
+async def test_dev_runs_on_embedded_servers_and_keeps_data(tmp_path: Path) -> None:
+    data_dir = tmp_path / "agogd-data"
+    d = _dev(data_dir)
+    try:
+        line = _ready_line(d)
+        endpoints = json.loads((data_dir / "endpoints.json").read_text())
+        assert {"nats_url", "postgres_dsn", "http_url"} <= endpoints.keys()
+        for value in (endpoints["nats_url"], endpoints["postgres_dsn"], endpoints["http_url"]):
+            assert value in line
+        assert ":" not in endpoints["postgres_dsn"].split("//", 1)[1].split("@", 1)[0]
+        d.wait_ready()
+        assert d.http_url == endpoints["http_url"]
+
+        nc = await nats.connect(endpoints["nats_url"])
+        try:
+            live = {s.config.name: s.config.subjects for s in await nc.jetstream().streams_info()}
+        finally:
+            await nc.close()
+        assert live == {s.name: list(s.subjects) for s in registry.load().streams}
+
+        psql = subprocess.run(
+            [str(_bin_dir() / "psql"), endpoints["postgres_dsn"], "-c", r"\dt"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        for table in TABLES:
+            assert table in psql.stdout
+        conn = await asyncpg.connect(endpoints["postgres_dsn"])
+        try:
+            await conn.execute(
+                "INSERT INTO workflow_state (req_number, title) "
+                "VALUES ('REQ-KEEP-1', 'kept between runs')"
+            )
+        finally:
+            await conn.close()
+    finally:
+        d.signal(signal.SIGTERM)
+        assert d.wait_exit(30) == 0
+    ports = json.loads((data_dir / "endpoints.json").read_text())["ports"]
+    assert port_is_free(ports["nats"]) and port_is_free(ports["postgres"]), "servers stopped"
+
+    again = _dev(data_dir)
+    try:
+        _ready_line(again)
+        again.wait_ready()
+        assert again.wait_event("migrations.current")["applied_now"] == []
+        dsn = json.loads((data_dir / "endpoints.json").read_text())["postgres_dsn"]
+        conn = await asyncpg.connect(dsn)
+        try:
+            assert (
+                await conn.fetchval(
+                    "SELECT title FROM workflow_state WHERE req_number = 'REQ-KEEP-1'"
+                )
+                == "kept between runs"
+            )
+        finally:
+            await conn.close()
+    finally:
+        again.stop()
+
+
+async def test_second_dev_on_the_same_directory_is_refused(tmp_path: Path) -> None:
+    first = _dev(tmp_path / "shared")
+    try:
+        _ready_line(first)
+        second = _dev(tmp_path / "shared")
+        assert second.wait_exit(30) != 0
+        assert any("another `agogd dev` is using" in line for line in second.lines)
+    finally:
+        first.stop()
+
+
+async def test_dev_survives_a_sigkilled_predecessor(tmp_path: Path) -> None:
+    data_dir = tmp_path / "crashy"
+    first = _dev(data_dir)
+    _ready_line(first)
+    first.signal(signal.SIGKILL)
+    first.wait_exit(10)
+    second = _dev(data_dir)
+    try:
+        _ready_line(second)
+        second.wait_ready()
+    finally:
+        second.stop()
