@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
-import subprocess
 from pathlib import Path
 
 import asyncpg
@@ -57,14 +57,17 @@ async def test_dev_runs_on_embedded_servers_and_keeps_data(tmp_path: Path) -> No
             await nc.close()
         assert live == {s.name: list(s.subjects) for s in registry.load().streams}
 
-        psql = subprocess.run(
-            [str(_bin_dir() / "psql"), endpoints["postgres_dsn"], "-c", r"\dt"],
-            capture_output=True,
-            text=True,
-            check=True,
+        proc = await asyncio.create_subprocess_exec(
+            str(_bin_dir() / "psql"),
+            endpoints["postgres_dsn"],
+            "-c",
+            r"\dt",
+            stdout=asyncio.subprocess.PIPE,
         )
+        listing = (await proc.communicate())[0].decode()
+        assert proc.returncode == 0
         for table in TABLES:
-            assert table in psql.stdout
+            assert table in listing
         conn = await asyncpg.connect(endpoints["postgres_dsn"])
         try:
             await conn.execute(
