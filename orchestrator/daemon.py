@@ -53,6 +53,10 @@ class Daemon:
         self.services: dict[str, Service] = {"health-monitor": health_monitor}
         self.ready_hooks: list[ReadyHook] = []
         self._topology_dirty = asyncio.Event()
+        from orchestrator import api, engine  # the engine's services need this daemon
+
+        self.engine = engine.install(self)
+        api.install(self.http.app, self)
 
     # --- public API --------------------------------------------------------
     def add_service(self, name: str, service: Service) -> None:
@@ -63,10 +67,11 @@ class Daemon:
             log.info("agogd.stopping", reason=reason)
             self.stopping.set()
 
-    async def run(self) -> int:
-        """Run until SIGTERM/SIGINT; returns the process exit code."""
+    async def run(self, handle_signals: bool = True) -> int:
+        """Run until SIGTERM/SIGINT (or request_stop); returns the exit code."""
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        signals = (signal.SIGTERM, signal.SIGINT) if handle_signals else ()
+        for sig in signals:
             loop.add_signal_handler(sig, self.request_stop, sig.name)
         await self.http.start()
         log.info(
@@ -86,7 +91,7 @@ class Daemon:
             return EXIT_FAILED
         finally:
             await self._close()
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in signals:
                 loop.remove_signal_handler(sig)
 
     # --- phases --------------------------------------------------------------

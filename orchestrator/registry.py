@@ -343,7 +343,11 @@ def from_mapping(data: Mapping[str, Any]) -> Pipeline:
         consumer_defaults = data.get("consumer_defaults", {})
         pipeline = Pipeline(
             stages=tuple(_stage(s, i) for i, s in enumerate(data.get("stages", []))),
-            followups=tuple(_stage(s, -1) for s in data.get("followups", [])),
+            # Follow-ups are numbered after the pipeline (Tim is 7 of a 7-stage pipeline).
+            followups=tuple(
+                _stage(s, len(data.get("stages", [])) + i)
+                for i, s in enumerate(data.get("followups", []))
+            ),
             reporters=tuple(
                 Reporter(name=r["name"], agent=r["agent"], role=r["role"], stream=r["stream"])
                 for r in data.get("reporters", [])

@@ -74,6 +74,21 @@ class Settings(BaseSettings):
         description='JSON object of agent -> seconds, e.g. {"roy": 7200}.',
     )
 
+    # --- workflow engine -----------------------------------------------------
+    max_in_flight: int = Field(default=20, ge=1, description="REQs IN_PROGRESS at once.")
+    max_message_bytes: int = Field(default=1_048_576, ge=1024)
+    owner_requests_file: Path | None = Field(
+        default=None, description="OWNER_REQUESTS.md to watch (intake) and mirror (status)."
+    )
+    owner_requests_interval: float = Field(default=2.0, gt=0)
+    timeout_scan_interval: float = Field(default=1.0, gt=0)
+    dispatch_interval: float = Field(default=1.0, gt=0)
+    outbox_poll_interval: float = Field(default=1.0, gt=0)
+    consumer_batch: int = Field(default=64, ge=1, le=1000)
+    api_token: SecretStr | None = Field(
+        default=None, description="Bearer token required for API actions (submit, decide...)."
+    )
+
     # --- HTTP, lifecycle, logging ----------------------------------------
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8090, ge=0, le=65535)

@@ -1,0 +1,502 @@
+"""The durable workflow engine: JetStream consumers, dispatcher and deadlines.
+
+Each message is handled in one Postgres transaction: claim its stream
+sequence (a redelivery is a no-op), validate it, lock the REQ's row, apply
+the pure transition, write the effects and the outbox. The message is acked
+only after that commit. Bad input is rejected once: recorded, published as a
+rejection event, logged, and term'd, so it is never redelivered in a loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Literal
+
+import asyncpg
+from nats.aio.msg import Msg
+from nats.errors import ConnectionClosedError, TimeoutError as NatsTimeoutError
+from nats.js.errors import NotFoundError
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+
+from orchestrator import intake, store
+from orchestrator.effects import EffectRunner, stage_by_index
+from orchestrator.logs import bound_context, get_logger
+from orchestrator.notices import (
+    CompletionNotice,
+    NoticeError,
+    parse_deliverable_subject,
+    parse_notice,
+    validate_req_id,
+)
+from orchestrator.outbox import relay
+from orchestrator.registry import Pipeline, Stage
+from orchestrator.workflow import (
+    Completed,
+    Decision,
+    DecisionRejected,
+    Ignored,
+    Start,
+    TimedOut,
+    Workflow,
+    apply,
+)
+
+if TYPE_CHECKING:
+    from orchestrator.daemon import Daemon
+
+log = get_logger("agogd.engine")
+
+Outcome = Literal["ack", "term"]
+Handler = Callable[[Msg], Awaitable[Outcome]]
+DISPATCH_LOCK = 0x61676F68  # serializes admission of PENDING REQs across replicas
+
+
+class Rejected(Exception):
+    """A message that is wrong and will stay wrong: record it and term it."""
+
+    def __init__(self, reason: str, message: str, req: str | None = None) -> None:
+        super().__init__(f"{reason}: {message}")
+        self.reason, self.message, self.req = reason, message, req
+
+
+class Engine:
+    """Owns the engine's handlers; the daemon runs its services."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+        self.pipeline: Pipeline = daemon.pipeline
+        self.settings = daemon.settings
+        self.wake_dispatcher = asyncio.Event()
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        assert self.daemon.pool is not None
+        return self.daemon.pool
+
+    # --- message plumbing ----------------------------------------------------
+    async def _reject(self, conn: asyncpg.Connection, msg: Msg, err: Rejected) -> None:
+        meta = msg.metadata
+        stream, seq = meta.stream, meta.sequence.stream
+        await store.settle_message(conn, stream, seq, "rejected", f"{err.reason}: {err.message}")
+        await store.record_event(conn, err.req, "message.rejected",
+                                 reason=f"{err.reason}: {err.message}",
+                                 detail={"subject": msg.subject, "stream": stream, "seq": seq})
+        await store.enqueue(conn, self.pipeline.subjects["rejection"], {
+            "eventType": "message.rejected", "reason_code": err.reason, "reason": err.message,
+            "subject": msg.subject, "stream": stream, "stream_seq": seq,
+            "req_number": err.req, "timestamp": store.now_iso(),
+            "payload_excerpt": msg.data[:2048].decode("utf-8", "replace"),
+        }, f"reject:{stream}:{seq}")
+        log.warning("message.rejected", msg_subject=msg.subject, stream=stream, seq=seq,
+                    reason_code=err.reason, reason=err.message, req_number=err.req)
+
+    async def _in_tx(self, msg: Msg, consumer: str,
+                     body: Callable[[asyncpg.Connection], Awaitable[str]],
+                     claim: bool = True) -> Outcome:
+        """Run one message's work in a transaction with idempotency and rejection."""
+        meta = msg.metadata
+        stream, seq = meta.stream, meta.sequence.stream
+        async with self.pool.acquire() as conn, conn.transaction():
+            if claim and not await store.claim_message(conn, stream, seq, consumer, msg.subject):
+                log.info("message.duplicate", msg_subject=msg.subject, stream=stream, seq=seq)
+                return "ack"
+            try:
+                async with conn.transaction():  # a savepoint: rejection survives a failed body
+                    outcome = await body(conn)
+            except Rejected as err:
+                await self._reject(conn, msg, err)
+                return "term"
+            if claim:
+                await store.settle_message(conn, stream, seq, outcome)
+        return "ack"
+
+    # --- deliverables ----------------------------------------------------------
+    async def handle_deliverable(self, msg: Msg) -> Outcome:
+        parts = parse_deliverable_subject(msg.subject)
+        agent, req = (parts[0], parts[2]) if parts else (None, None)
+        return await self._in_tx(msg, "agogd_deliverables",
+                                 lambda conn: self._deliverable(conn, msg, agent, req))
+
+    async def _deliverable(self, conn: asyncpg.Connection, msg: Msg, subject_agent: str | None,
+                           subject_req: str | None) -> str:
+        try:
+            notice = parse_notice(msg.data, known_agents=self.pipeline.agents,
+                                  max_bytes=self.settings.max_message_bytes,
+                                  subject_agent=subject_agent, subject_req=subject_req)
+        except NoticeError as exc:
+            raise Rejected(exc.reason, exc.message, _safe_req(subject_req)) from None
+        with bound_context(req_number=notice.req_number, agent=notice.agent,
+                           msg_subject=msg.subject):
+            stage = self.pipeline.stage_for_agent(notice.agent)
+            if stage is None:  # a reporter (Miki): kept as history, no workflow
+                await store.record_event(conn, notice.req_number, "report",
+                                         agent=notice.agent, detail=_dump(notice))
+                return "report"
+            wf = await store.lock_workflow(conn, notice.req_number)
+            if wf is None:
+                raise Rejected("unknown_req", f"no workflow for {notice.req_number}",
+                               notice.req_number)
+            meta = msg.metadata
+            await store.add_history(conn, wf.req, stage.agent, stage.index, notice.attempt,
+                                    msg.subject, meta.stream, meta.sequence.stream, _dump(notice))
+            if stage.index >= len(self.pipeline.stages):
+                return await self._followup(conn, wf, stage, notice)
+            if notice.status == "IN_PROGRESS":
+                await store.extend_deadline(conn, wf.req, stage.index, notice.attempt,
+                                            stage.timeout)
+                return "heartbeat"
+            new, effects = apply(self.pipeline, wf, completed_event(stage, notice))
+            if any(isinstance(e, Ignored) for e in effects):
+                await EffectRunner(self.pipeline, conn, wf).run(effects)
+                return "ignored"
+            await store.upsert_cache(conn, wf.req, stage.agent, stage.index, _dump(notice))
+            await conn.execute(
+                "UPDATE stage_attempts SET deliverable = $4::jsonb WHERE req_number = $1"
+                " AND stage = $2 AND attempt = $3", wf.req, stage.index, wf.attempt,
+                store.dumps(_dump(notice)))
+            await self._commit(conn, new, effects)
+            return "applied"
+
+    async def _followup(self, conn: asyncpg.Connection, wf: Workflow, stage: Stage,
+                        notice: CompletionNotice) -> str:
+        """Tim's documentation: recorded; its failure never undoes the deployment."""
+        attempt = await store.running_attempt(conn, wf.req, stage.index)
+        if attempt is None:
+            log.info("followup.ignored", reason="no running attempt", stage=stage.index)
+            return "ignored"
+        if notice.status == "IN_PROGRESS":
+            await store.extend_deadline(conn, wf.req, stage.index, attempt, stage.timeout)
+            return "heartbeat"
+        outcome = "COMPLETE" if notice.status == "COMPLETE" else notice.status
+        await store.close_attempt(conn, wf.req, stage.index, attempt, outcome, notice.summary,
+                                  _dump(notice))
+        await store.upsert_cache(conn, wf.req, stage.agent, stage.index, _dump(notice))
+        await EffectRunner(self.pipeline, conn, wf).emit_stage(
+            stage, "completed" if outcome == "COMPLETE" else "failed", attempt, notice.summary)
+        return "applied"
+
+    async def _commit(self, conn: asyncpg.Connection, new: Workflow, effects: list[Any]) -> None:
+        await store.save_workflow(conn, new)
+        title = await conn.fetchval("SELECT title FROM workflow_state WHERE req_number = $1",
+                                    new.req)
+        await EffectRunner(self.pipeline, conn, new, title or "").run(effects)
+        if new.status != "IN_PROGRESS":
+            self.wake_dispatcher.set()  # a slot may have opened
+
+    # --- intake -----------------------------------------------------------------
+    async def handle_intake(self, msg: Msg) -> Outcome:
+        async def body(conn: asyncpg.Connection) -> str:
+            try:
+                req = intake.parse_requirement(msg.data, self.settings.max_message_bytes)
+            except intake.IntakeError as exc:
+                raise Rejected(exc.reason, exc.message) from None
+            created = await intake.submit(conn, req, "nats")
+            log.info("intake.received", req_number=req.req_number, created=created,
+                     msg_subject=msg.subject)
+            self.wake_dispatcher.set()
+            return "created" if created else "duplicate"
+
+        return await self._in_tx(msg, "agogd_intake", body)
+
+    # --- strategic decisions ---------------------------------------------------
+    async def handle_decision(self, msg: Msg) -> Outcome:
+        subject_req = msg.subject.rsplit(".", 1)[-1]
+
+        async def body(conn: asyncpg.Connection) -> str:
+            decision_msg = parse_decision(msg.data, subject_req, self.pipeline,
+                                          self.settings.max_message_bytes)
+            req = decision_msg.req_number
+            wf = await store.lock_workflow(conn, req)
+            if wf is None:
+                raise Rejected("unknown_req", f"no workflow for {req}", req)
+            await conn.execute(
+                "INSERT INTO strategic_decisions (req_number, decision, reasoning, payload)"
+                " VALUES ($1, $2, $3, $4::jsonb)", req, decision_msg.decision,
+                decision_msg.reasoning, msg.data.decode())
+            try:
+                new, effects = apply(self.pipeline, wf, decision_msg.to_event())
+            except DecisionRejected as exc:
+                raise Rejected("decision_not_applicable", str(exc), req) from None
+            await self._commit(conn, new, effects)
+            await conn.execute("UPDATE strategic_decisions SET applied_at = now()"
+                               " WHERE req_number = $1 AND applied_at IS NULL", req)
+            log.info("decision.applied", req_number=req, decision=decision_msg.decision)
+            return "applied"
+
+        return await self._in_tx(msg, "agogd_decisions", body)
+
+    # --- heartbeats ---------------------------------------------------------------
+    async def handle_heartbeat(self, msg: Msg) -> Outcome:
+        tokens = msg.subject.split(".")
+        agent, req = (tokens[-2], tokens[-1]) if len(tokens) >= 2 else ("", "")
+
+        async def body(conn: asyncpg.Connection) -> str:
+            stage = self.pipeline.stage_for_agent(agent)
+            if stage is None:
+                raise Rejected("unknown_agent", f"heartbeat from unknown agent {agent!r}")
+            try:
+                validate_req_id(req)
+            except ValueError as exc:
+                raise Rejected("invalid_req_id", str(exc)) from None
+            attempt = _attempt_of(msg.data)
+            extended = await store.extend_deadline(conn, req, stage.index, attempt,
+                                                   stage.timeout)
+            log.debug("heartbeat", req_number=req, agent=agent, extended=extended)
+            return "extended" if extended else "no-running-attempt"
+
+        return await self._in_tx(msg, "agogd_heartbeats", body, claim=False)
+
+    # --- dispatcher and deadlines --------------------------------------------------
+    async def dispatch_pending(self) -> int:
+        """Admit PENDING REQs by priority while fewer than max_in_flight run."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", DISPATCH_LOCK)
+            running = await conn.fetchval(
+                "SELECT count(*) FROM workflow_state WHERE status = 'IN_PROGRESS'")
+            free = self.settings.max_in_flight - running
+            if free <= 0:
+                return 0
+            rows = await conn.fetch(
+                "SELECT req_number FROM workflow_state WHERE status = 'PENDING'"
+                " ORDER BY priority, created_at, req_number LIMIT $1", free)
+            for row in rows:
+                wf = await store.lock_workflow(conn, row["req_number"])
+                assert wf is not None
+                new, effects = apply(self.pipeline, wf, Start())
+                await self._commit(conn, new, effects)
+            return len(rows)
+
+    async def expire_deadlines(self) -> int:
+        """Apply TimedOut to every RUNNING attempt past its deadline."""
+        async with self.pool.acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT req_number, stage, attempt FROM stage_attempts WHERE status = 'RUNNING'"
+                " AND deadline < now() ORDER BY deadline LIMIT 100")
+        expired = 0
+        for row in rows:
+            async with self.pool.acquire() as conn, conn.transaction():
+                wf = await store.lock_workflow(conn, row["req_number"])
+                still = await conn.fetchval(
+                    "SELECT 1 FROM stage_attempts WHERE req_number = $1 AND stage = $2"
+                    " AND attempt = $3 AND status = 'RUNNING' AND deadline < now()",
+                    row["req_number"], row["stage"], row["attempt"])
+                if wf is None or not still:
+                    continue  # a heartbeat or a notice got there first
+                expired += 1
+                if row["stage"] >= len(self.pipeline.stages):
+                    await self._followup_timeout(conn, wf, row["stage"], row["attempt"])
+                    continue
+                new, effects = apply(self.pipeline, wf, TimedOut(row["stage"], row["attempt"]))
+                if any(isinstance(e, Ignored) for e in effects):
+                    await store.close_attempt(conn, wf.req, row["stage"], row["attempt"],
+                                              "TIMED_OUT", "deadline passed (stale attempt)")
+                await self._commit(conn, new, effects)
+        return expired
+
+    async def _followup_timeout(self, conn: asyncpg.Connection, wf: Workflow, index: int,
+                                attempt: int) -> None:
+        stage = stage_by_index(self.pipeline, index)
+        await store.close_attempt(conn, wf.req, index, attempt, "TIMED_OUT",
+                                  f"{stage.agent} missed its deadline")
+        runner = EffectRunner(self.pipeline, conn, wf)
+        await runner.emit_stage(stage, "failed", attempt, "deadline passed")
+        if attempt <= stage.retries:
+            await runner.dispatch(stage, attempt + 1, {"retry": {"reason": "deadline passed"}})
+
+
+# --- message models ---------------------------------------------------------------
+class DecisionMessage(BaseModel):
+    """A strategic decision on agog.strategic.decisions.<REQ>."""
+
+    model_config = ConfigDict(extra="allow")
+
+    req_number: str
+    decision: Literal["APPROVE", "REQUEST_CHANGES", "RETRY", "CANCEL", "ESCALATE_HUMAN"]
+    reasoning: str = ""
+    restart_stage: int | None = None
+    instructions: dict[str, Any] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _normalise(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            raise ValueError("a decision is a JSON object")
+        data = dict(data)
+        for alias in ("reqNumber", "reqId", "req_id"):
+            data.setdefault("req_number", data.get(alias))
+        kind = str(data.get("decision", "")).strip().upper().replace(" ", "_")
+        data["decision"] = {"APPROVED": "APPROVE", "CANCELLED": "CANCEL",
+                            "ESCALATE": "ESCALATE_HUMAN", "CHANGES_REQUESTED": "REQUEST_CHANGES"
+                            }.get(kind, kind)
+        data["instructions"] = {k: data[k] for k in (
+            "instructions_for_roy", "instructions_for_jen", "instructions", "priority_fixes",
+            "deferred_items", "reasoning") if data.get(k)}
+        return data
+
+    @field_validator("req_number", mode="before")
+    @classmethod
+    def _req(cls, value: Any) -> str:
+        return validate_req_id(value)
+
+    def to_event(self) -> Decision:
+        return Decision(self.decision, self.restart_stage, self.instructions, self.reasoning)
+
+
+def parse_decision(data: bytes, subject_req: str, pipeline: Pipeline,
+                   max_bytes: int) -> DecisionMessage:
+    if len(data) > max_bytes:
+        raise Rejected("too_large", f"{len(data)} bytes > limit {max_bytes}")
+    try:
+        raw = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise Rejected("invalid_json", str(exc)) from None
+    if not isinstance(raw, dict):
+        raise Rejected("wrong_schema", "a decision is a JSON object")
+    raw.setdefault("req_number", raw.get("reqNumber") or raw.get("reqId") or subject_req)
+    restart = raw.get("restart_stage", raw.get("restartStage"))
+    if isinstance(restart, str) and not restart.isdigit():
+        stage = pipeline.stage_for_agent(restart.lower()) or next(
+            (s for s in pipeline.stages if s.name.lower() == restart.lower()), None)
+        if stage is None:
+            raise Rejected("wrong_schema", f"restart_stage {restart!r} is not a stage")
+        restart = stage.index
+    raw["restart_stage"] = restart
+    try:
+        decision = DecisionMessage.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(x) for x in first.get("loc", ())) or "body"
+        raise Rejected("invalid_req_id" if where == "req_number" else "wrong_schema",
+                       f"{where}: {first.get('msg')}", _safe_req(subject_req)) from None
+    if decision.req_number != subject_req and _safe_req(subject_req):
+        raise Rejected("wrong_schema", f"subject says {subject_req}, payload says "
+                       f"{decision.req_number}", decision.req_number)
+    return decision
+
+
+def completed_event(stage: Stage, notice: CompletionNotice) -> Completed:
+    """The pure event for a validated notice."""
+    instructions: dict[str, Any] = {}
+    if stage.gate == "critique":
+        instructions = {"required_fixes": notice.required_fixes,
+                        "issues_found": notice.issues_found, "blockers": notice.blockers}
+    elif stage.gate == "qa":
+        instructions = {"qa_failures": notice.qa_failures, "summary": notice.summary}
+    return Completed(
+        stage=stage.index, attempt=notice.attempt, status=notice.status,
+        verdict=notice.critique_verdict, qa_passed=notice.qa_passed,
+        rework_agents=tuple(notice.rework_agents), instructions=instructions,
+        commit_sha=notice.commit_sha, deployed_by=notice.deployed_by,
+        deployed_at=notice.deployed_at, summary=notice.summary,
+    )
+
+
+def _dump(notice: CompletionNotice) -> dict[str, Any]:
+    return notice.model_dump(mode="json")
+
+
+def _safe_req(value: str | None) -> str | None:
+    try:
+        return validate_req_id(value) if value else None
+    except ValueError:
+        return None
+
+
+def _attempt_of(data: bytes) -> int | None:
+    try:
+        value = json.loads(data or b"{}").get("attempt")
+    except (ValueError, AttributeError):
+        return None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+# --- services -------------------------------------------------------------------
+async def consume(daemon: Daemon, stream: str, durable: str, handler: Handler) -> None:
+    """Pull from one durable consumer until the daemon stops; ack after commit."""
+    assert daemon.nc is not None
+    js = daemon.nc.jetstream()
+    batch = daemon.settings.consumer_batch
+    sub = None
+    while not daemon.stopping.is_set():
+        try:
+            if sub is None:
+                sub = await js.pull_subscribe_bind(durable, stream)
+            msgs = await sub.fetch(batch, timeout=1)
+        except (NatsTimeoutError, TimeoutError):
+            continue
+        except (ConnectionClosedError, NotFoundError, OSError) as exc:
+            daemon.states.set(f"consumer.{stream}", "waiting", "warning",
+                              cause=type(exc).__name__, error=str(exc))
+            sub = None
+            await asyncio.sleep(1)
+            continue
+        daemon.states.set(f"consumer.{stream}", "consuming", "debug")
+        await asyncio.gather(*(_process(daemon, msg, handler) for msg in msgs))
+
+
+async def _process(daemon: Daemon, msg: Msg, handler: Handler) -> None:
+    try:
+        outcome = await handler(msg)
+    except Exception as exc:  # Postgres away, a bug: keep the message, retry later
+        log.error("message.failed", msg_subject=msg.subject, error=repr(exc),
+                  delivered=msg.metadata.num_delivered)
+        with contextlib.suppress(Exception):
+            await msg.nak(delay=2)
+        return
+    with contextlib.suppress(Exception):
+        if outcome == "term":
+            await msg.term()
+        else:
+            await msg.ack()
+
+
+async def _periodic(daemon: Daemon, interval: float, work: Callable[[], Awaitable[int]],
+                    name: str, wake: asyncio.Event | None = None) -> None:
+    while not daemon.stopping.is_set():
+        try:
+            while await work():
+                pass
+            daemon.states.set(name, "ok", "debug")
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            daemon.states.set(name, "failing", "warning", cause=type(exc).__name__,
+                              error=str(exc))
+        waiters = [asyncio.ensure_future(daemon.stopping.wait())]
+        if wake is not None:
+            wake.clear()
+            waiters.append(asyncio.ensure_future(wake.wait()))
+        _, pending = await asyncio.wait(waiters, timeout=interval,
+                                        return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+
+
+def install(daemon: Daemon) -> Engine:
+    """Register the engine's services on a daemon."""
+    engine = Engine(daemon)
+    pipeline = daemon.pipeline
+    handlers = {"agogd_deliverables": engine.handle_deliverable,
+                "agogd_intake": engine.handle_intake,
+                "agogd_decisions": engine.handle_decision,
+                "agogd_heartbeats": engine.handle_heartbeat}
+    for consumer in pipeline.consumers:
+        handler = handlers.get(consumer.name)
+        if handler is None:
+            continue
+        for stream in consumer.streams:
+            daemon.add_service(
+                f"consume:{stream}:{consumer.name}",
+                lambda d, s=stream, c=consumer.name, h=handler: consume(d, s, c, h))
+    daemon.add_service("outbox-relay", relay)
+    if daemon.settings.owner_requests_file is not None:
+        from orchestrator import owner_sync
+
+        daemon.add_service("owner-requests", owner_sync.watch)
+    daemon.add_service("dispatcher", lambda d: _periodic(
+        d, d.settings.dispatch_interval, engine.dispatch_pending, "dispatcher",
+        engine.wake_dispatcher))
+    daemon.add_service("deadlines", lambda d: _periodic(
+        d, d.settings.timeout_scan_interval, engine.expire_deadlines, "deadlines"))
+    return engine

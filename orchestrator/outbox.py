@@ -1,0 +1,102 @@
+"""The outbox relay: publish committed outbox rows to JetStream, exactly once.
+
+Rows are claimed with ``FOR UPDATE SKIP LOCKED`` (replicas share the work),
+published with ``Nats-Msg-Id`` = the row's msg_id (JetStream drops a repeat
+within the duplicate window), and marked published in the same transaction.
+A crash between publish and mark only causes a re-publish with the same id.
+Postgres NOTIFY wakes the relay at once; a poll is the safety net.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import TYPE_CHECKING
+
+import asyncpg
+from nats.js import JetStreamContext
+
+from orchestrator.logs import get_logger
+from orchestrator.store import OUTBOX_CHANNEL
+
+if TYPE_CHECKING:
+    from orchestrator.daemon import Daemon
+
+log = get_logger(__name__)
+
+BATCH = 200
+
+
+async def publish_batch(pool: asyncpg.Pool, js: JetStreamContext, batch: int = BATCH) -> int:
+    """Publish up to ``batch`` pending rows; returns how many were published."""
+    async with pool.acquire() as conn, conn.transaction():
+        rows = await conn.fetch(
+            "SELECT id, msg_id, subject, payload::text AS payload FROM outbox"
+            " WHERE published_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED", batch)
+        if not rows:
+            return 0
+        results = await asyncio.gather(
+            *(js.publish(r["subject"], r["payload"].encode(), timeout=5,
+                         headers={"Nats-Msg-Id": r["msg_id"]}) for r in rows),
+            return_exceptions=True,
+        )
+        done = [r["id"] for r, res in zip(rows, results, strict=True)
+                if not isinstance(res, BaseException)]
+        failed = [(r["id"], repr(res)) for r, res in zip(rows, results, strict=True)
+                  if isinstance(res, BaseException)]
+        if done:
+            await conn.execute("UPDATE outbox SET published_at = now(), attempts = attempts + 1"
+                               " WHERE id = ANY($1::bigint[])", done)
+        for row_id, error in failed:
+            await conn.execute("UPDATE outbox SET attempts = attempts + 1, last_error = $2"
+                               " WHERE id = $1", row_id, error[:500])
+        if failed:
+            raise OutboxPublishError(f"{len(failed)} of {len(rows)} publishes failed: "
+                                     f"{failed[0][1]}")
+        return len(done)
+
+
+class OutboxPublishError(RuntimeError):
+    """Some outbox rows could not be published now; they stay pending."""
+
+
+async def relay(daemon: Daemon) -> None:
+    """Run until the daemon stops; publishes everything committed before it does."""
+    assert daemon.pool is not None and daemon.nc is not None
+    js = daemon.nc.jetstream()
+    wake = asyncio.Event()
+    listener: asyncpg.Connection | None = None
+    interval = daemon.settings.outbox_poll_interval
+    while True:
+        if listener is None or listener.is_closed():
+            listener = await _listen(daemon, wake)
+        try:
+            published = await publish_batch(daemon.pool, js)
+            daemon.states.set("outbox", "flowing")
+        except (OutboxPublishError, OSError, TimeoutError, asyncpg.PostgresError,
+                asyncpg.InterfaceError) as exc:
+            daemon.states.set("outbox", "stalled", "warning", cause=type(exc).__name__,
+                              error=str(exc))
+            published = 0
+            await asyncio.sleep(min(interval, 1.0))
+        if published:
+            continue
+        if daemon.stopping.is_set():
+            break  # everything committed so far is out
+        wake.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(interval):
+                await wake.wait()
+    if listener is not None and not listener.is_closed():
+        await listener.close()
+
+
+async def _listen(daemon: Daemon, wake: asyncio.Event) -> asyncpg.Connection | None:
+    """A dedicated LISTEN connection; None (poll only) while Postgres is away."""
+    try:
+        conn = await asyncpg.connect(daemon.settings.dsn(), timeout=5)
+        await conn.add_listener(OUTBOX_CHANNEL, lambda *_: wake.set())
+        return conn
+    except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+        log.debug("outbox.listen_failed", error=str(exc))
+        return None

@@ -1,0 +1,144 @@
+"""Scripted agents and an in-process agogd for end-to-end tests (test helper).
+
+The agents are real NATS clients: they read stage assignments from
+``agog.orchestration.events.stage.started.>`` and publish real completion
+notices on ``agog.deliverables.<agent>.<role>.<REQ>`` through JetStream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import asyncpg
+import nats
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+
+from orchestrator import registry
+from orchestrator.daemon import Daemon
+from orchestrator.settings import Settings
+
+PIPELINE = registry.load()
+Script = Callable[[dict[str, Any]], dict[str, Any] | None]
+
+
+def notice(agent: str, req: str, status: str = "COMPLETE", **extra: Any) -> dict[str, Any]:
+    """A completion notice in the seeds' shape, with sensible gate fields."""
+    body: dict[str, Any] = {"agent": agent, "req_number": req, "status": status,
+                            "deliverable": f"nats://agog.deliverables.{agent}/{req}",
+                            "summary": f"{agent} did the work", "files_modified": []}
+    if agent == "sylvia" and status == "COMPLETE":
+        body["critique_verdict"] = "APPROVED"
+    if agent == "billy" and status == "COMPLETE":
+        body["tests_passed"] = True
+    if agent == "berry" and status == "COMPLETE":
+        body.update(commit_sha="abc1234", deployed_at="2026-11-23T10:00:00Z", next_agent="tim")
+    return {**body, **extra}
+
+
+def happy(assignment: dict[str, Any]) -> dict[str, Any] | None:
+    return notice(assignment["agent"], assignment["req_number"])
+
+
+def deliverable_subject(agent: str, req: str) -> str:
+    stage = PIPELINE.stage_for_agent(agent)
+    assert stage is not None
+    return PIPELINE.deliverable_subject(stage, req)
+
+
+class ScriptedAgents:
+    """Answers every assignment with ``script(assignment)`` (None: stay silent)."""
+
+    def __init__(self, nc: NATS, script: Script = happy) -> None:
+        self.nc, self.script = nc, script
+        self.assignments: list[dict[str, Any]] = []
+        self._sub: Any = None
+
+    async def start(self) -> ScriptedAgents:
+        self._sub = await self.nc.subscribe("agog.orchestration.events.stage.started.>",
+                                            cb=self._on_assignment)
+        return self
+
+    async def _on_assignment(self, msg: Msg) -> None:
+        assignment = json.loads(msg.data)
+        self.assignments.append(assignment)
+        reply = self.script(assignment)
+        if reply is not None:
+            await self.nc.jetstream().publish(
+                deliverable_subject(assignment["agent"], assignment["req_number"]),
+                json.dumps(reply).encode())
+
+    def agents_for(self, req: str) -> list[tuple[str, int]]:
+        return [(a["agent"], a["attempt"]) for a in self.assignments if a["req_number"] == req]
+
+    async def stop(self) -> None:
+        if self._sub is not None:
+            await self._sub.unsubscribe()
+
+
+def settings_for(nats_url: str, dsn: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "nats_url": [nats_url], "postgres_dsn": dsn, "http_port": 0, "health_interval": 0.2,
+        "timeout_scan_interval": 0.2, "dispatch_interval": 0.2, "outbox_poll_interval": 0.5,
+        "shutdown_grace": 5, "api_token": "test-token", "log_level": "warning",
+    }
+    return Settings(**{**values, **overrides})
+
+
+@asynccontextmanager
+async def running_agogd(settings: Settings) -> AsyncIterator[Daemon]:
+    """An in-process agogd on real servers, ready when the block starts."""
+    daemon = Daemon(settings)
+    task = asyncio.create_task(daemon.run(handle_signals=False))
+    deadline = time.monotonic() + 30
+    while not daemon.readiness.ready:
+        if task.done():
+            raise AssertionError(f"agogd exited with {task.result()}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"agogd not ready: {daemon.readiness.failing()}")
+        await asyncio.sleep(0.05)
+    try:
+        yield daemon
+    finally:
+        daemon.request_stop("test done")
+        assert await asyncio.wait_for(task, 30) == 0
+
+
+async def submit(nc: NATS, req: str, priority: str = "P2", title: str = "A feature") -> None:
+    await nc.jetstream().publish("agog.requirements.new", json.dumps(
+        {"req_number": req, "title": title, "priority": priority}).encode())
+
+
+async def wait_status(dsn: str, req: str, status: str, timeout: float = 30) -> asyncpg.Record:
+    conn = await asyncpg.connect(dsn)
+    try:
+        deadline = time.monotonic() + timeout
+        row = None
+        while time.monotonic() < deadline:
+            row = await conn.fetchrow("SELECT * FROM workflow_state WHERE req_number = $1", req)
+            if row is not None and row["status"] == status:
+                return row
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"{req} is {row['status'] if row else 'missing'}, not {status}")
+    finally:
+        await conn.close()
+
+
+async def collect(nc: NATS, subject: str) -> tuple[list[dict[str, Any]], Any]:
+    """Subscribe and collect JSON messages published on a subject pattern."""
+    seen: list[dict[str, Any]] = []
+
+    async def cb(msg: Msg) -> None:
+        seen.append({"subject": msg.subject, **json.loads(msg.data)})
+
+    sub = await nc.subscribe(subject, cb=cb)
+    return seen, sub
+
+
+async def connect(url: str) -> NATS:
+    return await nats.connect(url)
