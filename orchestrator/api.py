@@ -51,8 +51,9 @@ async def submit_req(request: web.Request) -> web.Response:
     async with daemon.pool.acquire() as conn, conn.transaction():
         created = await intake.submit(conn, req, "api")
     daemon.engine.wake_dispatcher.set()
-    return web.json_response({"req_number": req.req_number, "created": created},
-                             status=201 if created else 200)
+    return web.json_response(
+        {"req_number": req.req_number, "created": created}, status=201 if created else 200
+    )
 
 
 async def get_req(request: web.Request) -> web.Response:
@@ -67,12 +68,16 @@ async def get_req(request: web.Request) -> web.Response:
         row = await conn.fetchrow(
             "SELECT req_number, title, priority, status, current_stage, commit_sha,"
             " deployed_at, deployed_by, created_at, updated_at FROM workflow_state"
-            " WHERE req_number = $1", req)
+            " WHERE req_number = $1",
+            req,
+        )
         if row is None:
             return _error(404, f"no workflow for {req}")
         attempts = await conn.fetch(
             "SELECT stage, agent, attempt, status, reason, started_at, deadline, finished_at"
-            " FROM stage_attempts WHERE req_number = $1 ORDER BY id", req)
+            " FROM stage_attempts WHERE req_number = $1 ORDER BY id",
+            req,
+        )
     body = {**dict(row), "attempts": [dict(a) for a in attempts]}
     return web.json_response(json.loads(json.dumps(body, default=str)))
 

@@ -67,8 +67,13 @@ def ready(ctx: click.Context, as_json: bool) -> None:
     sys.exit(0 if ok else 1)
 
 
-def _call(url: str, method: str, path: str, body: dict[str, object] | None = None,
-          token: str | None = None) -> tuple[int, dict[str, object]]:
+def _call(
+    url: str,
+    method: str,
+    path: str,
+    body: dict[str, object] | None = None,
+    token: str | None = None,
+) -> tuple[int, dict[str, object]]:
     """One JSON request to agogd; exits 3 when agogd cannot be reached."""
     data = json.dumps(body).encode() if body is not None else None
     request = urllib.request.Request(f"{url}{path}", data=data, method=method)
@@ -76,7 +81,7 @@ def _call(url: str, method: str, path: str, body: dict[str, object] | None = Non
     if token:
         request.add_header("Authorization", f"Bearer {token}")
     try:
-        with urllib.request.urlopen(request, timeout=10) as resp:  # noqa: S310
+        with urllib.request.urlopen(request, timeout=10) as resp:
             return resp.status, json.loads(resp.read() or b"{}")
     except urllib.error.HTTPError as exc:
         try:
@@ -99,18 +104,36 @@ def req() -> None:
 @click.option("--priority", default="P2", show_default=True, help="P0 (urgent) to P3.")
 @click.option("--owner", default=None)
 @click.option("--requirement", "requirements", multiple=True, help="One requirement line; repeat.")
-@click.option("--token", envvar="AGOG_API_TOKEN", default=None,
-              help="API token (default: AGOG_API_TOKEN).")
+@click.option(
+    "--token", envvar="AGOG_API_TOKEN", default=None, help="API token (default: AGOG_API_TOKEN)."
+)
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def req_submit(ctx: click.Context, req_number: str, title: str, priority: str,
-               owner: str | None, requirements: tuple[str, ...], token: str | None,
-               as_json: bool) -> None:
+def req_submit(
+    ctx: click.Context,
+    req_number: str,
+    title: str,
+    priority: str,
+    owner: str | None,
+    requirements: tuple[str, ...],
+    token: str | None,
+    as_json: bool,
+) -> None:
     """Submit a REQ; idempotent: submitting it again changes nothing."""
     url = discover_url(ctx.obj["url"])
-    status, body = _call(url, "POST", "/api/reqs", {
-        "req_number": req_number, "title": title, "priority": priority, "owner": owner,
-        "requirements": list(requirements)}, token)
+    status, body = _call(
+        url,
+        "POST",
+        "/api/reqs",
+        {
+            "req_number": req_number,
+            "title": title,
+            "priority": priority,
+            "owner": owner,
+            "requirements": list(requirements),
+        },
+        token,
+    )
     if as_json:
         click.echo(json.dumps(body, indent=2))
     elif status < 300:
@@ -134,8 +157,12 @@ def req_show(ctx: click.Context, req_number: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(body, indent=2))
         return
-    click.echo(f"{body['req_number']}  {body['status']}  stage={body['current_stage']}  "
-               f"P{body['priority']}  {body['title']}")
+    click.echo(
+        f"{body['req_number']}  {body['status']}  stage={body['current_stage']}  "
+        f"P{body['priority']}  {body['title']}"
+    )
     for attempt in body.get("attempts", []):  # type: ignore[union-attr]
-        click.echo(f"  {attempt['stage']}  {attempt['agent']:<8} #{attempt['attempt']}  "
-                   f"{attempt['status']:<10} {attempt.get('reason') or ''}")
+        click.echo(
+            f"  {attempt['stage']}  {attempt['agent']:<8} #{attempt['attempt']}  "
+            f"{attempt['status']:<10} {attempt.get('reason') or ''}"
+        )

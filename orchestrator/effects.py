@@ -34,9 +34,15 @@ def assignment_msg_id(req: str, stage: int, attempt: int) -> str:
     return f"assign:{req}:{stage}:{attempt}"
 
 
-def event_payload(pipeline: Pipeline, req: str, event_type: str, stage: Stage | None = None,
-                  attempt: int | None = None, reason: str = "",
-                  extra: dict[str, Any] | None = None) -> dict[str, Any]:
+def event_payload(
+    pipeline: Pipeline,
+    req: str,
+    event_type: str,
+    stage: Stage | None = None,
+    attempt: int | None = None,
+    reason: str = "",
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """An orchestration event in the old daemon's shape (camelCase kept)."""
     payload: dict[str, Any] = {
         "eventType": event_type,
@@ -45,8 +51,9 @@ def event_payload(pipeline: Pipeline, req: str, event_type: str, stage: Stage | 
         "timestamp": store.now_iso(),
     }
     if stage is not None:
-        payload.update(stage=stage.name, stageIndex=stage.index, agentId=stage.agent,
-                       agent=stage.agent)
+        payload.update(
+            stage=stage.name, stageIndex=stage.index, agentId=stage.agent, agent=stage.agent
+        )
     if attempt is not None:
         payload["attempt"] = attempt
     if reason:
@@ -63,8 +70,9 @@ def stage_by_index(pipeline: Pipeline, index: int) -> Stage:
 class EffectRunner:
     """Turns effects into rows for one REQ within one transaction."""
 
-    def __init__(self, pipeline: Pipeline, conn: asyncpg.Connection, wf: Workflow,
-                 title: str = "") -> None:
+    def __init__(
+        self, pipeline: Pipeline, conn: asyncpg.Connection, wf: Workflow, title: str = ""
+    ) -> None:
         self.pipeline, self.conn, self.wf, self.title = pipeline, conn, wf, title
 
     async def run(self, effects: list[Effect]) -> None:
@@ -74,22 +82,25 @@ class EffectRunner:
     async def _one(self, effect: Effect) -> None:
         req = self.wf.req
         if isinstance(effect, Dispatch):
-            await self.dispatch(stage_by_index(self.pipeline, effect.stage), effect.attempt,
-                                effect.instructions)
+            await self.dispatch(
+                stage_by_index(self.pipeline, effect.stage), effect.attempt, effect.instructions
+            )
         elif isinstance(effect, DispatchFollowup):
             followup = self.pipeline.stage_for_agent(effect.agent)
             assert followup is not None
             await self.dispatch(followup, 1, {})
         elif isinstance(effect, CloseAttempt):
-            await store.close_attempt(self.conn, req, effect.stage, effect.attempt,
-                                      effect.outcome, effect.reason or None)
+            await store.close_attempt(
+                self.conn, req, effect.stage, effect.attempt, effect.outcome, effect.reason or None
+            )
         elif isinstance(effect, Emit):
             await self.emit(effect)
         elif isinstance(effect, Escalate):
             await self.escalate(effect)
         elif isinstance(effect, MarkDeployed):
-            await store.mark_deployed(self.conn, req, effect.commit_sha, effect.deployed_by,
-                                      effect.deployed_at)
+            await store.mark_deployed(
+                self.conn, req, effect.commit_sha, effect.deployed_by, effect.deployed_at
+            )
         elif isinstance(effect, Ignored):
             log.info("workflow.ignored", req_number=req, reason=effect.reason)
             await store.record_event(self.conn, req, "ignored", reason=effect.reason)
@@ -97,11 +108,16 @@ class EffectRunner:
     async def dispatch(self, stage: Stage, attempt: int, instructions: dict[str, Any]) -> None:
         """Record the attempt and queue its assignment (the stage.started event)."""
         req = self.wf.req
-        deadline = await store.insert_attempt(self.conn, req, stage.index, stage.agent, attempt,
-                                              stage.timeout, instructions)
+        deadline = await store.insert_attempt(
+            self.conn, req, stage.index, stage.agent, attempt, stage.timeout, instructions
+        )
         previous = await store.previous_deliverables(self.conn, req, stage.index)
         payload = event_payload(
-            self.pipeline, req, "stage.started", stage, attempt,
+            self.pipeline,
+            req,
+            "stage.started",
+            stage,
+            attempt,
             extra={
                 "deadline": deadline.isoformat(),
                 "timeout": stage.timeout,
@@ -115,13 +131,25 @@ class EffectRunner:
             },
         )
         subject = self.pipeline.subject("assignment", agent=stage.agent, req=req)
-        await store.enqueue(self.conn, subject, payload, assignment_msg_id(req, stage.index,
-                                                                           attempt))
-        await store.record_event(self.conn, req, "stage.started", stage=stage.index,
-                                 agent=stage.agent, attempt=attempt,
-                                 detail={"instructions": instructions})
-        log.info("stage.dispatched", req_number=req, stage=stage.index, agent=stage.agent,
-                 attempt=attempt)
+        await store.enqueue(
+            self.conn, subject, payload, assignment_msg_id(req, stage.index, attempt)
+        )
+        await store.record_event(
+            self.conn,
+            req,
+            "stage.started",
+            stage=stage.index,
+            agent=stage.agent,
+            attempt=attempt,
+            detail={"instructions": instructions},
+        )
+        log.info(
+            "stage.dispatched",
+            req_number=req,
+            stage=stage.index,
+            agent=stage.agent,
+            attempt=attempt,
+        )
 
     async def emit(self, effect: Emit) -> None:
         req = self.wf.req
@@ -131,38 +159,64 @@ class EffectRunner:
             return  # the assignment itself is the stage.started event
         if effect.kind == "stage":
             assert stage is not None
-            subject = self.pipeline.subject("stage_event", event=effect.name, agent=stage.agent,
-                                            req=req)
+            subject = self.pipeline.subject(
+                "stage_event", event=effect.name, agent=stage.agent, req=req
+            )
         else:
             subject = self.pipeline.subject("workflow_event", event=effect.name, req=req)
-        await store.enqueue(self.conn, subject,
-                            event_payload(self.pipeline, req, name, stage, effect.attempt,
-                                          effect.reason))
-        await store.record_event(self.conn, req, name, stage=effect.stage,
-                                 agent=stage.agent if stage else None, attempt=effect.attempt,
-                                 reason=effect.reason or None)
-        log.info(name, req_number=req, stage=effect.stage, attempt=effect.attempt,
-                 reason=effect.reason or None)
+        await store.enqueue(
+            self.conn,
+            subject,
+            event_payload(self.pipeline, req, name, stage, effect.attempt, effect.reason),
+        )
+        await store.record_event(
+            self.conn,
+            req,
+            name,
+            stage=effect.stage,
+            agent=stage.agent if stage else None,
+            attempt=effect.attempt,
+            reason=effect.reason or None,
+        )
+        log.info(
+            name,
+            req_number=req,
+            stage=effect.stage,
+            attempt=effect.attempt,
+            reason=effect.reason or None,
+        )
 
     async def emit_stage(self, stage: Stage, name: str, attempt: int, reason: str = "") -> None:
         await self.emit(Emit("stage", name, stage.index, attempt, reason))
 
     async def escalate(self, effect: Escalate) -> None:
         req = self.wf.req
-        payload = {"req_number": req, "priority": effect.priority, "reason": effect.reason,
-                   "timestamp": store.now_iso(), "stage": self.wf.stage,
-                   "attempt": self.wf.attempt}
-        if not await store.insert_escalation(self.conn, effect.key, req, effect.priority,
-                                             effect.reason, payload):
+        payload = {
+            "req_number": req,
+            "priority": effect.priority,
+            "reason": effect.reason,
+            "timestamp": store.now_iso(),
+            "stage": self.wf.stage,
+            "attempt": self.wf.attempt,
+        }
+        if not await store.insert_escalation(
+            self.conn, effect.key, req, effect.priority, effect.reason, payload
+        ):
             log.info("escalation.already_sent", req_number=req, key=effect.key)
             return
         target = "human" if effect.target == "human" else req
-        await store.enqueue(self.conn, self.pipeline.subject("escalation", target=target),
-                            payload, f"escalation:{effect.key}")
-        await store.record_event(self.conn, req, "escalated", reason=effect.reason,
-                                 detail={"priority": effect.priority})
-        log.warning("workflow.escalated", req_number=req, priority=effect.priority,
-                    reason=effect.reason)
+        await store.enqueue(
+            self.conn,
+            self.pipeline.subject("escalation", target=target),
+            payload,
+            f"escalation:{effect.key}",
+        )
+        await store.record_event(
+            self.conn, req, "escalated", reason=effect.reason, detail={"priority": effect.priority}
+        )
+        log.warning(
+            "workflow.escalated", req_number=req, priority=effect.priority, reason=effect.reason
+        )
 
 
 def _previous(pipeline: Pipeline, row: asyncpg.Record, req: str) -> dict[str, Any]:

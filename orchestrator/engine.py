@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import asyncpg
 from nats.aio.msg import Msg
-from nats.errors import ConnectionClosedError, TimeoutError as NatsTimeoutError
+from nats.errors import ConnectionClosedError
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.errors import NotFoundError
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
@@ -81,21 +82,46 @@ class Engine:
         meta = msg.metadata
         stream, seq = meta.stream, meta.sequence.stream
         await store.settle_message(conn, stream, seq, "rejected", f"{err.reason}: {err.message}")
-        await store.record_event(conn, err.req, "message.rejected",
-                                 reason=f"{err.reason}: {err.message}",
-                                 detail={"subject": msg.subject, "stream": stream, "seq": seq})
-        await store.enqueue(conn, self.pipeline.subjects["rejection"], {
-            "eventType": "message.rejected", "reason_code": err.reason, "reason": err.message,
-            "subject": msg.subject, "stream": stream, "stream_seq": seq,
-            "req_number": err.req, "timestamp": store.now_iso(),
-            "payload_excerpt": msg.data[:2048].decode("utf-8", "replace"),
-        }, f"reject:{stream}:{seq}")
-        log.warning("message.rejected", msg_subject=msg.subject, stream=stream, seq=seq,
-                    reason_code=err.reason, reason=err.message, req_number=err.req)
+        await store.record_event(
+            conn,
+            err.req,
+            "message.rejected",
+            reason=f"{err.reason}: {err.message}",
+            detail={"subject": msg.subject, "stream": stream, "seq": seq},
+        )
+        await store.enqueue(
+            conn,
+            self.pipeline.subjects["rejection"],
+            {
+                "eventType": "message.rejected",
+                "reason_code": err.reason,
+                "reason": err.message,
+                "subject": msg.subject,
+                "stream": stream,
+                "stream_seq": seq,
+                "req_number": err.req,
+                "timestamp": store.now_iso(),
+                "payload_excerpt": msg.data[:2048].decode("utf-8", "replace"),
+            },
+            f"reject:{stream}:{seq}",
+        )
+        log.warning(
+            "message.rejected",
+            msg_subject=msg.subject,
+            stream=stream,
+            seq=seq,
+            reason_code=err.reason,
+            reason=err.message,
+            req_number=err.req,
+        )
 
-    async def _in_tx(self, msg: Msg, consumer: str,
-                     body: Callable[[asyncpg.Connection], Awaitable[str]],
-                     claim: bool = True) -> Outcome:
+    async def _in_tx(
+        self,
+        msg: Msg,
+        consumer: str,
+        body: Callable[[asyncpg.Connection], Awaitable[str]],
+        claim: bool = True,
+    ) -> Outcome:
         """Run one message's work in a transaction with idempotency and rejection."""
         meta = msg.metadata
         stream, seq = meta.stream, meta.sequence.stream
@@ -117,36 +143,55 @@ class Engine:
     async def handle_deliverable(self, msg: Msg) -> Outcome:
         parts = parse_deliverable_subject(msg.subject)
         agent, req = (parts[0], parts[2]) if parts else (None, None)
-        return await self._in_tx(msg, "agogd_deliverables",
-                                 lambda conn: self._deliverable(conn, msg, agent, req))
+        return await self._in_tx(
+            msg, "agogd_deliverables", lambda conn: self._deliverable(conn, msg, agent, req)
+        )
 
-    async def _deliverable(self, conn: asyncpg.Connection, msg: Msg, subject_agent: str | None,
-                           subject_req: str | None) -> str:
+    async def _deliverable(
+        self, conn: asyncpg.Connection, msg: Msg, subject_agent: str | None, subject_req: str | None
+    ) -> str:
         try:
-            notice = parse_notice(msg.data, known_agents=self.pipeline.agents,
-                                  max_bytes=self.settings.max_message_bytes,
-                                  subject_agent=subject_agent, subject_req=subject_req)
+            notice = parse_notice(
+                msg.data,
+                known_agents=self.pipeline.agents,
+                max_bytes=self.settings.max_message_bytes,
+                subject_agent=subject_agent,
+                subject_req=subject_req,
+            )
         except NoticeError as exc:
             raise Rejected(exc.reason, exc.message, _safe_req(subject_req)) from None
-        with bound_context(req_number=notice.req_number, agent=notice.agent,
-                           msg_subject=msg.subject):
+        with bound_context(
+            req_number=notice.req_number, agent=notice.agent, msg_subject=msg.subject
+        ):
             stage = self.pipeline.stage_for_agent(notice.agent)
             if stage is None:  # a reporter (Miki): kept as history, no workflow
-                await store.record_event(conn, notice.req_number, "report",
-                                         agent=notice.agent, detail=_dump(notice))
+                await store.record_event(
+                    conn, notice.req_number, "report", agent=notice.agent, detail=_dump(notice)
+                )
                 return "report"
             wf = await store.lock_workflow(conn, notice.req_number)
             if wf is None:
-                raise Rejected("unknown_req", f"no workflow for {notice.req_number}",
-                               notice.req_number)
+                raise Rejected(
+                    "unknown_req", f"no workflow for {notice.req_number}", notice.req_number
+                )
             meta = msg.metadata
-            await store.add_history(conn, wf.req, stage.agent, stage.index, notice.attempt,
-                                    msg.subject, meta.stream, meta.sequence.stream, _dump(notice))
+            await store.add_history(
+                conn,
+                wf.req,
+                stage.agent,
+                stage.index,
+                notice.attempt,
+                msg.subject,
+                meta.stream,
+                meta.sequence.stream,
+                _dump(notice),
+            )
             if stage.index >= len(self.pipeline.stages):
                 return await self._followup(conn, wf, stage, notice)
             if notice.status == "IN_PROGRESS":
-                await store.extend_deadline(conn, wf.req, stage.index, notice.attempt,
-                                            stage.timeout)
+                await store.extend_deadline(
+                    conn, wf.req, stage.index, notice.attempt, stage.timeout
+                )
                 return "heartbeat"
             new, effects = apply(self.pipeline, wf, completed_event(stage, notice))
             if any(isinstance(e, Ignored) for e in effects):
@@ -155,13 +200,18 @@ class Engine:
             await store.upsert_cache(conn, wf.req, stage.agent, stage.index, _dump(notice))
             await conn.execute(
                 "UPDATE stage_attempts SET deliverable = $4::jsonb WHERE req_number = $1"
-                " AND stage = $2 AND attempt = $3", wf.req, stage.index, wf.attempt,
-                store.dumps(_dump(notice)))
+                " AND stage = $2 AND attempt = $3",
+                wf.req,
+                stage.index,
+                wf.attempt,
+                store.dumps(_dump(notice)),
+            )
             await self._commit(conn, new, effects)
             return "applied"
 
-    async def _followup(self, conn: asyncpg.Connection, wf: Workflow, stage: Stage,
-                        notice: CompletionNotice) -> str:
+    async def _followup(
+        self, conn: asyncpg.Connection, wf: Workflow, stage: Stage, notice: CompletionNotice
+    ) -> str:
         """Tim's documentation: recorded; its failure never undoes the deployment."""
         attempt = await store.running_attempt(conn, wf.req, stage.index)
         if attempt is None:
@@ -171,17 +221,20 @@ class Engine:
             await store.extend_deadline(conn, wf.req, stage.index, attempt, stage.timeout)
             return "heartbeat"
         outcome = "COMPLETE" if notice.status == "COMPLETE" else notice.status
-        await store.close_attempt(conn, wf.req, stage.index, attempt, outcome, notice.summary,
-                                  _dump(notice))
+        await store.close_attempt(
+            conn, wf.req, stage.index, attempt, outcome, notice.summary, _dump(notice)
+        )
         await store.upsert_cache(conn, wf.req, stage.agent, stage.index, _dump(notice))
         await EffectRunner(self.pipeline, conn, wf).emit_stage(
-            stage, "completed" if outcome == "COMPLETE" else "failed", attempt, notice.summary)
+            stage, "completed" if outcome == "COMPLETE" else "failed", attempt, notice.summary
+        )
         return "applied"
 
     async def _commit(self, conn: asyncpg.Connection, new: Workflow, effects: list[Any]) -> None:
         await store.save_workflow(conn, new)
-        title = await conn.fetchval("SELECT title FROM workflow_state WHERE req_number = $1",
-                                    new.req)
+        title = await conn.fetchval(
+            "SELECT title FROM workflow_state WHERE req_number = $1", new.req
+        )
         await EffectRunner(self.pipeline, conn, new, title or "").run(effects)
         if new.status != "IN_PROGRESS":
             self.wake_dispatcher.set()  # a slot may have opened
@@ -194,8 +247,12 @@ class Engine:
             except intake.IntakeError as exc:
                 raise Rejected(exc.reason, exc.message) from None
             created = await intake.submit(conn, req, "nats")
-            log.info("intake.received", req_number=req.req_number, created=created,
-                     msg_subject=msg.subject)
+            log.info(
+                "intake.received",
+                req_number=req.req_number,
+                created=created,
+                msg_subject=msg.subject,
+            )
             self.wake_dispatcher.set()
             return "created" if created else "duplicate"
 
@@ -206,23 +263,31 @@ class Engine:
         subject_req = msg.subject.rsplit(".", 1)[-1]
 
         async def body(conn: asyncpg.Connection) -> str:
-            decision_msg = parse_decision(msg.data, subject_req, self.pipeline,
-                                          self.settings.max_message_bytes)
+            decision_msg = parse_decision(
+                msg.data, subject_req, self.pipeline, self.settings.max_message_bytes
+            )
             req = decision_msg.req_number
             wf = await store.lock_workflow(conn, req)
             if wf is None:
                 raise Rejected("unknown_req", f"no workflow for {req}", req)
             await conn.execute(
                 "INSERT INTO strategic_decisions (req_number, decision, reasoning, payload)"
-                " VALUES ($1, $2, $3, $4::jsonb)", req, decision_msg.decision,
-                decision_msg.reasoning, msg.data.decode())
+                " VALUES ($1, $2, $3, $4::jsonb)",
+                req,
+                decision_msg.decision,
+                decision_msg.reasoning,
+                msg.data.decode(),
+            )
             try:
                 new, effects = apply(self.pipeline, wf, decision_msg.to_event())
             except DecisionRejected as exc:
                 raise Rejected("decision_not_applicable", str(exc), req) from None
             await self._commit(conn, new, effects)
-            await conn.execute("UPDATE strategic_decisions SET applied_at = now()"
-                               " WHERE req_number = $1 AND applied_at IS NULL", req)
+            await conn.execute(
+                "UPDATE strategic_decisions SET applied_at = now()"
+                " WHERE req_number = $1 AND applied_at IS NULL",
+                req,
+            )
             log.info("decision.applied", req_number=req, decision=decision_msg.decision)
             return "applied"
 
@@ -242,8 +307,7 @@ class Engine:
             except ValueError as exc:
                 raise Rejected("invalid_req_id", str(exc)) from None
             attempt = _attempt_of(msg.data)
-            extended = await store.extend_deadline(conn, req, stage.index, attempt,
-                                                   stage.timeout)
+            extended = await store.extend_deadline(conn, req, stage.index, attempt, stage.timeout)
             log.debug("heartbeat", req_number=req, agent=agent, extended=extended)
             return "extended" if extended else "no-running-attempt"
 
@@ -255,13 +319,16 @@ class Engine:
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", DISPATCH_LOCK)
             running = await conn.fetchval(
-                "SELECT count(*) FROM workflow_state WHERE status = 'IN_PROGRESS'")
+                "SELECT count(*) FROM workflow_state WHERE status = 'IN_PROGRESS'"
+            )
             free = self.settings.max_in_flight - running
             if free <= 0:
                 return 0
             rows = await conn.fetch(
                 "SELECT req_number FROM workflow_state WHERE status = 'PENDING'"
-                " ORDER BY priority, created_at, req_number LIMIT $1", free)
+                " ORDER BY priority, created_at, req_number LIMIT $1",
+                free,
+            )
             for row in rows:
                 wf = await store.lock_workflow(conn, row["req_number"])
                 assert wf is not None
@@ -274,7 +341,8 @@ class Engine:
         async with self.pool.acquire() as conn:
             rows = await conn.fetch(
                 "SELECT req_number, stage, attempt FROM stage_attempts WHERE status = 'RUNNING'"
-                " AND deadline < now() ORDER BY deadline LIMIT 100")
+                " AND deadline < now() ORDER BY deadline LIMIT 100"
+            )
         expired = 0
         for row in rows:
             async with self.pool.acquire() as conn, conn.transaction():
@@ -282,7 +350,10 @@ class Engine:
                 still = await conn.fetchval(
                     "SELECT 1 FROM stage_attempts WHERE req_number = $1 AND stage = $2"
                     " AND attempt = $3 AND status = 'RUNNING' AND deadline < now()",
-                    row["req_number"], row["stage"], row["attempt"])
+                    row["req_number"],
+                    row["stage"],
+                    row["attempt"],
+                )
                 if wf is None or not still:
                     continue  # a heartbeat or a notice got there first
                 expired += 1
@@ -291,16 +362,24 @@ class Engine:
                     continue
                 new, effects = apply(self.pipeline, wf, TimedOut(row["stage"], row["attempt"]))
                 if any(isinstance(e, Ignored) for e in effects):
-                    await store.close_attempt(conn, wf.req, row["stage"], row["attempt"],
-                                              "TIMED_OUT", "deadline passed (stale attempt)")
+                    await store.close_attempt(
+                        conn,
+                        wf.req,
+                        row["stage"],
+                        row["attempt"],
+                        "TIMED_OUT",
+                        "deadline passed (stale attempt)",
+                    )
                 await self._commit(conn, new, effects)
         return expired
 
-    async def _followup_timeout(self, conn: asyncpg.Connection, wf: Workflow, index: int,
-                                attempt: int) -> None:
+    async def _followup_timeout(
+        self, conn: asyncpg.Connection, wf: Workflow, index: int, attempt: int
+    ) -> None:
         stage = stage_by_index(self.pipeline, index)
-        await store.close_attempt(conn, wf.req, index, attempt, "TIMED_OUT",
-                                  f"{stage.agent} missed its deadline")
+        await store.close_attempt(
+            conn, wf.req, index, attempt, "TIMED_OUT", f"{stage.agent} missed its deadline"
+        )
         runner = EffectRunner(self.pipeline, conn, wf)
         await runner.emit_stage(stage, "failed", attempt, "deadline passed")
         if attempt <= stage.retries:
@@ -328,12 +407,24 @@ class DecisionMessage(BaseModel):
         for alias in ("reqNumber", "reqId", "req_id"):
             data.setdefault("req_number", data.get(alias))
         kind = str(data.get("decision", "")).strip().upper().replace(" ", "_")
-        data["decision"] = {"APPROVED": "APPROVE", "CANCELLED": "CANCEL",
-                            "ESCALATE": "ESCALATE_HUMAN", "CHANGES_REQUESTED": "REQUEST_CHANGES"
-                            }.get(kind, kind)
-        data["instructions"] = {k: data[k] for k in (
-            "instructions_for_roy", "instructions_for_jen", "instructions", "priority_fixes",
-            "deferred_items", "reasoning") if data.get(k)}
+        data["decision"] = {
+            "APPROVED": "APPROVE",
+            "CANCELLED": "CANCEL",
+            "ESCALATE": "ESCALATE_HUMAN",
+            "CHANGES_REQUESTED": "REQUEST_CHANGES",
+        }.get(kind, kind)
+        data["instructions"] = {
+            k: data[k]
+            for k in (
+                "instructions_for_roy",
+                "instructions_for_jen",
+                "instructions",
+                "priority_fixes",
+                "deferred_items",
+                "reasoning",
+            )
+            if data.get(k)
+        }
         return data
 
     @field_validator("req_number", mode="before")
@@ -345,8 +436,9 @@ class DecisionMessage(BaseModel):
         return Decision(self.decision, self.restart_stage, self.instructions, self.reasoning)
 
 
-def parse_decision(data: bytes, subject_req: str, pipeline: Pipeline,
-                   max_bytes: int) -> DecisionMessage:
+def parse_decision(
+    data: bytes, subject_req: str, pipeline: Pipeline, max_bytes: int
+) -> DecisionMessage:
     if len(data) > max_bytes:
         raise Rejected("too_large", f"{len(data)} bytes > limit {max_bytes}")
     try:
@@ -359,7 +451,8 @@ def parse_decision(data: bytes, subject_req: str, pipeline: Pipeline,
     restart = raw.get("restart_stage", raw.get("restartStage"))
     if isinstance(restart, str) and not restart.isdigit():
         stage = pipeline.stage_for_agent(restart.lower()) or next(
-            (s for s in pipeline.stages if s.name.lower() == restart.lower()), None)
+            (s for s in pipeline.stages if s.name.lower() == restart.lower()), None
+        )
         if stage is None:
             raise Rejected("wrong_schema", f"restart_stage {restart!r} is not a stage")
         restart = stage.index
@@ -369,11 +462,17 @@ def parse_decision(data: bytes, subject_req: str, pipeline: Pipeline,
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(x) for x in first.get("loc", ())) or "body"
-        raise Rejected("invalid_req_id" if where == "req_number" else "wrong_schema",
-                       f"{where}: {first.get('msg')}", _safe_req(subject_req)) from None
+        raise Rejected(
+            "invalid_req_id" if where == "req_number" else "wrong_schema",
+            f"{where}: {first.get('msg')}",
+            _safe_req(subject_req),
+        ) from None
     if decision.req_number != subject_req and _safe_req(subject_req):
-        raise Rejected("wrong_schema", f"subject says {subject_req}, payload says "
-                       f"{decision.req_number}", decision.req_number)
+        raise Rejected(
+            "wrong_schema",
+            f"subject says {subject_req}, payload says {decision.req_number}",
+            decision.req_number,
+        )
     return decision
 
 
@@ -381,16 +480,25 @@ def completed_event(stage: Stage, notice: CompletionNotice) -> Completed:
     """The pure event for a validated notice."""
     instructions: dict[str, Any] = {}
     if stage.gate == "critique":
-        instructions = {"required_fixes": notice.required_fixes,
-                        "issues_found": notice.issues_found, "blockers": notice.blockers}
+        instructions = {
+            "required_fixes": notice.required_fixes,
+            "issues_found": notice.issues_found,
+            "blockers": notice.blockers,
+        }
     elif stage.gate == "qa":
         instructions = {"qa_failures": notice.qa_failures, "summary": notice.summary}
     return Completed(
-        stage=stage.index, attempt=notice.attempt, status=notice.status,
-        verdict=notice.critique_verdict, qa_passed=notice.qa_passed,
-        rework_agents=tuple(notice.rework_agents), instructions=instructions,
-        commit_sha=notice.commit_sha, deployed_by=notice.deployed_by,
-        deployed_at=notice.deployed_at, summary=notice.summary,
+        stage=stage.index,
+        attempt=notice.attempt,
+        status=notice.status,
+        verdict=notice.critique_verdict,
+        qa_passed=notice.qa_passed,
+        rework_agents=tuple(notice.rework_agents),
+        instructions=instructions,
+        commit_sha=notice.commit_sha,
+        deployed_by=notice.deployed_by,
+        deployed_at=notice.deployed_at,
+        summary=notice.summary,
     )
 
 
@@ -428,8 +536,9 @@ async def consume(daemon: Daemon, stream: str, durable: str, handler: Handler) -
         except (NatsTimeoutError, TimeoutError):
             continue
         except (ConnectionClosedError, NotFoundError, OSError) as exc:
-            daemon.states.set(f"consumer.{stream}", "waiting", "warning",
-                              cause=type(exc).__name__, error=str(exc))
+            daemon.states.set(
+                f"consumer.{stream}", "waiting", "warning", cause=type(exc).__name__, error=str(exc)
+            )
             sub = None
             await asyncio.sleep(1)
             continue
@@ -441,8 +550,12 @@ async def _process(daemon: Daemon, msg: Msg, handler: Handler) -> None:
     try:
         outcome = await handler(msg)
     except Exception as exc:  # Postgres away, a bug: keep the message, retry later
-        log.error("message.failed", msg_subject=msg.subject, error=repr(exc),
-                  delivered=msg.metadata.num_delivered)
+        log.error(
+            "message.failed",
+            msg_subject=msg.subject,
+            error=repr(exc),
+            delivered=msg.metadata.num_delivered,
+        )
         with contextlib.suppress(Exception):
             await msg.nak(delay=2)
         return
@@ -453,22 +566,27 @@ async def _process(daemon: Daemon, msg: Msg, handler: Handler) -> None:
             await msg.ack()
 
 
-async def _periodic(daemon: Daemon, interval: float, work: Callable[[], Awaitable[int]],
-                    name: str, wake: asyncio.Event | None = None) -> None:
+async def _periodic(
+    daemon: Daemon,
+    interval: float,
+    work: Callable[[], Awaitable[int]],
+    name: str,
+    wake: asyncio.Event | None = None,
+) -> None:
     while not daemon.stopping.is_set():
         try:
             while await work():
                 pass
             daemon.states.set(name, "ok", "debug")
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            daemon.states.set(name, "failing", "warning", cause=type(exc).__name__,
-                              error=str(exc))
+            daemon.states.set(name, "failing", "warning", cause=type(exc).__name__, error=str(exc))
         waiters = [asyncio.ensure_future(daemon.stopping.wait())]
         if wake is not None:
             wake.clear()
             waiters.append(asyncio.ensure_future(wake.wait()))
-        _, pending = await asyncio.wait(waiters, timeout=interval,
-                                        return_when=asyncio.FIRST_COMPLETED)
+        _, pending = await asyncio.wait(
+            waiters, timeout=interval, return_when=asyncio.FIRST_COMPLETED
+        )
         for task in pending:
             task.cancel()
 
@@ -477,10 +595,12 @@ def install(daemon: Daemon) -> Engine:
     """Register the engine's services on a daemon."""
     engine = Engine(daemon)
     pipeline = daemon.pipeline
-    handlers = {"agogd_deliverables": engine.handle_deliverable,
-                "agogd_intake": engine.handle_intake,
-                "agogd_decisions": engine.handle_decision,
-                "agogd_heartbeats": engine.handle_heartbeat}
+    handlers = {
+        "agogd_deliverables": engine.handle_deliverable,
+        "agogd_intake": engine.handle_intake,
+        "agogd_decisions": engine.handle_decision,
+        "agogd_heartbeats": engine.handle_heartbeat,
+    }
     for consumer in pipeline.consumers:
         handler = handlers.get(consumer.name)
         if handler is None:
@@ -488,15 +608,27 @@ def install(daemon: Daemon) -> Engine:
         for stream in consumer.streams:
             daemon.add_service(
                 f"consume:{stream}:{consumer.name}",
-                lambda d, s=stream, c=consumer.name, h=handler: consume(d, s, c, h))
+                lambda d, s=stream, c=consumer.name, h=handler: consume(d, s, c, h),
+            )
     daemon.add_service("outbox-relay", relay)
     if daemon.settings.owner_requests_file is not None:
         from orchestrator import owner_sync
 
         daemon.add_service("owner-requests", owner_sync.watch)
-    daemon.add_service("dispatcher", lambda d: _periodic(
-        d, d.settings.dispatch_interval, engine.dispatch_pending, "dispatcher",
-        engine.wake_dispatcher))
-    daemon.add_service("deadlines", lambda d: _periodic(
-        d, d.settings.timeout_scan_interval, engine.expire_deadlines, "deadlines"))
+    daemon.add_service(
+        "dispatcher",
+        lambda d: _periodic(
+            d,
+            d.settings.dispatch_interval,
+            engine.dispatch_pending,
+            "dispatcher",
+            engine.wake_dispatcher,
+        ),
+    )
+    daemon.add_service(
+        "deadlines",
+        lambda d: _periodic(
+            d, d.settings.timeout_scan_interval, engine.expire_deadlines, "deadlines"
+        ),
+    )
     return engine

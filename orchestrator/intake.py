@@ -102,17 +102,32 @@ def parse_requirement(data: bytes, max_bytes: int) -> Requirement:
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(x) for x in first.get("loc", ())) or "body"
-        reason = "invalid_req_id" if where == "req_number" and raw.get(
-            "req_number", raw.get("reqNumber", raw.get("reqId"))) is not None else "wrong_schema"
+        reason = (
+            "invalid_req_id"
+            if where == "req_number"
+            and raw.get("req_number", raw.get("reqNumber", raw.get("reqId"))) is not None
+            else "wrong_schema"
+        )
         raise IntakeError(reason, f"{where}: {first.get('msg', 'invalid')}") from None
 
 
 async def submit(conn: asyncpg.Connection, req: Requirement, source: str) -> bool:
     """Create the workflow if it is new (inside the caller's transaction)."""
     created = await store.insert_requirement(
-        conn, req.req_number, title=req.title, priority=req.priority, source=source,
-        owner=req.owner, requirement=req.model_dump(mode="json"))
+        conn,
+        req.req_number,
+        title=req.title,
+        priority=req.priority,
+        source=source,
+        owner=req.owner,
+        requirement=req.model_dump(mode="json"),
+    )
     if created:
-        await store.record_event(conn, req.req_number, "workflow.queued",
-                                 reason=f"from {source}", detail={"priority": req.priority})
+        await store.record_event(
+            conn,
+            req.req_number,
+            "workflow.queued",
+            reason=f"from {source}",
+            detail={"priority": req.priority},
+        )
     return created

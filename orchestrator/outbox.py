@@ -32,27 +32,49 @@ async def publish_batch(pool: asyncpg.Pool, js: JetStreamContext, batch: int = B
     async with pool.acquire() as conn, conn.transaction():
         rows = await conn.fetch(
             "SELECT id, msg_id, subject, payload::text AS payload FROM outbox"
-            " WHERE published_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED", batch)
+            " WHERE published_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+            batch,
+        )
         if not rows:
             return 0
         results = await asyncio.gather(
-            *(js.publish(r["subject"], r["payload"].encode(), timeout=5,
-                         headers={"Nats-Msg-Id": r["msg_id"]}) for r in rows),
+            *(
+                js.publish(
+                    r["subject"],
+                    r["payload"].encode(),
+                    timeout=5,
+                    headers={"Nats-Msg-Id": r["msg_id"]},
+                )
+                for r in rows
+            ),
             return_exceptions=True,
         )
-        done = [r["id"] for r, res in zip(rows, results, strict=True)
-                if not isinstance(res, BaseException)]
-        failed = [(r["id"], repr(res)) for r, res in zip(rows, results, strict=True)
-                  if isinstance(res, BaseException)]
+        done = [
+            r["id"]
+            for r, res in zip(rows, results, strict=True)
+            if not isinstance(res, BaseException)
+        ]
+        failed = [
+            (r["id"], repr(res))
+            for r, res in zip(rows, results, strict=True)
+            if isinstance(res, BaseException)
+        ]
         if done:
-            await conn.execute("UPDATE outbox SET published_at = now(), attempts = attempts + 1"
-                               " WHERE id = ANY($1::bigint[])", done)
+            await conn.execute(
+                "UPDATE outbox SET published_at = now(), attempts = attempts + 1"
+                " WHERE id = ANY($1::bigint[])",
+                done,
+            )
         for row_id, error in failed:
-            await conn.execute("UPDATE outbox SET attempts = attempts + 1, last_error = $2"
-                               " WHERE id = $1", row_id, error[:500])
+            await conn.execute(
+                "UPDATE outbox SET attempts = attempts + 1, last_error = $2 WHERE id = $1",
+                row_id,
+                error[:500],
+            )
         if failed:
-            raise OutboxPublishError(f"{len(failed)} of {len(rows)} publishes failed: "
-                                     f"{failed[0][1]}")
+            raise OutboxPublishError(
+                f"{len(failed)} of {len(rows)} publishes failed: {failed[0][1]}"
+            )
         return len(done)
 
 
@@ -73,10 +95,16 @@ async def relay(daemon: Daemon) -> None:
         try:
             published = await publish_batch(daemon.pool, js)
             daemon.states.set("outbox", "flowing")
-        except (OutboxPublishError, OSError, TimeoutError, asyncpg.PostgresError,
-                asyncpg.InterfaceError) as exc:
-            daemon.states.set("outbox", "stalled", "warning", cause=type(exc).__name__,
-                              error=str(exc))
+        except (
+            OutboxPublishError,
+            OSError,
+            TimeoutError,
+            asyncpg.PostgresError,
+            asyncpg.InterfaceError,
+        ) as exc:
+            daemon.states.set(
+                "outbox", "stalled", "warning", cause=type(exc).__name__, error=str(exc)
+            )
             published = 0
             await asyncio.sleep(min(interval, 1.0))
         if published:

@@ -22,8 +22,14 @@ if TYPE_CHECKING:
 
 log = get_logger("agogd.owner_requests")
 
-FILE_STATUS = {"PENDING": "PENDING", "IN_PROGRESS": "IN_PROGRESS", "BLOCKED": "BLOCKED",
-               "ESCALATED": "BLOCKED", "DEPLOYED": "DEPLOYED", "CANCELLED": "CANCELLED"}
+FILE_STATUS = {
+    "PENDING": "PENDING",
+    "IN_PROGRESS": "IN_PROGRESS",
+    "BLOCKED": "BLOCKED",
+    "ESCALATED": "BLOCKED",
+    "DEPLOYED": "DEPLOYED",
+    "CANCELLED": "CANCELLED",
+}
 STARTABLE = frozenset({"NEW", "PENDING"})
 
 
@@ -34,8 +40,10 @@ async def ingest(daemon: Daemon, file: OwnerRequestsFile) -> int:
     for problem in problems:
         daemon.states.set(f"owner_requests.{problem}", "problem", "warning", problem=problem)
     async with daemon.pool.acquire() as conn:
-        seen = {r["req_number"]: r["content_hash"] for r in await conn.fetch(
-            "SELECT req_number, content_hash FROM owner_requests_seen")}
+        seen = {
+            r["req_number"]: r["content_hash"]
+            for r in await conn.fetch("SELECT req_number, content_hash FROM owner_requests_seen")
+        }
     created = 0
     for entry in changed_entries(seen, entries):
         async with daemon.pool.acquire() as conn, conn.transaction():
@@ -48,20 +56,30 @@ async def ingest(daemon: Daemon, file: OwnerRequestsFile) -> int:
 async def _ingest_one(conn: asyncpg.Connection, entry: OwnerRequest) -> int:
     created = 0
     if entry.status in STARTABLE:
-        req = intake.Requirement(req_number=entry.req_number, title=entry.title,
-                                 priority=entry.priority, owner=entry.owner,
-                                 requirements=list(entry.requirements))
+        req = intake.Requirement(
+            req_number=entry.req_number,
+            title=entry.title,
+            priority=entry.priority,
+            owner=entry.owner,
+            requirements=list(entry.requirements),
+        )
         created = int(await intake.submit(conn, req, "owner_requests"))
         if not created:  # an edit of a REQ that has not started yet
             await conn.execute(
                 "UPDATE workflow_state SET title = $2, priority = $3, updated_at = now()"
                 " WHERE req_number = $1 AND status = 'PENDING'",
-                entry.req_number, entry.title, entry.priority)
+                entry.req_number,
+                entry.title,
+                entry.priority,
+            )
         log.info("owner_requests.entry", req_number=entry.req_number, created=bool(created))
     await conn.execute(
         "INSERT INTO owner_requests_seen (req_number, content_hash) VALUES ($1, $2)"
         " ON CONFLICT (req_number) DO UPDATE SET content_hash = EXCLUDED.content_hash,"
-        " seen_at = now()", entry.req_number, entry.content_hash)
+        " seen_at = now()",
+        entry.req_number,
+        entry.content_hash,
+    )
     return created
 
 
@@ -71,19 +89,26 @@ async def mirror(daemon: Daemon, file: OwnerRequestsFile) -> int:
     async with daemon.pool.acquire() as conn:
         rows = await conn.fetch(
             "SELECT req_number, status, commit_sha, deployed_at, deployed_by FROM workflow_state"
-            " WHERE mirrored_status IS DISTINCT FROM status ORDER BY updated_at LIMIT 100")
+            " WHERE mirrored_status IS DISTINCT FROM status ORDER BY updated_at LIMIT 100"
+        )
     for row in rows:
         status = FILE_STATUS.get(row["status"], row["status"])
         extra: dict[str, str] = {}
         if row["status"] == "DEPLOYED":
-            extra = {"Deployed At": row["deployed_at"].isoformat() if row["deployed_at"] else "",
-                     "Commit": row["commit_sha"] or "", "Deployed By": row["deployed_by"] or ""}
+            extra = {
+                "Deployed At": row["deployed_at"].isoformat() if row["deployed_at"] else "",
+                "Commit": row["commit_sha"] or "",
+                "Deployed By": row["deployed_by"] or "",
+            }
             extra = {k: v for k, v in extra.items() if v}
         written = await asyncio.to_thread(file.update_status, row["req_number"], status, extra)
         async with daemon.pool.acquire() as conn:
             await conn.execute(
                 "UPDATE workflow_state SET mirrored_status = $2 WHERE req_number = $1"
-                " AND status = $2", row["req_number"], row["status"])
+                " AND status = $2",
+                row["req_number"],
+                row["status"],
+            )
         if written:
             log.info("owner_requests.mirrored", req_number=row["req_number"], status=status)
     return len(rows)
@@ -102,8 +127,14 @@ async def watch(daemon: Daemon) -> None:
                 pass
             daemon.states.set("owner_requests", "ok", "debug")
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, ValueError) as exc:
-            daemon.states.set("owner_requests", "failing", "warning", cause=type(exc).__name__,
-                              error=str(exc), path=str(path))
+            daemon.states.set(
+                "owner_requests",
+                "failing",
+                "warning",
+                cause=type(exc).__name__,
+                error=str(exc),
+                path=str(path),
+            )
         try:
             async with asyncio.timeout(interval):
                 await daemon.stopping.wait()

@@ -28,15 +28,28 @@ def dumps(value: Any) -> str:
 
 
 # --- requirements and workflows ---------------------------------------------------
-async def insert_requirement(conn: asyncpg.Connection, req: str, *, title: str, priority: int,
-                             source: str, owner: str | None,
-                             requirement: dict[str, Any]) -> bool:
+async def insert_requirement(
+    conn: asyncpg.Connection,
+    req: str,
+    *,
+    title: str,
+    priority: int,
+    source: str,
+    owner: str | None,
+    requirement: dict[str, Any],
+) -> bool:
     """Create a PENDING workflow; False when the REQ already exists (idempotent intake)."""
     row = await conn.fetchrow(
         "INSERT INTO workflow_state (req_number, title, priority, status, source, owner,"
         " requirement) VALUES ($1, $2, $3, 'PENDING', $4, $5, $6::jsonb)"
         " ON CONFLICT (req_number) DO NOTHING RETURNING req_number",
-        req, title, priority, source, owner, dumps(requirement))
+        req,
+        title,
+        priority,
+        source,
+        owner,
+        dumps(requirement),
+    )
     return row is not None
 
 
@@ -44,27 +57,43 @@ async def lock_workflow(conn: asyncpg.Connection, req: str) -> Workflow | None:
     """Load a workflow and hold its row lock until the transaction ends."""
     row = await conn.fetchrow(
         "SELECT req_number, status, current_stage, budgets FROM workflow_state"
-        " WHERE req_number = $1 FOR UPDATE", req)
+        " WHERE req_number = $1 FOR UPDATE",
+        req,
+    )
     if row is None:
         return None
-    return Workflow.from_row(row["req_number"], row["status"], row["current_stage"],
-                             json.loads(row["budgets"]))
+    return Workflow.from_row(
+        row["req_number"], row["status"], row["current_stage"], json.loads(row["budgets"])
+    )
 
 
 async def save_workflow(conn: asyncpg.Connection, wf: Workflow) -> None:
     await conn.execute(
         "UPDATE workflow_state SET status = $2, current_stage = $3, budgets = $4::jsonb,"
         " version = version + 1, updated_at = now() WHERE req_number = $1",
-        wf.req, wf.status, wf.stage, dumps(wf.counters()))
+        wf.req,
+        wf.status,
+        wf.stage,
+        dumps(wf.counters()),
+    )
 
 
-async def mark_deployed(conn: asyncpg.Connection, req: str, commit_sha: str | None,
-                        deployed_by: str | None, deployed_at: str | None) -> None:
+async def mark_deployed(
+    conn: asyncpg.Connection,
+    req: str,
+    commit_sha: str | None,
+    deployed_by: str | None,
+    deployed_at: str | None,
+) -> None:
     at = _parse_time(deployed_at)
     await conn.execute(
         "UPDATE workflow_state SET commit_sha = $2, deployed_by = $3,"
         " deployed_at = coalesce($4, now()) WHERE req_number = $1",
-        req, commit_sha, deployed_by, at)
+        req,
+        commit_sha,
+        deployed_by,
+        at,
+    )
 
 
 def _parse_time(value: str | None) -> datetime | None:
@@ -78,118 +107,216 @@ def _parse_time(value: str | None) -> datetime | None:
 
 
 # --- idempotency ---------------------------------------------------------------
-async def claim_message(conn: asyncpg.Connection, stream: str, seq: int, consumer: str,
-                        subject: str) -> bool:
+async def claim_message(
+    conn: asyncpg.Connection, stream: str, seq: int, consumer: str, subject: str
+) -> bool:
     """Record a stream message as processed; False if it already was (a redelivery)."""
     row = await conn.fetchrow(
         "INSERT INTO processed_messages (stream, stream_seq, consumer, subject, outcome)"
         " VALUES ($1, $2, $3, $4, 'processing') ON CONFLICT DO NOTHING RETURNING stream_seq",
-        stream, seq, consumer, subject)
+        stream,
+        seq,
+        consumer,
+        subject,
+    )
     return row is not None
 
 
-async def settle_message(conn: asyncpg.Connection, stream: str, seq: int, outcome: str,
-                         detail: str | None = None) -> None:
+async def settle_message(
+    conn: asyncpg.Connection, stream: str, seq: int, outcome: str, detail: str | None = None
+) -> None:
     await conn.execute(
         "UPDATE processed_messages SET outcome = $3, detail = $4"
-        " WHERE stream = $1 AND stream_seq = $2", stream, seq, outcome, detail)
+        " WHERE stream = $1 AND stream_seq = $2",
+        stream,
+        seq,
+        outcome,
+        detail,
+    )
 
 
 # --- outbox and audit --------------------------------------------------------------
-async def enqueue(conn: asyncpg.Connection, subject: str, payload: dict[str, Any],
-                  msg_id: str | None = None) -> bool:
+async def enqueue(
+    conn: asyncpg.Connection, subject: str, payload: dict[str, Any], msg_id: str | None = None
+) -> bool:
     """Queue a publish; the relay sends it with Nats-Msg-Id = msg_id after commit."""
     row = await conn.fetchrow(
         "INSERT INTO outbox (msg_id, subject, payload) VALUES ($1, $2, $3::jsonb)"
         " ON CONFLICT (msg_id) DO NOTHING RETURNING id",
-        msg_id or f"evt:{uuid.uuid4()}", subject, dumps(payload))
+        msg_id or f"evt:{uuid.uuid4()}",
+        subject,
+        dumps(payload),
+    )
     if row is not None:
         await conn.execute("SELECT pg_notify($1, '')", OUTBOX_CHANNEL)
     return row is not None
 
 
-async def record_event(conn: asyncpg.Connection, req: str | None, kind: str, *,
-                       stage: int | None = None, agent: str | None = None,
-                       attempt: int | None = None, reason: str | None = None,
-                       detail: dict[str, Any] | None = None) -> None:
+async def record_event(
+    conn: asyncpg.Connection,
+    req: str | None,
+    kind: str,
+    *,
+    stage: int | None = None,
+    agent: str | None = None,
+    attempt: int | None = None,
+    reason: str | None = None,
+    detail: dict[str, Any] | None = None,
+) -> None:
     await conn.execute(
         "INSERT INTO workflow_events (req_number, kind, stage, agent, attempt, reason, detail)"
         " VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb)",
-        req, kind, stage, agent, attempt, reason, dumps(detail or {}))
+        req,
+        kind,
+        stage,
+        agent,
+        attempt,
+        reason,
+        dumps(detail or {}),
+    )
 
 
 # --- stage attempts and deliverables ---------------------------------------------
-async def insert_attempt(conn: asyncpg.Connection, req: str, stage: int, agent: str,
-                         attempt: int, timeout: float, instructions: dict[str, Any]) -> datetime:
+async def insert_attempt(
+    conn: asyncpg.Connection,
+    req: str,
+    stage: int,
+    agent: str,
+    attempt: int,
+    timeout: float,
+    instructions: dict[str, Any],
+) -> datetime:
     """Record a RUNNING attempt with its deadline; returns the deadline."""
     deadline: datetime = await conn.fetchval(
         "INSERT INTO stage_attempts (req_number, stage, agent, attempt, instructions, deadline)"
         " VALUES ($1, $2, $3, $4, $5::jsonb, now() + make_interval(secs => $6))"
         " ON CONFLICT (req_number, stage, attempt) DO UPDATE SET agent = EXCLUDED.agent"
         " RETURNING deadline",
-        req, stage, agent, attempt, dumps(instructions), timeout)
+        req,
+        stage,
+        agent,
+        attempt,
+        dumps(instructions),
+        timeout,
+    )
     return deadline
 
 
-async def close_attempt(conn: asyncpg.Connection, req: str, stage: int, attempt: int,
-                        outcome: str, reason: str | None,
-                        deliverable: dict[str, Any] | None = None) -> None:
+async def close_attempt(
+    conn: asyncpg.Connection,
+    req: str,
+    stage: int,
+    attempt: int,
+    outcome: str,
+    reason: str | None,
+    deliverable: dict[str, Any] | None = None,
+) -> None:
     await conn.execute(
         "UPDATE stage_attempts SET status = $4, reason = $5, finished_at = now(),"
         " deliverable = coalesce($6::jsonb, deliverable)"
         " WHERE req_number = $1 AND stage = $2 AND attempt = $3 AND status = 'RUNNING'",
-        req, stage, attempt, outcome, reason, dumps(deliverable) if deliverable else None)
+        req,
+        stage,
+        attempt,
+        outcome,
+        reason,
+        dumps(deliverable) if deliverable else None,
+    )
 
 
 async def running_attempt(conn: asyncpg.Connection, req: str, stage: int) -> int | None:
     return await conn.fetchval(  # type: ignore[no-any-return]
         "SELECT attempt FROM stage_attempts WHERE req_number = $1 AND stage = $2"
-        " AND status = 'RUNNING' ORDER BY attempt DESC LIMIT 1", req, stage)
+        " AND status = 'RUNNING' ORDER BY attempt DESC LIMIT 1",
+        req,
+        stage,
+    )
 
 
-async def extend_deadline(conn: asyncpg.Connection, req: str, stage: int,
-                          attempt: int | None, timeout: float) -> bool:
+async def extend_deadline(
+    conn: asyncpg.Connection, req: str, stage: int, attempt: int | None, timeout: float
+) -> bool:
     """A heartbeat: push the running attempt's deadline to now + timeout."""
     row = await conn.fetchrow(
         "UPDATE stage_attempts SET last_heartbeat_at = now(),"
         " deadline = greatest(deadline, now() + make_interval(secs => $4))"
         " WHERE req_number = $1 AND stage = $2 AND status = 'RUNNING'"
         " AND ($3::int IS NULL OR attempt = $3) RETURNING attempt",
-        req, stage, attempt, timeout)
+        req,
+        stage,
+        attempt,
+        timeout,
+    )
     return row is not None
 
 
-async def upsert_cache(conn: asyncpg.Connection, req: str, agent: str, stage: int,
-                       deliverable: dict[str, Any]) -> None:
+async def upsert_cache(
+    conn: asyncpg.Connection, req: str, agent: str, stage: int, deliverable: dict[str, Any]
+) -> None:
     """The old daemon's cache (Berry reads Billy's approval from it)."""
     await conn.execute(
         "INSERT INTO nats_deliverable_cache (req_number, agent, stage, deliverable)"
         " VALUES ($1, $2, $3, $4::jsonb) ON CONFLICT (req_number, agent, stage)"
         " DO UPDATE SET deliverable = EXCLUDED.deliverable, updated_at = now()",
-        req, agent, stage, dumps(deliverable))
+        req,
+        agent,
+        stage,
+        dumps(deliverable),
+    )
 
 
-async def add_history(conn: asyncpg.Connection, req: str, agent: str, stage: int,
-                      attempt: int | None, subject: str, stream: str | None, seq: int | None,
-                      deliverable: dict[str, Any]) -> None:
+async def add_history(
+    conn: asyncpg.Connection,
+    req: str,
+    agent: str,
+    stage: int,
+    attempt: int | None,
+    subject: str,
+    stream: str | None,
+    seq: int | None,
+    deliverable: dict[str, Any],
+) -> None:
     await conn.execute(
         "INSERT INTO deliverable_history (req_number, agent, stage, attempt, subject, stream,"
         " stream_seq, deliverable) VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb)",
-        req, agent, stage, attempt, subject, stream, seq, dumps(deliverable))
+        req,
+        agent,
+        stage,
+        attempt,
+        subject,
+        stream,
+        seq,
+        dumps(deliverable),
+    )
 
 
-async def previous_deliverables(conn: asyncpg.Connection, req: str,
-                                before_stage: int) -> list[asyncpg.Record]:
+async def previous_deliverables(
+    conn: asyncpg.Connection, req: str, before_stage: int
+) -> list[asyncpg.Record]:
     return await conn.fetch(  # type: ignore[no-any-return]
         "SELECT agent, stage, deliverable FROM nats_deliverable_cache"
-        " WHERE req_number = $1 AND stage < $2 ORDER BY stage", req, before_stage)
+        " WHERE req_number = $1 AND stage < $2 ORDER BY stage",
+        req,
+        before_stage,
+    )
 
 
-async def insert_escalation(conn: asyncpg.Connection, key: str, req: str, priority: str,
-                            reason: str, payload: dict[str, Any]) -> bool:
+async def insert_escalation(
+    conn: asyncpg.Connection,
+    key: str,
+    req: str,
+    priority: str,
+    reason: str,
+    payload: dict[str, Any],
+) -> bool:
     """Record an escalation once per key; False if it was already sent."""
     row = await conn.fetchrow(
         "INSERT INTO escalations (dedup_key, req_number, priority, reason, payload)"
         " VALUES ($1, $2, $3, $4, $5::jsonb) ON CONFLICT (dedup_key) DO NOTHING RETURNING id",
-        key, req, priority, reason, dumps(payload))
+        key,
+        req,
+        priority,
+        reason,
+        dumps(payload),
+    )
     return row is not None

@@ -42,17 +42,26 @@ class Workflow:
 
     def counters(self) -> dict[str, Any]:
         """The JSON-able counters kept in workflow_state.budgets."""
-        return {"attempts": self.attempts, "retries": self.retries, "rework": self.rework,
-                "qa_approved": self.qa_approved, "attempt": self.attempt,
-                "blocked_reason": self.blocked_reason}
+        return {
+            "attempts": self.attempts,
+            "retries": self.retries,
+            "rework": self.rework,
+            "qa_approved": self.qa_approved,
+            "attempt": self.attempt,
+            "blocked_reason": self.blocked_reason,
+        }
 
     @classmethod
-    def from_row(cls, req: str, status: str, stage: int | None,
-                 counters: dict[str, Any]) -> Workflow:
+    def from_row(
+        cls, req: str, status: str, stage: int | None, counters: dict[str, Any]
+    ) -> Workflow:
         return cls(
-            req=req, status=status if status != "NEW" else "PENDING",  # type: ignore[arg-type]
-            stage=stage, attempt=int(counters.get("attempt", 0)),
-            attempts=dict(counters.get("attempts", {})), retries=dict(counters.get("retries", {})),
+            req=req,
+            status=status if status != "NEW" else "PENDING",  # type: ignore[arg-type]
+            stage=stage,
+            attempt=int(counters.get("attempt", 0)),
+            attempts=dict(counters.get("attempts", {})),
+            retries=dict(counters.get("retries", {})),
             rework=dict(counters.get("rework", {})),
             qa_approved=bool(counters.get("qa_approved", False)),
             blocked_reason=counters.get("blocked_reason"),
@@ -183,18 +192,30 @@ def apply(pipeline: Pipeline, wf: Workflow, event: Event) -> tuple[Workflow, lis
     return _decision(pipeline, wf, event)
 
 
-def _dispatch(pipeline: Pipeline, wf: Workflow, index: int,
-              instructions: dict[str, Any] | None = None,
-              status: Status = "IN_PROGRESS") -> tuple[Workflow, list[Effect]]:
+def _dispatch(
+    pipeline: Pipeline,
+    wf: Workflow,
+    index: int,
+    instructions: dict[str, Any] | None = None,
+    status: Status = "IN_PROGRESS",
+) -> tuple[Workflow, list[Effect]]:
     stage = pipeline.stage(index)
     attempt = wf.attempts.get(str(index), 0) + 1
     qa_index = _gate_index(pipeline, "qa")
     qa_approved = wf.qa_approved and (qa_index is None or index > qa_index)
-    new = replace(wf, status=status, stage=index, attempt=attempt,
-                  attempts={**wf.attempts, str(index): attempt}, qa_approved=qa_approved,
-                  blocked_reason=None)
-    return new, [Dispatch(index, stage.agent, attempt, instructions or {}),
-                 Emit("stage", "started", index, attempt)]
+    new = replace(
+        wf,
+        status=status,
+        stage=index,
+        attempt=attempt,
+        attempts={**wf.attempts, str(index): attempt},
+        qa_approved=qa_approved,
+        blocked_reason=None,
+    )
+    return new, [
+        Dispatch(index, stage.agent, attempt, instructions or {}),
+        Emit("stage", "started", index, attempt),
+    ]
 
 
 def _gate_index(pipeline: Pipeline, gate: str) -> int | None:
@@ -219,9 +240,14 @@ def _is_current(wf: Workflow, stage: int, attempt: int | None) -> str | None:
     return None
 
 
-def _block(wf: Workflow, stage: Stage, reason: str, priority: Literal[
-        "NEEDS_HUMAN_DECISION", "NEEDS_MANUAL_INTERVENTION"], cause: str,
-           outcome: str) -> tuple[Workflow, list[Effect]]:
+def _block(
+    wf: Workflow,
+    stage: Stage,
+    reason: str,
+    priority: Literal["NEEDS_HUMAN_DECISION", "NEEDS_MANUAL_INTERVENTION"],
+    cause: str,
+    outcome: str,
+) -> tuple[Workflow, list[Effect]]:
     new = replace(wf, status="BLOCKED", blocked_reason=reason)
     return new, [
         CloseAttempt(stage.index, wf.attempt, outcome, reason),
@@ -230,37 +256,64 @@ def _block(wf: Workflow, stage: Stage, reason: str, priority: Literal[
     ]
 
 
-def _advance(pipeline: Pipeline, wf: Workflow, stage: Stage,
-             ev: Completed) -> tuple[Workflow, list[Effect]]:
-    closing: list[Effect] = [CloseAttempt(stage.index, wf.attempt, "COMPLETE"),
-                             Emit("stage", "completed", stage.index, wf.attempt)]
+def _advance(
+    pipeline: Pipeline, wf: Workflow, stage: Stage, ev: Completed
+) -> tuple[Workflow, list[Effect]]:
+    closing: list[Effect] = [
+        CloseAttempt(stage.index, wf.attempt, "COMPLETE"),
+        Emit("stage", "completed", stage.index, wf.attempt),
+    ]
     nxt = pipeline.next_stage(stage.index)
     if nxt is None:
         done = replace(wf, status="DEPLOYED", blocked_reason=None)
-        effects: list[Effect] = [*closing, MarkDeployed(ev.commit_sha, ev.deployed_by or stage.agent,
-                                                        ev.deployed_at),
-                                 Emit("workflow", "completed")]
+        effects: list[Effect] = [
+            *closing,
+            MarkDeployed(ev.commit_sha, ev.deployed_by or stage.agent, ev.deployed_at),
+            Emit("workflow", "completed"),
+        ]
         effects += [DispatchFollowup(f.agent) for f in pipeline.followups_after(stage.agent)]
         return done, effects
     if nxt.gate == "deploy" and not wf.qa_approved:
-        return _block(wf, stage, f"{nxt.agent} cannot start: QA approval is not recorded",
-                      "NEEDS_MANUAL_INTERVENTION", "no-qa-approval", "COMPLETE")
+        return _block(
+            wf,
+            stage,
+            f"{nxt.agent} cannot start: QA approval is not recorded",
+            "NEEDS_MANUAL_INTERVENTION",
+            "no-qa-approval",
+            "COMPLETE",
+        )
     new, effects = _dispatch(pipeline, wf, nxt.index)
     return new, [*closing, *effects]
 
 
-def _rework(pipeline: Pipeline, wf: Workflow, stage: Stage, target: int, gate: str,
-            ev: Completed, outcome: str, reason: str) -> tuple[Workflow, list[Effect]]:
+def _rework(
+    pipeline: Pipeline,
+    wf: Workflow,
+    stage: Stage,
+    target: int,
+    gate: str,
+    ev: Completed,
+    outcome: str,
+    reason: str,
+) -> tuple[Workflow, list[Effect]]:
     used = wf.rework.get(gate, 0)
     if used >= stage.rework_budget:
-        return _block(wf, stage, f"{reason}; rework budget of {stage.rework_budget} spent",
-                      "NEEDS_HUMAN_DECISION", f"rework-{gate}", outcome)
+        return _block(
+            wf,
+            stage,
+            f"{reason}; rework budget of {stage.rework_budget} spent",
+            "NEEDS_HUMAN_DECISION",
+            f"rework-{gate}",
+            outcome,
+        )
     wf = replace(wf, rework={**wf.rework, gate: used + 1})
-    closing: list[Effect] = [CloseAttempt(stage.index, wf.attempt, outcome, reason),
-                             Emit("stage", "failed", stage.index, wf.attempt, reason)]
-    new, effects = _dispatch(pipeline, wf, target, {"rework": {"from": stage.agent,
-                                                              "reason": reason,
-                                                              **ev.instructions}})
+    closing: list[Effect] = [
+        CloseAttempt(stage.index, wf.attempt, outcome, reason),
+        Emit("stage", "failed", stage.index, wf.attempt, reason),
+    ]
+    new, effects = _dispatch(
+        pipeline, wf, target, {"rework": {"from": stage.agent, "reason": reason, **ev.instructions}}
+    )
     return new, [*closing, *effects]
 
 
@@ -278,32 +331,52 @@ def _completed(pipeline: Pipeline, wf: Workflow, ev: Completed) -> tuple[Workflo
         target = min(indices) if indices else (backend.index if backend else 0)
         return _rework(pipeline, wf, stage, target, "qa", ev, "FAILED", "QA failed")
     if ev.status == "BLOCKED":
-        return _block(wf, stage, ev.summary or f"{stage.agent} reported BLOCKED",
-                      "NEEDS_HUMAN_DECISION", "blocked", "BLOCKED")
+        return _block(
+            wf,
+            stage,
+            ev.summary or f"{stage.agent} reported BLOCKED",
+            "NEEDS_HUMAN_DECISION",
+            "blocked",
+            "BLOCKED",
+        )
     if ev.status == "FAILED":
         return _retry_or_block(pipeline, wf, stage, "FAILED", ev.summary or "agent failed")
     if stage.gate == "critique":
         if ev.verdict in ("APPROVED", "APPROVED_WITH_CONDITIONS"):
             return _advance(pipeline, wf, stage, ev)
         if ev.verdict == "REJECTED":
-            return _rework(pipeline, wf, stage, 0, "critique", ev, "REJECTED",
-                           "critique rejected")
-        return _block(wf, stage, "critique completed without a verdict",
-                      "NEEDS_HUMAN_DECISION", "no-verdict", "COMPLETE")
+            return _rework(pipeline, wf, stage, 0, "critique", ev, "REJECTED", "critique rejected")
+        return _block(
+            wf,
+            stage,
+            "critique completed without a verdict",
+            "NEEDS_HUMAN_DECISION",
+            "no-verdict",
+            "COMPLETE",
+        )
     if stage.gate == "qa":
         wf = replace(wf, qa_approved=True)
     return _advance(pipeline, wf, stage, ev)
 
 
-def _retry_or_block(pipeline: Pipeline, wf: Workflow, stage: Stage, outcome: str,
-                    reason: str) -> tuple[Workflow, list[Effect]]:
+def _retry_or_block(
+    pipeline: Pipeline, wf: Workflow, stage: Stage, outcome: str, reason: str
+) -> tuple[Workflow, list[Effect]]:
     used = wf.retries.get(str(stage.index), 0)
     if used >= stage.retries:
-        return _block(wf, stage, f"{reason}; retry budget of {stage.retries} spent",
-                      "NEEDS_MANUAL_INTERVENTION", outcome.lower(), outcome)
+        return _block(
+            wf,
+            stage,
+            f"{reason}; retry budget of {stage.retries} spent",
+            "NEEDS_MANUAL_INTERVENTION",
+            outcome.lower(),
+            outcome,
+        )
     wf = replace(wf, retries={**wf.retries, str(stage.index): used + 1})
-    closing: list[Effect] = [CloseAttempt(stage.index, wf.attempt, outcome, reason),
-                             Emit("stage", "failed", stage.index, wf.attempt, reason)]
+    closing: list[Effect] = [
+        CloseAttempt(stage.index, wf.attempt, outcome, reason),
+        Emit("stage", "failed", stage.index, wf.attempt, reason),
+    ]
     new, effects = _dispatch(pipeline, wf, stage.index, {"retry": {"reason": reason}})
     return new, [*closing, *effects]
 
@@ -331,10 +404,15 @@ def _decision(pipeline: Pipeline, wf: Workflow, ev: Decision) -> tuple[Workflow,
         closing.append(CloseAttempt(wf.stage, wf.attempt, "SUPERSEDED", f"decision {ev.kind}"))
     if ev.kind == "ESCALATE_HUMAN":
         new = replace(wf, status="ESCALATED", blocked_reason=ev.reason or "escalated to a human")
-        return new, [*closing, Escalate(f"{wf.req}:human:{wf.stage}:{wf.attempt}",
-                                        "NEEDS_HUMAN_DECISION",
-                                        ev.reason or "strategic decision: escalate to a human",
-                                        "human")]
+        return new, [
+            *closing,
+            Escalate(
+                f"{wf.req}:human:{wf.stage}:{wf.attempt}",
+                "NEEDS_HUMAN_DECISION",
+                ev.reason or "strategic decision: escalate to a human",
+                "human",
+            ),
+        ]
     resumed: list[Effect] = [Emit("workflow", "resumed", reason=f"decision {ev.kind}")]
     instructions = {"decision": {"kind": ev.kind, **ev.instructions}} if ev.instructions else {}
     if ev.kind == "RETRY" or (ev.kind == "APPROVE" and current.gate == "qa"):
@@ -343,8 +421,9 @@ def _decision(pipeline: Pipeline, wf: Workflow, ev: Decision) -> tuple[Workflow,
         return new, [*closing, *resumed, *effects]
     if ev.kind == "REQUEST_CHANGES":
         backend = pipeline.stage_for_agent("roy")
-        target = ev.restart_stage if ev.restart_stage is not None else (
-            backend.index if backend else 0)
+        target = (
+            ev.restart_stage if ev.restart_stage is not None else (backend.index if backend else 0)
+        )
         target = max(0, min(target, wf.stage))  # a restart goes back, never skips ahead
         new, effects = _dispatch(pipeline, wf, target, instructions)
         return new, [*closing, *resumed, *effects]

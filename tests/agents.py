@@ -29,9 +29,14 @@ Script = Callable[[dict[str, Any]], dict[str, Any] | None]
 
 def notice(agent: str, req: str, status: str = "COMPLETE", **extra: Any) -> dict[str, Any]:
     """A completion notice in the seeds' shape, with sensible gate fields."""
-    body: dict[str, Any] = {"agent": agent, "req_number": req, "status": status,
-                            "deliverable": f"nats://agog.deliverables.{agent}/{req}",
-                            "summary": f"{agent} did the work", "files_modified": []}
+    body: dict[str, Any] = {
+        "agent": agent,
+        "req_number": req,
+        "status": status,
+        "deliverable": f"nats://agog.deliverables.{agent}/{req}",
+        "summary": f"{agent} did the work",
+        "files_modified": [],
+    }
     if agent == "sylvia" and status == "COMPLETE":
         body["critique_verdict"] = "APPROVED"
     if agent == "billy" and status == "COMPLETE":
@@ -60,8 +65,9 @@ class ScriptedAgents:
         self._sub: Any = None
 
     async def start(self) -> ScriptedAgents:
-        self._sub = await self.nc.subscribe("agog.orchestration.events.stage.started.>",
-                                            cb=self._on_assignment)
+        self._sub = await self.nc.subscribe(
+            "agog.orchestration.events.stage.started.>", cb=self._on_assignment
+        )
         return self
 
     async def _on_assignment(self, msg: Msg) -> None:
@@ -71,7 +77,8 @@ class ScriptedAgents:
         if reply is not None:
             await self.nc.jetstream().publish(
                 deliverable_subject(assignment["agent"], assignment["req_number"]),
-                json.dumps(reply).encode())
+                json.dumps(reply).encode(),
+            )
 
     def agents_for(self, req: str) -> list[tuple[str, int]]:
         return [(a["agent"], a["attempt"]) for a in self.assignments if a["req_number"] == req]
@@ -83,9 +90,16 @@ class ScriptedAgents:
 
 def settings_for(nats_url: str, dsn: str, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
-        "nats_url": [nats_url], "postgres_dsn": dsn, "http_port": 0, "health_interval": 0.2,
-        "timeout_scan_interval": 0.2, "dispatch_interval": 0.2, "outbox_poll_interval": 0.5,
-        "shutdown_grace": 5, "api_token": "test-token", "log_level": "warning",
+        "nats_url": [nats_url],
+        "postgres_dsn": dsn,
+        "http_port": 0,
+        "health_interval": 0.2,
+        "timeout_scan_interval": 0.2,
+        "dispatch_interval": 0.2,
+        "outbox_poll_interval": 0.5,
+        "shutdown_grace": 5,
+        "api_token": "test-token",
+        "log_level": "warning",
     }
     return Settings(**{**values, **overrides})
 
@@ -110,8 +124,10 @@ async def running_agogd(settings: Settings) -> AsyncIterator[Daemon]:
 
 
 async def submit(nc: NATS, req: str, priority: str = "P2", title: str = "A feature") -> None:
-    await nc.jetstream().publish("agog.requirements.new", json.dumps(
-        {"req_number": req, "title": title, "priority": priority}).encode())
+    await nc.jetstream().publish(
+        "agog.requirements.new",
+        json.dumps({"req_number": req, "title": title, "priority": priority}).encode(),
+    )
 
 
 async def wait_status(dsn: str, req: str, status: str, timeout: float = 30) -> asyncpg.Record:
@@ -125,6 +141,24 @@ async def wait_status(dsn: str, req: str, status: str, timeout: float = 30) -> a
                 return row
             await asyncio.sleep(0.05)
         raise AssertionError(f"{req} is {row['status'] if row else 'missing'}, not {status}")
+    finally:
+        await conn.close()
+
+
+async def wait_stage(dsn: str, req: str, stage: int, timeout: float = 20) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if (
+                await conn.fetchval(
+                    "SELECT current_stage FROM workflow_state WHERE req_number = $1", req
+                )
+                == stage
+            ):
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"{req} never reached stage {stage}")
     finally:
         await conn.close()
 

@@ -20,41 +20,81 @@ from tests.agents import (
     running_agogd,
     settings_for,
     submit,
+    wait_stage,
     wait_status,
 )
 
 LIMIT = 64 * 1024
 
 CASES: list[tuple[str, str, bytes, str]] = [
-    ("invalid JSON", "agog.deliverables.roy.backend.REQ-BAD-1", b'{"agent": "roy", ',
-     "invalid_json"),
-    ("wrong schema", "agog.deliverables.roy.backend.REQ-BAD-1",
-     json.dumps({"agent": "roy", "req_number": "REQ-BAD-1", "status": "MAYBE"}).encode(),
-     "wrong_schema"),
-    ("unknown agent", "agog.deliverables.roy.backend.REQ-BAD-1",
-     json.dumps(notice("bob", "REQ-BAD-1")).encode(), "unknown_agent"),
-    ("invalid REQ id", "agog.deliverables.roy.backend.REQ-BAD-1",
-     json.dumps(notice("roy", "REQ-BAD.1>")).encode(), "invalid_req_id"),
-    ("oversize payload", "agog.deliverables.roy.backend.REQ-BAD-1",
-     json.dumps(notice("roy", "REQ-BAD-1", summary="x" * (LIMIT + 10))).encode(),
-     "too_large"),
-    ("unknown REQ", "agog.deliverables.roy.backend.REQ-NOBODY-9",
-     json.dumps(notice("roy", "REQ-NOBODY-9")).encode(), "unknown_req"),
-    ("intake with a bad REQ id", "agog.requirements.new",
-     json.dumps({"req_number": "REQ 1/../x", "title": "t"}).encode(), "invalid_req_id"),
+    (
+        "invalid JSON",
+        "agog.deliverables.roy.backend.REQ-BAD-1",
+        b'{"agent": "roy", ',
+        "invalid_json",
+    ),
+    (
+        "wrong schema",
+        "agog.deliverables.roy.backend.REQ-BAD-1",
+        json.dumps({"agent": "roy", "req_number": "REQ-BAD-1", "status": "MAYBE"}).encode(),
+        "wrong_schema",
+    ),
+    (
+        "unknown agent",
+        "agog.deliverables.roy.backend.REQ-BAD-1",
+        json.dumps(notice("bob", "REQ-BAD-1")).encode(),
+        "unknown_agent",
+    ),
+    (
+        "invalid REQ id",
+        "agog.deliverables.roy.backend.REQ-BAD-1",
+        json.dumps(notice("roy", "REQ-BAD.1>")).encode(),
+        "invalid_req_id",
+    ),
+    (
+        "oversize payload",
+        "agog.deliverables.roy.backend.REQ-BAD-1",
+        json.dumps(notice("roy", "REQ-BAD-1", summary="x" * (LIMIT + 10))).encode(),
+        "too_large",
+    ),
+    (
+        "unknown REQ",
+        "agog.deliverables.roy.backend.REQ-NOBODY-9",
+        json.dumps(notice("roy", "REQ-NOBODY-9")).encode(),
+        "unknown_req",
+    ),
+    (
+        "intake with a bad REQ id",
+        "agog.requirements.new",
+        json.dumps({"req_number": "REQ 1/../x", "title": "t"}).encode(),
+        "invalid_req_id",
+    ),
     ("intake that is not JSON", "agog.requirements.new", b"REQ-1 please", "invalid_json"),
-    ("decision with an unknown kind", "agog.strategic.decisions.REQ-BAD-1",
-     json.dumps({"decision": "PANIC"}).encode(), "wrong_schema"),
-    ("decision for an unknown REQ", "agog.strategic.decisions.REQ-NOBODY-9",
-     json.dumps({"decision": "RETRY"}).encode(), "unknown_req"),
+    (
+        "decision with an unknown kind",
+        "agog.strategic.decisions.REQ-BAD-1",
+        json.dumps({"decision": "PANIC"}).encode(),
+        "wrong_schema",
+    ),
+    (
+        "decision for an unknown REQ",
+        "agog.strategic.decisions.REQ-NOBODY-9",
+        json.dumps({"decision": "RETRY"}).encode(),
+        "unknown_req",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("what", "subject", "payload", "reason"), CASES,
-                         ids=[c[0] for c in CASES])
-async def test_bad_input_is_rejected_once(nats_server: NatsServer, nc: NATS, pg_dsn: str,
-                                          what: str, subject: str, payload: bytes,
-                                          reason: str) -> None:
+@pytest.mark.parametrize(("what", "subject", "payload", "reason"), CASES, ids=[c[0] for c in CASES])
+async def test_bad_input_is_rejected_once(
+    nats_server: NatsServer,
+    nc: NATS,
+    pg_dsn: str,
+    what: str,
+    subject: str,
+    payload: bytes,
+    reason: str,
+) -> None:
     rejections, _ = await collect(nc, "agog.orchestration.events.message.rejected")
 
     def script(a: dict[str, Any]) -> dict[str, Any] | None:
@@ -64,7 +104,7 @@ async def test_bad_input_is_rejected_once(nats_server: NatsServer, nc: NATS, pg_
     settings = settings_for(nats_server.url, pg_dsn, max_message_bytes=LIMIT)
     async with running_agogd(settings):
         await submit(nc, "REQ-BAD-1")
-        await _wait_stage(pg_dsn, "REQ-BAD-1", 2)
+        await wait_stage(pg_dsn, "REQ-BAD-1", 2)
         await nc.jetstream().publish(subject, payload)
         for _ in range(100):
             if rejections:
@@ -74,27 +114,32 @@ async def test_bad_input_is_rejected_once(nats_server: NatsServer, nc: NATS, pg_
         assert [r["reason_code"] for r in rejections] == [reason], rejections
         assert rejections[0]["subject"] == subject
         # Nothing else was disturbed: the REQ goes on when Roy answers.
-        await nc.jetstream().publish(deliverable_subject("roy", "REQ-BAD-1"),
-                                     json.dumps(notice("roy", "REQ-BAD-1")).encode())
+        await nc.jetstream().publish(
+            deliverable_subject("roy", "REQ-BAD-1"), json.dumps(notice("roy", "REQ-BAD-1")).encode()
+        )
         await wait_status(pg_dsn, "REQ-BAD-1", "DEPLOYED")
     conn = await asyncpg.connect(pg_dsn)
     try:
-        recorded = await conn.fetch("SELECT reason FROM workflow_events"
-                                    " WHERE kind = 'message.rejected'")
+        recorded = await conn.fetch(
+            "SELECT reason FROM workflow_events WHERE kind = 'message.rejected'"
+        )
         assert len(recorded) == 1 and recorded[0]["reason"].startswith(reason)
     finally:
         await conn.close()
 
 
-async def test_decision_for_a_finished_req_is_rejected(nats_server: NatsServer, nc: NATS,
-                                                       pg_dsn: str) -> None:
+async def test_decision_for_a_finished_req_is_rejected(
+    nats_server: NatsServer, nc: NATS, pg_dsn: str
+) -> None:
     rejections, _ = await collect(nc, "agog.orchestration.events.message.rejected")
     await ScriptedAgents(nc).start()
     async with running_agogd(settings_for(nats_server.url, pg_dsn)):
         await submit(nc, "REQ-DONE-1")
         await wait_status(pg_dsn, "REQ-DONE-1", "DEPLOYED")
-        await nc.jetstream().publish("agog.strategic.decisions.REQ-DONE-1",
-                                     json.dumps({"decision": "REQUEST_CHANGES"}).encode())
+        await nc.jetstream().publish(
+            "agog.strategic.decisions.REQ-DONE-1",
+            json.dumps({"decision": "REQUEST_CHANGES"}).encode(),
+        )
         for _ in range(100):
             if rejections:
                 break
@@ -102,16 +147,3 @@ async def test_decision_for_a_finished_req_is_rejected(nats_server: NatsServer, 
     assert [r["reason_code"] for r in rejections] == ["decision_not_applicable"]
     assert "DEPLOYED" in rejections[0]["reason"]
     await wait_status(pg_dsn, "REQ-DONE-1", "DEPLOYED")
-
-
-async def _wait_stage(dsn: str, req: str, stage: int) -> None:
-    conn = await asyncpg.connect(dsn)
-    try:
-        for _ in range(400):
-            if await conn.fetchval("SELECT current_stage FROM workflow_state"
-                                   " WHERE req_number = $1", req) == stage:
-                return
-            await asyncio.sleep(0.05)
-        raise AssertionError(f"{req} never reached stage {stage}")
-    finally:
-        await conn.close()

@@ -20,6 +20,7 @@ from tests.agents import (
     running_agogd,
     settings_for,
     submit,
+    wait_stage,
     wait_status,
 )
 
@@ -43,10 +44,14 @@ async def test_happy_path(nats_server: NatsServer, nc: NATS, pg_dsn: str) -> Non
         await asyncio.sleep(0.5)  # Tim's follow-up
     assert row["commit_sha"] == "abc1234" and row["deployed_by"] == "berry"
     assert [a for a, _ in agents.agents_for("REQ-HAPPY-1")] == [*SEVEN, "tim"]
-    cache = await _rows(pg_dsn, "SELECT agent, stage FROM nats_deliverable_cache"
-                        " WHERE req_number = 'REQ-HAPPY-1' ORDER BY stage")
-    assert [(r["agent"], r["stage"]) for r in cache] == [(a, i) for i, a in
-                                                        enumerate([*SEVEN, "tim"])]
+    cache = await _rows(
+        pg_dsn,
+        "SELECT agent, stage FROM nats_deliverable_cache"
+        " WHERE req_number = 'REQ-HAPPY-1' ORDER BY stage",
+    )
+    assert [(r["agent"], r["stage"]) for r in cache] == [
+        (a, i) for i, a in enumerate([*SEVEN, "tim"])
+    ]
     kinds = [e["eventType"] for e in events if e.get("req_number") == "REQ-HAPPY-1"]
     assert kinds[0] == "workflow.started" and "workflow.completed" in kinds
     assert kinds.count("stage.completed") == 8  # seven stages and Tim
@@ -56,12 +61,15 @@ async def test_happy_path(nats_server: NatsServer, nc: NATS, pg_dsn: str) -> Non
     assert berry["deliverableSubject"] == "agog.deliverables.berry.devops.REQ-HAPPY-1"
 
 
-async def test_sylvia_rejects_then_approves(nats_server: NatsServer, nc: NATS,
-                                            pg_dsn: str) -> None:
+async def test_sylvia_rejects_then_approves(nats_server: NatsServer, nc: NATS, pg_dsn: str) -> None:
     def script(a: dict[str, Any]) -> dict[str, Any]:
         if a["agent"] == "sylvia" and a["attempt"] == 1:
-            return notice("sylvia", a["req_number"], critique_verdict="REJECTED",
-                          required_fixes=["cite the packaging standard"])
+            return notice(
+                "sylvia",
+                a["req_number"],
+                critique_verdict="REJECTED",
+                required_fixes=["cite the packaging standard"],
+            )
         return happy(a)
 
     agents = await ScriptedAgents(nc, script).start()
@@ -69,19 +77,25 @@ async def test_sylvia_rejects_then_approves(nats_server: NatsServer, nc: NATS,
         await submit(nc, "REQ-CRIT-1")
         await wait_status(pg_dsn, "REQ-CRIT-1", "DEPLOYED")
     order = agents.agents_for("REQ-CRIT-1")
-    assert order[:5] == [("cynthia", 1), ("sylvia", 1), ("cynthia", 2), ("sylvia", 2),
-                         ("roy", 1)]
+    assert order[:5] == [("cynthia", 1), ("sylvia", 1), ("cynthia", 2), ("sylvia", 2), ("roy", 1)]
     rework = next(a for a in agents.assignments if a["agent"] == "cynthia" and a["attempt"] == 2)
     assert rework["instructions"]["rework"]["required_fixes"] == ["cite the packaging standard"]
 
 
-async def test_billy_fails_rework_then_passes(nats_server: NatsServer, nc: NATS,
-                                              pg_dsn: str) -> None:
+async def test_billy_fails_rework_then_passes(
+    nats_server: NatsServer, nc: NATS, pg_dsn: str
+) -> None:
     def script(a: dict[str, Any]) -> dict[str, Any]:
         if a["agent"] == "billy" and a["attempt"] == 1:
-            return notice("billy", a["req_number"], "FAILED", tests_passed=False,
-                          tests_failed=3, failures=["login form loses input"],
-                          send_back_to=["jen"])
+            return notice(
+                "billy",
+                a["req_number"],
+                "FAILED",
+                tests_passed=False,
+                tests_failed=3,
+                failures=["login form loses input"],
+                send_back_to=["jen"],
+            )
         return happy(a)
 
     agents = await ScriptedAgents(nc, script).start()
@@ -95,8 +109,9 @@ async def test_billy_fails_rework_then_passes(nats_server: NatsServer, nc: NATS,
     assert jen["instructions"]["rework"]["qa_failures"] == ["login form loses input"]
 
 
-async def test_blocked_escalates_once_and_decision_resumes(nats_server: NatsServer, nc: NATS,
-                                                           pg_dsn: str) -> None:
+async def test_blocked_escalates_once_and_decision_resumes(
+    nats_server: NatsServer, nc: NATS, pg_dsn: str
+) -> None:
     def script(a: dict[str, Any]) -> dict[str, Any]:
         if a["agent"] == "roy" and a["attempt"] == 1:
             return notice("roy", a["req_number"], "BLOCKED", summary="schema owner missing")
@@ -110,15 +125,24 @@ async def test_blocked_escalates_once_and_decision_resumes(nats_server: NatsServ
         await asyncio.sleep(1)
         assert [e["subject"] for e in escalations] == ["agog.strategic.escalations.REQ-BLK-1"]
         assert escalations[0]["reason"] == "schema owner missing"
-        await nc.jetstream().publish("agog.strategic.decisions.REQ-BLK-1", json.dumps(
-            {"req_number": "REQ-BLK-1", "decision": "RETRY", "reasoning": "owner found",
-             "instructions_for_roy": "use the inventory schema"}).encode())
+        await nc.jetstream().publish(
+            "agog.strategic.decisions.REQ-BLK-1",
+            json.dumps(
+                {
+                    "req_number": "REQ-BLK-1",
+                    "decision": "RETRY",
+                    "reasoning": "owner found",
+                    "instructions_for_roy": "use the inventory schema",
+                }
+            ).encode(),
+        )
         await wait_status(pg_dsn, "REQ-BLK-1", "DEPLOYED")
     assert len(escalations) == 1
 
 
-async def test_timeout_retries_then_escalates(nats_server: NatsServer, nc: NATS,
-                                              pg_dsn: str) -> None:
+async def test_timeout_retries_then_escalates(
+    nats_server: NatsServer, nc: NATS, pg_dsn: str
+) -> None:
     escalations, _ = await collect(nc, "agog.strategic.escalations.>")
     agents = await ScriptedAgents(nc, lambda a: None).start()  # nobody answers
     settings = settings_for(nats_server.url, pg_dsn, stage_timeouts={"cynthia": 0.5})
@@ -129,20 +153,24 @@ async def test_timeout_retries_then_escalates(nats_server: NatsServer, nc: NATS,
     assert agents.agents_for("REQ-SLOW-1") == [("cynthia", 1), ("cynthia", 2), ("cynthia", 3)]
     assert row["current_stage"] == 0
     assert len(escalations) == 1 and escalations[0]["priority"] == "NEEDS_MANUAL_INTERVENTION"
-    statuses = await _rows(pg_dsn, "SELECT status FROM stage_attempts WHERE req_number ="
-                           " 'REQ-SLOW-1' ORDER BY attempt")
+    statuses = await _rows(
+        pg_dsn, "SELECT status FROM stage_attempts WHERE req_number = 'REQ-SLOW-1' ORDER BY attempt"
+    )
     assert [r["status"] for r in statuses] == ["TIMED_OUT"] * 3
 
 
-async def test_heartbeats_keep_a_slow_stage_alive(nats_server: NatsServer, nc: NATS,
-                                                  pg_dsn: str) -> None:
+async def test_heartbeats_keep_a_slow_stage_alive(
+    nats_server: NatsServer, nc: NATS, pg_dsn: str
+) -> None:
     async def slow_cynthia(req: str) -> None:
         for _ in range(8):  # 2.4 s of work against a 0.6 s timeout
             await nc.jetstream().publish(
-                f"agog.orchestration.events.stage.heartbeat.cynthia.{req}", b'{"attempt": 1}')
+                f"agog.orchestration.events.stage.heartbeat.cynthia.{req}", b'{"attempt": 1}'
+            )
             await asyncio.sleep(0.3)
-        await nc.jetstream().publish(deliverable_subject("cynthia", req),
-                                     json.dumps(notice("cynthia", req)).encode())
+        await nc.jetstream().publish(
+            deliverable_subject("cynthia", req), json.dumps(notice("cynthia", req)).encode()
+        )
 
     tasks = []
 
@@ -170,37 +198,54 @@ async def test_cancel(nats_server: NatsServer, nc: NATS, pg_dsn: str) -> None:
         conn = await asyncpg.connect(pg_dsn)
         try:
             for _ in range(200):
-                if await conn.fetchval("SELECT current_stage FROM workflow_state"
-                                       " WHERE req_number = 'REQ-CAN-1'") == 2:
+                if (
+                    await conn.fetchval(
+                        "SELECT current_stage FROM workflow_state WHERE req_number = 'REQ-CAN-1'"
+                    )
+                    == 2
+                ):
                     break
                 await asyncio.sleep(0.05)
         finally:
             await conn.close()
-        await nc.jetstream().publish("agog.strategic.decisions.REQ-CAN-1", json.dumps(
-            {"decision": "CANCEL", "reasoning": "owner withdrew"}).encode())
+        await nc.jetstream().publish(
+            "agog.strategic.decisions.REQ-CAN-1",
+            json.dumps({"decision": "CANCEL", "reasoning": "owner withdrew"}).encode(),
+        )
         await wait_status(pg_dsn, "REQ-CAN-1", "CANCELLED")
-        await nc.jetstream().publish(deliverable_subject("roy", "REQ-CAN-1"),
-                                     json.dumps(notice("roy", "REQ-CAN-1")).encode())
+        await nc.jetstream().publish(
+            deliverable_subject("roy", "REQ-CAN-1"), json.dumps(notice("roy", "REQ-CAN-1")).encode()
+        )
         await asyncio.sleep(1)
         await wait_status(pg_dsn, "REQ-CAN-1", "CANCELLED")
 
 
 async def test_p0_jumps_the_queue(nats_server: NatsServer, nc: NATS, pg_dsn: str) -> None:
-    agents = await ScriptedAgents(nc).start()
+    def script(a: dict[str, Any]) -> dict[str, Any] | None:
+        # REQ-Q-FIRST holds the only slot until the others are queued.
+        return None if (a["req_number"], a["agent"]) == ("REQ-Q-FIRST", "roy") else happy(a)
+
+    agents = await ScriptedAgents(nc, script).start()
     async with running_agogd(settings_for(nats_server.url, pg_dsn, max_in_flight=1)):
         await submit(nc, "REQ-Q-FIRST", "P3")
-        await asyncio.sleep(0.2)
+        await wait_stage(pg_dsn, "REQ-Q-FIRST", 2)
         await submit(nc, "REQ-Q-LOW", "P3")
         await submit(nc, "REQ-Q-MID", "P2")
         await submit(nc, "REQ-Q-URGENT", "P0")
+        await asyncio.sleep(1)
+        await nc.jetstream().publish(
+            deliverable_subject("roy", "REQ-Q-FIRST"),
+            json.dumps(notice("roy", "REQ-Q-FIRST")).encode(),
+        )
         for req in ("REQ-Q-FIRST", "REQ-Q-LOW", "REQ-Q-MID", "REQ-Q-URGENT"):
             await wait_status(pg_dsn, req, "DEPLOYED", timeout=60)
     starts = [a["req_number"] for a in agents.assignments if a["agent"] == "cynthia"]
     assert starts == ["REQ-Q-FIRST", "REQ-Q-URGENT", "REQ-Q-MID", "REQ-Q-LOW"]
 
 
-async def test_duplicate_and_out_of_order_notices(nats_server: NatsServer, nc: NATS,
-                                                  pg_dsn: str) -> None:
+async def test_duplicate_and_out_of_order_notices(
+    nats_server: NatsServer, nc: NATS, pg_dsn: str
+) -> None:
     sent: list[str] = []
 
     def script(a: dict[str, Any]) -> dict[str, Any] | None:
@@ -217,19 +262,25 @@ async def test_duplicate_and_out_of_order_notices(nats_server: NatsServer, nc: N
                 break
             await asyncio.sleep(0.05)
         # Out of order: Billy answers before Roy and Jen have.
-        await js.publish(deliverable_subject("billy", "REQ-DUP-1"),
-                         json.dumps(notice("billy", "REQ-DUP-1")).encode())
+        await js.publish(
+            deliverable_subject("billy", "REQ-DUP-1"),
+            json.dumps(notice("billy", "REQ-DUP-1")).encode(),
+        )
         # An old attempt's notice.
-        await js.publish(deliverable_subject("cynthia", "REQ-DUP-1"),
-                         json.dumps(notice("cynthia", "REQ-DUP-1", attempt=1)).encode())
+        await js.publish(
+            deliverable_subject("cynthia", "REQ-DUP-1"),
+            json.dumps(notice("cynthia", "REQ-DUP-1", attempt=1)).encode(),
+        )
         roy = json.dumps(notice("roy", "REQ-DUP-1")).encode()
         await js.publish(deliverable_subject("roy", "REQ-DUP-1"), roy)
         await js.publish(deliverable_subject("roy", "REQ-DUP-1"), roy)  # a duplicate
         await wait_status(pg_dsn, "REQ-DUP-1", "DEPLOYED")
     assert agents.agents_for("REQ-DUP-1").count(("jen", 1)) == 1
     assert [a for a, _ in agents.agents_for("REQ-DUP-1")] == [*SEVEN, "tim"]
-    ignored = await _rows(pg_dsn, "SELECT reason FROM workflow_events WHERE req_number ="
-                          " 'REQ-DUP-1' AND kind = 'ignored'")
+    ignored = await _rows(
+        pg_dsn,
+        "SELECT reason FROM workflow_events WHERE req_number = 'REQ-DUP-1' AND kind = 'ignored'",
+    )
     reasons = " | ".join(r["reason"] for r in ignored)
     assert "stage 4" in reasons and "stage 0" in reasons
     assert len(await _rows(pg_dsn, "SELECT 1 FROM workflow_state")) == 1

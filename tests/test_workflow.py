@@ -28,8 +28,9 @@ N = len(P.stages)
 
 def ok(stage: int, **kw: object) -> Completed:
     verdict = "APPROVED" if P.stage(stage).gate == "critique" else None
-    return Completed(stage=stage, attempt=None, status="COMPLETE",
-                     verdict=kw.pop("verdict", verdict), **kw)  # type: ignore[arg-type]
+    return Completed(
+        stage=stage, attempt=None, status="COMPLETE", verdict=kw.pop("verdict", verdict), **kw
+    )  # type: ignore[arg-type]
 
 
 def run(events: list) -> tuple[Workflow, list]:
@@ -53,12 +54,23 @@ def test_happy_path_through_seven_stages_then_tim() -> None:
 
 
 def test_sylvia_reject_then_approve() -> None:
-    wf, effects = run([Start(), ok(0), ok(1, verdict="REJECTED",
-                                          instructions={"required_fixes": ["cite sources"]}),
-                       ok(0), ok(1)])
-    assert [d for d in dispatched(effects)] == [("cynthia", 1), ("sylvia", 1), ("cynthia", 2),
-                                                ("sylvia", 2), ("roy", 1)]
-    rework = [e for e in effects if isinstance(e, Dispatch) and e.attempt == 2][0]
+    wf, effects = run(
+        [
+            Start(),
+            ok(0),
+            ok(1, verdict="REJECTED", instructions={"required_fixes": ["cite sources"]}),
+            ok(0),
+            ok(1),
+        ]
+    )
+    assert [d for d in dispatched(effects)] == [
+        ("cynthia", 1),
+        ("sylvia", 1),
+        ("cynthia", 2),
+        ("sylvia", 2),
+        ("roy", 1),
+    ]
+    rework = next(e for e in effects if isinstance(e, Dispatch) and e.attempt == 2)
     assert rework.instructions["rework"]["required_fixes"] == ["cite sources"]
     assert wf.stage == 2
 
@@ -75,17 +87,24 @@ def test_rejects_beyond_budget_escalate_once() -> None:
 
 
 def test_billy_failure_goes_back_to_the_agent_named() -> None:
-    events = [Start(), *[ok(i) for i in range(4)],
-              Completed(4, None, "FAILED", qa_passed=False, rework_agents=("jen",)),
-              ok(3), ok(4), ok(5), ok(6)]
+    events = [
+        Start(),
+        *[ok(i) for i in range(4)],
+        Completed(4, None, "FAILED", qa_passed=False, rework_agents=("jen",)),
+        ok(3),
+        ok(4),
+        ok(5),
+        ok(6),
+    ]
     wf, effects = run(events)
     assert ("jen", 2) in dispatched(effects)
     assert wf.status == "DEPLOYED"
 
 
 def test_berry_never_dispatched_without_qa_approval() -> None:
-    wf, effects = run([Start(), *[ok(i) for i in range(4)],
-                       Completed(4, None, "COMPLETE", qa_passed=False)])
+    _, effects = run(
+        [Start(), *[ok(i) for i in range(4)], Completed(4, None, "COMPLETE", qa_passed=False)]
+    )
     assert "berry" not in [a for a, _ in dispatched(effects)]
 
 
@@ -127,17 +146,23 @@ def _event() -> st.SearchStrategy:
     attempt = st.one_of(st.none(), st.integers(1, 4))
     return st.one_of(
         st.just(Start()),
-        st.builds(Completed, stage=stage, attempt=attempt,
-                  status=st.sampled_from(["COMPLETE", "BLOCKED", "FAILED", "IN_PROGRESS"]),
-                  verdict=st.sampled_from([None, "APPROVED", "APPROVED_WITH_CONDITIONS",
-                                           "REJECTED"]),
-                  qa_passed=st.booleans(),
-                  rework_agents=st.lists(st.sampled_from(["roy", "jen", "bob"]), max_size=2)
-                  .map(tuple)),
+        st.builds(
+            Completed,
+            stage=stage,
+            attempt=attempt,
+            status=st.sampled_from(["COMPLETE", "BLOCKED", "FAILED", "IN_PROGRESS"]),
+            verdict=st.sampled_from([None, "APPROVED", "APPROVED_WITH_CONDITIONS", "REJECTED"]),
+            qa_passed=st.booleans(),
+            rework_agents=st.lists(st.sampled_from(["roy", "jen", "bob"]), max_size=2).map(tuple),
+        ),
         st.builds(TimedOut, stage=stage, attempt=st.integers(1, 4)),
-        st.builds(Decision, kind=st.sampled_from(["APPROVE", "REQUEST_CHANGES", "RETRY",
-                                                  "CANCEL", "ESCALATE_HUMAN"]),
-                  restart_stage=st.one_of(st.none(), stage)),
+        st.builds(
+            Decision,
+            kind=st.sampled_from(
+                ["APPROVE", "REQUEST_CHANGES", "RETRY", "CANCEL", "ESCALATE_HUMAN"]
+            ),
+            restart_stage=st.one_of(st.none(), stage),
+        ),
     )
 
 
@@ -158,7 +183,9 @@ def test_invariants_hold_for_any_event_sequence(events: list) -> None:
             if isinstance(eff, Dispatch):
                 prev = before.stage
                 # Forward moves are exactly one stage; backward moves are rework/restarts.
-                assert prev is None and eff.stage == 0 or prev is not None and eff.stage <= prev + 1
+                assert (prev is None and eff.stage == 0) or (
+                    prev is not None and eff.stage <= prev + 1
+                )
                 if P.stage(eff.stage).gate == "deploy":
                     assert before.qa_approved or wf.qa_approved, "Berry before Billy's approval"
         for index, used in wf.retries.items():

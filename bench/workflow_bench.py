@@ -1,0 +1,206 @@
+"""Stage-advance latency and transitions/s, beside the raw floors of the same run.
+
+Run: .venv/bin/python bench/workflow_bench.py [--reqs 100]
+
+It starts a real nats-server and PostgreSQL (orchestrator.embedded), measures
+three floors (a JetStream pull+ack, a Postgres commit, a JetStream
+publish+ack), then runs agogd as a separate process and drives REQs through
+all stages with agents that answer each assignment at once. A transition's
+latency is the time from the agent publishing its notice to the agent
+receiving the next assignment. Figures are reported as absolute numbers and
+as ratios to the floors, because absolute times are noisy on shared machines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import nats
+from nats.js.api import StreamConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from orchestrator import registry  # noqa: E402
+from orchestrator.embedded import NatsServer, PostgresServer  # noqa: E402
+from tests.daemon_proc import DaemonProcess  # noqa: E402
+
+PIPELINE = registry.load()
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def floor_pull_ack(url: str, n: int = 2000) -> float:
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    await js.add_stream(StreamConfig(name="bench_floor", subjects=["bench.floor.>"]))
+    for i in range(n):
+        await js.publish(f"bench.floor.{i % 10}", b"{}")
+    sub = await js.pull_subscribe("bench.floor.>", durable="bench")
+    started = time.perf_counter()
+    got = 0
+    while got < n:
+        for msg in await sub.fetch(64, timeout=5):
+            await msg.ack()
+            got += 1
+    elapsed = (time.perf_counter() - started) / n
+    await js.delete_stream("bench_floor")
+    await nc.close()
+    return elapsed
+
+
+async def floor_publish_ack(url: str, n: int = 2000) -> float:
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    await js.add_stream(StreamConfig(name="bench_pub", subjects=["bench.pub.>"]))
+    started = time.perf_counter()
+    for i in range(n):
+        await js.publish(f"bench.pub.{i % 10}", b'{"x": 1}')
+    elapsed = (time.perf_counter() - started) / n
+    await js.delete_stream("bench_pub")
+    await nc.close()
+    return elapsed
+
+
+async def floor_pg_commit(dsn: str, n: int = 2000) -> float:
+    conn = await asyncpg.connect(dsn)
+    await conn.execute("CREATE TABLE IF NOT EXISTS bench_floor (id bigserial, v jsonb)")
+    started = time.perf_counter()
+    for _ in range(n):
+        async with conn.transaction():
+            await conn.execute("INSERT INTO bench_floor (v) VALUES ('{}'::jsonb)")
+    elapsed = (time.perf_counter() - started) / n
+    await conn.execute("DROP TABLE bench_floor")
+    await conn.close()
+    return elapsed
+
+
+def answer(agent: str, req: str) -> bytes:
+    body: dict[str, Any] = {
+        "agent": agent,
+        "req_number": req,
+        "status": "COMPLETE",
+        "summary": "bench",
+    }
+    if agent == "sylvia":
+        body["critique_verdict"] = "APPROVED"
+    if agent == "billy":
+        body["tests_passed"] = True
+    if agent == "berry":
+        body["commit_sha"] = "bench"
+    return json.dumps(body).encode()
+
+
+async def run_engine(url: str, reqs: int) -> dict[str, Any]:
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    sent_at: dict[tuple[str, int], float] = {}
+    latencies: list[float] = []
+    done = asyncio.Event()
+    finished: set[str] = set()
+    order = {s.agent: s.index for s in (*PIPELINE.stages, *PIPELINE.followups)}
+
+    async def on_assignment(msg: Any) -> None:
+        now = time.perf_counter()
+        a = json.loads(msg.data)
+        req, agent = a["req_number"], a["agent"]
+        prev = sent_at.pop((req, order[agent] - 1), None)
+        if prev is not None:
+            latencies.append(now - prev)
+        sent_at[(req, order[agent])] = time.perf_counter()
+        await js.publish(
+            PIPELINE.deliverable_subject(PIPELINE.stage_for_agent(agent), req), answer(agent, req)
+        )
+        if agent == "tim":
+            finished.add(req)
+            if len(finished) == reqs:
+                done.set()
+
+    await nc.subscribe("agog.orchestration.events.stage.started.>", cb=on_assignment)
+    started = time.perf_counter()
+    for i in range(reqs):
+        await js.publish(
+            "agog.requirements.new", json.dumps({"req_number": f"REQ-BENCH-{i:04d}"}).encode()
+        )
+    await asyncio.wait_for(done.wait(), 600)
+    wall = time.perf_counter() - started
+    await nc.close()
+    transitions = reqs * len(order)
+    return {
+        "transitions": transitions,
+        "wall": wall,
+        "per_second": transitions / wall,
+        "p50": pct(latencies, 0.50),
+        "p99": pct(latencies, 0.99),
+        "mean": statistics.fmean(latencies),
+        "samples": len(latencies),
+    }
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--reqs", type=int, default=100)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="agogd-bench-") as tmp:
+        nats_server = NatsServer(Path(tmp) / "nats").start()
+        pg = PostgresServer(Path(tmp) / "pg", durable=True).start()
+        try:
+            floors = {
+                "jetstream_pull_ack": await floor_pull_ack(nats_server.url),
+                "postgres_commit": await floor_pg_commit(pg.dsn()),
+                "jetstream_publish_ack": await floor_publish_ack(nats_server.url),
+            }
+            daemon = DaemonProcess(
+                {
+                    "AGOG_NATS_URL": nats_server.url,
+                    "AGOG_POSTGRES_DSN": pg.dsn(),
+                    "AGOG_MAX_IN_FLIGHT": str(args.reqs),
+                    "AGOG_LOG_LEVEL": "warning",
+                    "AGOG_DISPATCH_INTERVAL": "0.05",
+                }
+            ).start()
+            try:
+                daemon.wait_ready(60)
+                result = await run_engine(nats_server.url, args.reqs)
+            finally:
+                daemon.stop()
+        finally:
+            nats_server.stop()
+            pg.stop()
+    floor_sum = sum(floors.values())
+    print(
+        f"concurrent REQs: {args.reqs}, transitions: {result['transitions']} "
+        f"(latency samples {result['samples']})"
+    )
+    for name, value in floors.items():
+        print(f"floor {name:<24} {value * 1000:8.3f} ms")
+    print(f"floor sum (pull+ack + commit + publish+ack) {floor_sum * 1000:8.3f} ms")
+    print(
+        f"stage advance p50 {result['p50'] * 1000:8.3f} ms  = {result['p50'] / floor_sum:6.1f}"
+        " x floor sum"
+    )
+    print(
+        f"stage advance p99 {result['p99'] * 1000:8.3f} ms  = {result['p99'] / floor_sum:6.1f}"
+        " x floor sum"
+    )
+    print(
+        f"throughput {result['per_second']:8.1f} transitions/s over {result['wall']:.1f} s; "
+        f"floor-sum ceiling {1 / floor_sum:8.1f}/s (ratio "
+        f"{result['per_second'] * floor_sum:5.2f})"
+    )
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
