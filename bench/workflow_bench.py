@@ -167,7 +167,6 @@ async def main() -> None:
                     "AGOG_NATS_URL": nats_server.url,
                     "AGOG_POSTGRES_DSN": pg.dsn(),
                     "AGOG_MAX_IN_FLIGHT": str(args.reqs),
-                    "AGOG_LOG_LEVEL": "warning",
                     "AGOG_DISPATCH_INTERVAL": "0.05",
                 }
             ).start()

@@ -440,7 +440,11 @@ class CompletionNotice(BaseModel):
 
     @property
     def qa_passed(self) -> bool:
-        """QA's verdict: COMPLETE with no failed tests and no reported failures."""
+        """QA passed: COMPLETE, no failed tests, and tests_passed not false (nor 0 with failures).
+
+        Spelled out because Billy reports in several ways: a boolean, counts,
+        or a list of failures.
+        """
         if self.status != "COMPLETE" or self.tests_failed or self.tests_passed is False:
             return False
         zero_passed = type(self.tests_passed) is int and self.tests_passed == 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -59,8 +60,10 @@ def deliverable_subject(agent: str, req: str) -> str:
 class ScriptedAgents:
     """Answers every assignment with ``script(assignment)`` (None: stay silent)."""
 
-    def __init__(self, nc: NATS, script: Script = happy) -> None:
-        self.nc, self.script = nc, script
+    def __init__(self, nc: NATS, script: Script = happy, max_delay: float = 0.0) -> None:
+        self.nc, self.script, self.max_delay = nc, script, max_delay
+        self._rng = random.Random(7)
+        self._pending: set[asyncio.Task[None]] = set()
         self.assignments: list[dict[str, Any]] = []
         self._sub: Any = None
 
@@ -74,11 +77,19 @@ class ScriptedAgents:
         assignment = json.loads(msg.data)
         self.assignments.append(assignment)
         reply = self.script(assignment)
-        if reply is not None:
-            await self.nc.jetstream().publish(
-                deliverable_subject(assignment["agent"], assignment["req_number"]),
-                json.dumps(reply).encode(),
-            )
+        if reply is None:
+            return
+        subject = deliverable_subject(assignment["agent"], assignment["req_number"])
+        if self.max_delay:  # agents that take a while, answering out of order
+            task = asyncio.create_task(self._later(subject, reply))
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
+        else:
+            await self.nc.jetstream().publish(subject, json.dumps(reply).encode())
+
+    async def _later(self, subject: str, reply: dict[str, Any]) -> None:
+        await asyncio.sleep(self._rng.uniform(0, self.max_delay))
+        await self.nc.jetstream().publish(subject, json.dumps(reply).encode())
 
     def agents_for(self, req: str) -> list[tuple[str, int]]:
         return [(a["agent"], a["attempt"]) for a in self.assignments if a["req_number"] == req]
