@@ -14,12 +14,13 @@ import nats
 import pytest
 from nats.js.api import StorageType, StreamConfig
 
-from orchestrator import registry
+from orchestrator import migrate, registry
 from orchestrator.embedded import NatsServer, PostgresServer
 from orchestrator.embedded.procs import free_port
 from tests.daemon_proc import DaemonProcess
 
 STREAMS = {s.name for s in registry.load().streams}
+MIGRATIONS = len(migrate.discover())
 
 
 def _env(nats_server: NatsServer, dsn: str, **extra: str) -> dict[str, str]:
@@ -61,7 +62,7 @@ async def test_starts_migrates_reconciles_and_is_ready(
     assert await _stream_names(nats_server.url) == STREAMS
     conn = await asyncpg.connect(pg_dsn)
     try:
-        assert await conn.fetchval("SELECT count(*) FROM schema_migrations") == 1
+        assert await conn.fetchval("SELECT count(*) FROM schema_migrations") == MIGRATIONS
     finally:
         await conn.close()
     # The start order is connect, migrate, reconcile, then serve.
@@ -81,10 +82,10 @@ async def test_two_daemons_starting_together(
     pair = [_start(daemons, _env(nats_server, pg_dsn)) for _ in range(2)]
     for d in pair:
         d.wait_ready()
-    assert sum(len(d.named("migration.applied")) for d in pair) == 1
+    assert sum(len(d.named("migration.applied")) for d in pair) == MIGRATIONS
     conn = await asyncpg.connect(pg_dsn)
     try:
-        assert await conn.fetchval("SELECT count(*) FROM schema_migrations") == 1
+        assert await conn.fetchval("SELECT count(*) FROM schema_migrations") == MIGRATIONS
     finally:
         await conn.close()
     assert await _stream_names(nats_server.url) == STREAMS
