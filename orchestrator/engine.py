@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import asyncpg
 from nats.aio.msg import Msg
-from nats.errors import ConnectionClosedError
+from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeoutError
-from nats.js.errors import NotFoundError
+from nats.js.errors import APIError
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 from orchestrator import intake, store
@@ -535,7 +535,9 @@ async def consume(daemon: Daemon, stream: str, durable: str, handler: Handler) -
             msgs = await sub.fetch(batch, timeout=1)
         except (NatsTimeoutError, TimeoutError):
             continue
-        except (ConnectionClosedError, NotFoundError, OSError) as exc:
+        except (NatsError, APIError, OSError) as exc:
+            # Disconnected, JetStream unavailable, or the consumer gone with a
+            # wiped server: wait for the reconnect and the topology reconcile.
             daemon.states.set(
                 f"consumer.{stream}", "waiting", "warning", cause=type(exc).__name__, error=str(exc)
             )
@@ -578,8 +580,8 @@ async def _periodic(
             while await work():
                 pass
             daemon.states.set(name, "ok", "debug")
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            daemon.states.set(name, "failing", "warning", cause=type(exc).__name__, error=str(exc))
+        except Exception as exc:  # keep going: one bad row must not stop dispatch
+            daemon.states.set(name, "failing", "warning", cause=type(exc).__name__, error=repr(exc))
         waiters = [asyncio.ensure_future(daemon.stopping.wait())]
         if wake is not None:
             wake.clear()
