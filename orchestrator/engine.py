@@ -576,6 +576,8 @@ async def _periodic(
     wake: asyncio.Event | None = None,
 ) -> None:
     while not daemon.stopping.is_set():
+        if wake is not None:
+            wake.clear()  # before the work, so a wake-up during it is not lost
         try:
             while await work():
                 pass
@@ -584,7 +586,6 @@ async def _periodic(
             daemon.states.set(name, "failing", "warning", cause=type(exc).__name__, error=repr(exc))
         waiters = [asyncio.ensure_future(daemon.stopping.wait())]
         if wake is not None:
-            wake.clear()
             waiters.append(asyncio.ensure_future(wake.wait()))
         _, pending = await asyncio.wait(
             waiters, timeout=interval, return_when=asyncio.FIRST_COMPLETED
