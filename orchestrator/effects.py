@@ -71,9 +71,16 @@ class EffectRunner:
     """Turns effects into rows for one REQ within one transaction."""
 
     def __init__(
-        self, pipeline: Pipeline, conn: asyncpg.Connection, wf: Workflow, title: str = ""
+        self,
+        pipeline: Pipeline,
+        conn: store.Conn,
+        wf: Workflow,
+        title: str = "",
+        deliverable: dict[str, Any] | None = None,
     ) -> None:
         self.pipeline, self.conn, self.wf, self.title = pipeline, conn, wf, title
+        # The notice that closes an attempt is stored on that attempt's row.
+        self.deliverable = deliverable
 
     async def run(self, effects: list[Effect]) -> None:
         for effect in effects:
@@ -91,7 +98,13 @@ class EffectRunner:
             await self.dispatch(followup, 1, {})
         elif isinstance(effect, CloseAttempt):
             await store.close_attempt(
-                self.conn, req, effect.stage, effect.attempt, effect.outcome, effect.reason or None
+                self.conn,
+                req,
+                effect.stage,
+                effect.attempt,
+                effect.outcome,
+                effect.reason or None,
+                self.deliverable,
             )
         elif isinstance(effect, Emit):
             await self.emit(effect)

@@ -23,6 +23,7 @@ from nats.js.errors import APIError
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 from orchestrator import intake, store
+from orchestrator.batch import BatchedConnection
 from orchestrator.effects import EffectRunner, stage_by_index
 from orchestrator.logs import bound_context, get_logger
 from orchestrator.notices import (
@@ -78,7 +79,7 @@ class Engine:
         return self.daemon.pool
 
     # --- message plumbing ----------------------------------------------------
-    async def _reject(self, conn: asyncpg.Connection, msg: Msg, err: Rejected) -> None:
+    async def _reject(self, conn: store.Conn, msg: Msg, err: Rejected) -> None:
         meta = msg.metadata
         stream, seq = meta.stream, meta.sequence.stream
         await store.settle_message(conn, stream, seq, "rejected", f"{err.reason}: {err.message}")
@@ -119,24 +120,28 @@ class Engine:
         self,
         msg: Msg,
         consumer: str,
-        body: Callable[[asyncpg.Connection], Awaitable[str]],
+        body: Callable[[BatchedConnection], Awaitable[str]],
         claim: bool = True,
     ) -> Outcome:
         """Run one message's work in a transaction with idempotency and rejection."""
         meta = msg.metadata
         stream, seq = meta.stream, meta.sequence.stream
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self.pool.acquire() as raw, raw.transaction():
+            conn = BatchedConnection(raw)
             if claim and not await store.claim_message(conn, stream, seq, consumer, msg.subject):
                 log.info("message.duplicate", msg_subject=msg.subject, stream=stream, seq=seq)
                 return "ack"
             try:
-                async with conn.transaction():  # a savepoint: rejection survives a failed body
-                    outcome = await body(conn)
+                # Bodies raise Rejected before they write anything, so the
+                # rejection record is the transaction's only effect.
+                outcome = await body(conn)
             except Rejected as err:
                 await self._reject(conn, msg, err)
+                await conn.flush()
                 return "term"
             if claim:
                 await store.settle_message(conn, stream, seq, outcome)
+            await conn.flush()
         return "ack"
 
     # --- deliverables ----------------------------------------------------------
@@ -148,7 +153,7 @@ class Engine:
         )
 
     async def _deliverable(
-        self, conn: asyncpg.Connection, msg: Msg, subject_agent: str | None, subject_req: str | None
+        self, conn: store.Conn, msg: Msg, subject_agent: str | None, subject_req: str | None
     ) -> str:
         try:
             notice = parse_notice(
@@ -169,11 +174,12 @@ class Engine:
                     conn, notice.req_number, "report", agent=notice.agent, detail=_dump(notice)
                 )
                 return "report"
-            wf = await store.lock_workflow(conn, notice.req_number)
-            if wf is None:
+            locked = await store.lock_workflow(conn, notice.req_number)
+            if locked is None:
                 raise Rejected(
                     "unknown_req", f"no workflow for {notice.req_number}", notice.req_number
                 )
+            wf, title = locked
             meta = msg.metadata
             await store.add_history(
                 conn,
@@ -197,20 +203,13 @@ class Engine:
             if any(isinstance(e, Ignored) for e in effects):
                 await EffectRunner(self.pipeline, conn, wf).run(effects)
                 return "ignored"
-            await store.upsert_cache(conn, wf.req, stage.agent, stage.index, _dump(notice))
-            await conn.execute(
-                "UPDATE stage_attempts SET deliverable = $4::jsonb WHERE req_number = $1"
-                " AND stage = $2 AND attempt = $3",
-                wf.req,
-                stage.index,
-                wf.attempt,
-                store.dumps(_dump(notice)),
-            )
-            await self._commit(conn, new, effects)
+            deliverable = _dump(notice)
+            await store.upsert_cache(conn, wf.req, stage.agent, stage.index, deliverable)
+            await self._commit(conn, new, effects, title, deliverable)
             return "applied"
 
     async def _followup(
-        self, conn: asyncpg.Connection, wf: Workflow, stage: Stage, notice: CompletionNotice
+        self, conn: store.Conn, wf: Workflow, stage: Stage, notice: CompletionNotice
     ) -> str:
         """Tim's documentation: recorded; its failure never undoes the deployment."""
         attempt = await store.running_attempt(conn, wf.req, stage.index)
@@ -230,18 +229,22 @@ class Engine:
         )
         return "applied"
 
-    async def _commit(self, conn: asyncpg.Connection, new: Workflow, effects: list[Any]) -> None:
+    async def _commit(
+        self,
+        conn: store.Conn,
+        new: Workflow,
+        effects: list[Any],
+        title: str,
+        deliverable: dict[str, Any] | None = None,
+    ) -> None:
         await store.save_workflow(conn, new)
-        title = await conn.fetchval(
-            "SELECT title FROM workflow_state WHERE req_number = $1", new.req
-        )
-        await EffectRunner(self.pipeline, conn, new, title or "").run(effects)
+        await EffectRunner(self.pipeline, conn, new, title, deliverable).run(effects)
         if new.status != "IN_PROGRESS":
             self.wake_dispatcher.set()  # a slot may have opened
 
     # --- intake -----------------------------------------------------------------
     async def handle_intake(self, msg: Msg) -> Outcome:
-        async def body(conn: asyncpg.Connection) -> str:
+        async def body(conn: BatchedConnection) -> str:
             try:
                 req = intake.parse_requirement(msg.data, self.settings.max_message_bytes)
             except intake.IntakeError as exc:
@@ -262,32 +265,28 @@ class Engine:
     async def handle_decision(self, msg: Msg) -> Outcome:
         subject_req = msg.subject.rsplit(".", 1)[-1]
 
-        async def body(conn: asyncpg.Connection) -> str:
+        async def body(conn: BatchedConnection) -> str:
             decision_msg = parse_decision(
                 msg.data, subject_req, self.pipeline, self.settings.max_message_bytes
             )
             req = decision_msg.req_number
-            wf = await store.lock_workflow(conn, req)
-            if wf is None:
+            locked = await store.lock_workflow(conn, req)
+            if locked is None:
                 raise Rejected("unknown_req", f"no workflow for {req}", req)
+            wf, title = locked
+            try:
+                new, effects = apply(self.pipeline, wf, decision_msg.to_event())
+            except DecisionRejected as exc:
+                raise Rejected("decision_not_applicable", str(exc), req) from None
             await conn.execute(
-                "INSERT INTO strategic_decisions (req_number, decision, reasoning, payload)"
-                " VALUES ($1, $2, $3, $4::jsonb)",
+                "INSERT INTO strategic_decisions (req_number, decision, reasoning, payload,"
+                " applied_at) VALUES ($1, $2, $3, $4::jsonb, now())",
                 req,
                 decision_msg.decision,
                 decision_msg.reasoning,
                 msg.data.decode(),
             )
-            try:
-                new, effects = apply(self.pipeline, wf, decision_msg.to_event())
-            except DecisionRejected as exc:
-                raise Rejected("decision_not_applicable", str(exc), req) from None
-            await self._commit(conn, new, effects)
-            await conn.execute(
-                "UPDATE strategic_decisions SET applied_at = now()"
-                " WHERE req_number = $1 AND applied_at IS NULL",
-                req,
-            )
+            await self._commit(conn, new, effects, title)
             log.info("decision.applied", req_number=req, decision=decision_msg.decision)
             return "applied"
 
@@ -298,7 +297,7 @@ class Engine:
         tokens = msg.subject.split(".")
         agent, req = (tokens[-2], tokens[-1]) if len(tokens) >= 2 else ("", "")
 
-        async def body(conn: asyncpg.Connection) -> str:
+        async def body(conn: BatchedConnection) -> str:
             stage = self.pipeline.stage_for_agent(agent)
             if stage is None:
                 raise Rejected("unknown_agent", f"heartbeat from unknown agent {agent!r}")
@@ -316,8 +315,9 @@ class Engine:
     # --- dispatcher and deadlines --------------------------------------------------
     async def dispatch_pending(self) -> int:
         """Admit PENDING REQs by priority while fewer than max_in_flight run."""
-        async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", DISPATCH_LOCK)
+        async with self.pool.acquire() as raw, raw.transaction():
+            conn = BatchedConnection(raw)
+            await raw.execute("SELECT pg_advisory_xact_lock($1)", DISPATCH_LOCK)
             running = await conn.fetchval(
                 "SELECT count(*) FROM workflow_state WHERE status = 'IN_PROGRESS'"
             )
@@ -330,10 +330,12 @@ class Engine:
                 free,
             )
             for row in rows:
-                wf = await store.lock_workflow(conn, row["req_number"])
-                assert wf is not None
+                locked = await store.lock_workflow(conn, row["req_number"])
+                assert locked is not None
+                wf, title = locked
                 new, effects = apply(self.pipeline, wf, Start())
-                await self._commit(conn, new, effects)
+                await self._commit(conn, new, effects, title)
+            await conn.flush()
             return len(rows)
 
     async def expire_deadlines(self) -> int:
@@ -345,8 +347,9 @@ class Engine:
             )
         expired = 0
         for row in rows:
-            async with self.pool.acquire() as conn, conn.transaction():
-                wf = await store.lock_workflow(conn, row["req_number"])
+            async with self.pool.acquire() as raw, raw.transaction():
+                conn = BatchedConnection(raw)
+                locked = await store.lock_workflow(conn, row["req_number"])
                 still = await conn.fetchval(
                     "SELECT 1 FROM stage_attempts WHERE req_number = $1 AND stage = $2"
                     " AND attempt = $3 AND status = 'RUNNING' AND deadline < now()",
@@ -354,27 +357,30 @@ class Engine:
                     row["stage"],
                     row["attempt"],
                 )
-                if wf is None or not still:
+                if locked is None or not still:
                     continue  # a heartbeat or a notice got there first
+                wf, title = locked
                 expired += 1
                 if row["stage"] >= len(self.pipeline.stages):
                     await self._followup_timeout(conn, wf, row["stage"], row["attempt"])
-                    continue
-                new, effects = apply(self.pipeline, wf, TimedOut(row["stage"], row["attempt"]))
-                if any(isinstance(e, Ignored) for e in effects):
-                    await store.close_attempt(
-                        conn,
-                        wf.req,
-                        row["stage"],
-                        row["attempt"],
-                        "TIMED_OUT",
-                        "deadline passed (stale attempt)",
-                    )
-                await self._commit(conn, new, effects)
+                else:
+                    event = TimedOut(row["stage"], row["attempt"])
+                    new, effects = apply(self.pipeline, wf, event)
+                    if any(isinstance(e, Ignored) for e in effects):
+                        await store.close_attempt(
+                            conn,
+                            wf.req,
+                            row["stage"],
+                            row["attempt"],
+                            "TIMED_OUT",
+                            "deadline passed (stale attempt)",
+                        )
+                    await self._commit(conn, new, effects, title)
+                await conn.flush()
         return expired
 
     async def _followup_timeout(
-        self, conn: asyncpg.Connection, wf: Workflow, index: int, attempt: int
+        self, conn: store.Conn, wf: Workflow, index: int, attempt: int
     ) -> None:
         stage = stage_by_index(self.pipeline, index)
         await store.close_attempt(

@@ -10,7 +10,6 @@ import json
 import re
 from typing import Any
 
-import asyncpg
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from orchestrator import store
@@ -111,7 +110,7 @@ def parse_requirement(data: bytes, max_bytes: int) -> Requirement:
         raise IntakeError(reason, f"{where}: {first.get('msg', 'invalid')}") from None
 
 
-async def submit(conn: asyncpg.Connection, req: Requirement, source: str) -> bool:
+async def submit(conn: store.Conn, req: Requirement, source: str) -> bool:
     """Create the workflow if it is new (inside the caller's transaction)."""
     created = await store.insert_requirement(
         conn,

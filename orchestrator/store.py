@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
 
+from orchestrator.batch import BatchedConnection
 from orchestrator.workflow import Workflow
+
+# Writes go through a BatchedConnection inside the engine (one round trip per
+# transition) and through a plain connection elsewhere; both work here.
+Conn = asyncpg.Connection | BatchedConnection
 
 OUTBOX_CHANNEL = "agogd_outbox"
 
@@ -29,7 +34,7 @@ def dumps(value: Any) -> str:
 
 # --- requirements and workflows ---------------------------------------------------
 async def insert_requirement(
-    conn: asyncpg.Connection,
+    conn: Conn,
     req: str,
     *,
     title: str,
@@ -53,21 +58,22 @@ async def insert_requirement(
     return row is not None
 
 
-async def lock_workflow(conn: asyncpg.Connection, req: str) -> Workflow | None:
-    """Load a workflow and hold its row lock until the transaction ends."""
+async def lock_workflow(conn: Conn, req: str) -> tuple[Workflow, str] | None:
+    """Load a workflow and its title, holding the row lock until the transaction ends."""
     row = await conn.fetchrow(
-        "SELECT req_number, status, current_stage, budgets FROM workflow_state"
+        "SELECT req_number, title, status, current_stage, budgets FROM workflow_state"
         " WHERE req_number = $1 FOR UPDATE",
         req,
     )
     if row is None:
         return None
-    return Workflow.from_row(
+    wf = Workflow.from_row(
         row["req_number"], row["status"], row["current_stage"], json.loads(row["budgets"])
     )
+    return wf, row["title"]
 
 
-async def save_workflow(conn: asyncpg.Connection, wf: Workflow) -> None:
+async def save_workflow(conn: Conn, wf: Workflow) -> None:
     await conn.execute(
         "UPDATE workflow_state SET status = $2, current_stage = $3, budgets = $4::jsonb,"
         " version = version + 1, updated_at = now() WHERE req_number = $1",
@@ -79,20 +85,20 @@ async def save_workflow(conn: asyncpg.Connection, wf: Workflow) -> None:
 
 
 async def mark_deployed(
-    conn: asyncpg.Connection,
+    conn: Conn,
     req: str,
     commit_sha: str | None,
     deployed_by: str | None,
     deployed_at: str | None,
 ) -> None:
-    at = _parse_time(deployed_at)
-    await conn.execute(
+    """Runs at once (fetchval), after the queued save of the same row."""
+    await conn.fetchval(
         "UPDATE workflow_state SET commit_sha = $2, deployed_by = $3,"
-        " deployed_at = coalesce($4, now()) WHERE req_number = $1",
+        " deployed_at = coalesce($4, now()) WHERE req_number = $1 RETURNING 1",
         req,
         commit_sha,
         deployed_by,
-        at,
+        _parse_time(deployed_at),
     )
 
 
@@ -107,9 +113,7 @@ def _parse_time(value: str | None) -> datetime | None:
 
 
 # --- idempotency ---------------------------------------------------------------
-async def claim_message(
-    conn: asyncpg.Connection, stream: str, seq: int, consumer: str, subject: str
-) -> bool:
+async def claim_message(conn: Conn, stream: str, seq: int, consumer: str, subject: str) -> bool:
     """Record a stream message as processed; False if it already was (a redelivery)."""
     row = await conn.fetchrow(
         "INSERT INTO processed_messages (stream, stream_seq, consumer, subject, outcome)"
@@ -123,7 +127,7 @@ async def claim_message(
 
 
 async def settle_message(
-    conn: asyncpg.Connection, stream: str, seq: int, outcome: str, detail: str | None = None
+    conn: Conn, stream: str, seq: int, outcome: str, detail: str | None = None
 ) -> None:
     await conn.execute(
         "UPDATE processed_messages SET outcome = $3, detail = $4"
@@ -137,23 +141,24 @@ async def settle_message(
 
 # --- outbox and audit --------------------------------------------------------------
 async def enqueue(
-    conn: asyncpg.Connection, subject: str, payload: dict[str, Any], msg_id: str | None = None
-) -> bool:
+    conn: Conn, subject: str, payload: dict[str, Any], msg_id: str | None = None
+) -> None:
     """Queue a publish; the relay sends it with Nats-Msg-Id = msg_id after commit."""
-    row = await conn.fetchrow(
+    await conn.execute(
         "INSERT INTO outbox (msg_id, subject, payload) VALUES ($1, $2, $3::jsonb)"
-        " ON CONFLICT (msg_id) DO NOTHING RETURNING id",
+        " ON CONFLICT (msg_id) DO NOTHING",
         msg_id or f"evt:{uuid.uuid4()}",
         subject,
         dumps(payload),
     )
-    if row is not None:
+    if isinstance(conn, BatchedConnection):
+        conn.notify_on_flush(OUTBOX_CHANNEL)
+    else:
         await conn.execute("SELECT pg_notify($1, '')", OUTBOX_CHANNEL)
-    return row is not None
 
 
 async def record_event(
-    conn: asyncpg.Connection,
+    conn: Conn,
     req: str | None,
     kind: str,
     *,
@@ -178,7 +183,7 @@ async def record_event(
 
 # --- stage attempts and deliverables ---------------------------------------------
 async def insert_attempt(
-    conn: asyncpg.Connection,
+    conn: Conn,
     req: str,
     stage: int,
     agent: str,
@@ -187,23 +192,23 @@ async def insert_attempt(
     instructions: dict[str, Any],
 ) -> datetime:
     """Record a RUNNING attempt with its deadline; returns the deadline."""
-    deadline: datetime = await conn.fetchval(
+    deadline = datetime.now(UTC) + timedelta(seconds=timeout)
+    await conn.execute(
         "INSERT INTO stage_attempts (req_number, stage, agent, attempt, instructions, deadline)"
-        " VALUES ($1, $2, $3, $4, $5::jsonb, now() + make_interval(secs => $6))"
-        " ON CONFLICT (req_number, stage, attempt) DO UPDATE SET agent = EXCLUDED.agent"
-        " RETURNING deadline",
+        " VALUES ($1, $2, $3, $4, $5::jsonb, $6)"
+        " ON CONFLICT (req_number, stage, attempt) DO NOTHING",
         req,
         stage,
         agent,
         attempt,
         dumps(instructions),
-        timeout,
+        deadline,
     )
     return deadline
 
 
 async def close_attempt(
-    conn: asyncpg.Connection,
+    conn: Conn,
     req: str,
     stage: int,
     attempt: int,
@@ -224,7 +229,7 @@ async def close_attempt(
     )
 
 
-async def running_attempt(conn: asyncpg.Connection, req: str, stage: int) -> int | None:
+async def running_attempt(conn: Conn, req: str, stage: int) -> int | None:
     return await conn.fetchval(  # type: ignore[no-any-return]
         "SELECT attempt FROM stage_attempts WHERE req_number = $1 AND stage = $2"
         " AND status = 'RUNNING' ORDER BY attempt DESC LIMIT 1",
@@ -234,7 +239,7 @@ async def running_attempt(conn: asyncpg.Connection, req: str, stage: int) -> int
 
 
 async def extend_deadline(
-    conn: asyncpg.Connection, req: str, stage: int, attempt: int | None, timeout: float
+    conn: Conn, req: str, stage: int, attempt: int | None, timeout: float
 ) -> bool:
     """A heartbeat: push the running attempt's deadline to now + timeout."""
     row = await conn.fetchrow(
@@ -251,7 +256,7 @@ async def extend_deadline(
 
 
 async def upsert_cache(
-    conn: asyncpg.Connection, req: str, agent: str, stage: int, deliverable: dict[str, Any]
+    conn: Conn, req: str, agent: str, stage: int, deliverable: dict[str, Any]
 ) -> None:
     """The old daemon's cache (Berry reads Billy's approval from it)."""
     await conn.execute(
@@ -266,7 +271,7 @@ async def upsert_cache(
 
 
 async def add_history(
-    conn: asyncpg.Connection,
+    conn: Conn,
     req: str,
     agent: str,
     stage: int,
@@ -290,9 +295,7 @@ async def add_history(
     )
 
 
-async def previous_deliverables(
-    conn: asyncpg.Connection, req: str, before_stage: int
-) -> list[asyncpg.Record]:
+async def previous_deliverables(conn: Conn, req: str, before_stage: int) -> list[asyncpg.Record]:
     return await conn.fetch(  # type: ignore[no-any-return]
         "SELECT agent, stage, deliverable FROM nats_deliverable_cache"
         " WHERE req_number = $1 AND stage < $2 ORDER BY stage",
@@ -302,7 +305,7 @@ async def previous_deliverables(
 
 
 async def insert_escalation(
-    conn: asyncpg.Connection,
+    conn: Conn,
     key: str,
     req: str,
     priority: str,
