@@ -27,11 +27,26 @@ class BatchedConnection:
         self._parts: list[str] = []
         self._args: list[Any] = []
         self._notify: set[str] = set()
+        # Multi-row inserts by key: position in _parts, head, rows, tail.
+        self._rows: dict[str, tuple[int, str, list[str], str]] = {}
+
+    def _renumber(self, sql: str, args: tuple[Any, ...]) -> str:
+        offset = len(self._args)
+        self._args.extend(args)
+        return _PARAM.sub(lambda m: f"${int(m.group(1)) + offset}", sql)
 
     async def execute(self, sql: str, *args: Any) -> None:
-        offset = len(self._args)
-        self._parts.append(_PARAM.sub(lambda m: f"${int(m.group(1)) + offset}", sql))
-        self._args.extend(args)
+        self._parts.append(self._renumber(sql, args))
+
+    def insert_row(self, head: str, row: str, tail: str, *args: Any) -> None:
+        """Queue one row of ``head VALUES (row) tail``; rows sharing a head become
+        one multi-row INSERT, so ids (e.g. the outbox order) follow queue order."""
+        entry = self._rows.get(head)
+        if entry is None:
+            entry = (len(self._parts), head, [], tail)
+            self._rows[head] = entry
+            self._parts.append("")  # filled at flush
+        entry[2].append(f"({self._renumber(row, args)})")
 
     def notify_on_flush(self, channel: str) -> None:
         self._notify.add(channel)
@@ -39,6 +54,9 @@ class BatchedConnection:
     async def flush(self) -> None:
         if not self._parts and not self._notify:
             return
+        for position, head, rows, tail in self._rows.values():
+            self._parts[position] = f"{head} VALUES {', '.join(rows)} {tail}"
+        self._rows = {}
         notify = ", ".join(f"pg_notify('{c}', '')" for c in sorted(self._notify)) or "1"
         if self._parts:
             ctes = ", ".join(f"w{i} AS ({part})" for i, part in enumerate(self._parts))

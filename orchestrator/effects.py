@@ -7,10 +7,7 @@ retried publish can never start a stage twice.
 
 from __future__ import annotations
 
-import json
 from typing import Any
-
-import asyncpg
 
 from orchestrator import store
 from orchestrator.logs import get_logger
@@ -77,10 +74,13 @@ class EffectRunner:
         wf: Workflow,
         title: str = "",
         deliverable: dict[str, Any] | None = None,
+        delivered: dict[int, dict[str, Any]] | None = None,
     ) -> None:
         self.pipeline, self.conn, self.wf, self.title = pipeline, conn, wf, title
         # The notice that closes an attempt is stored on that attempt's row.
         self.deliverable = deliverable
+        # Cached deliverables by stage (from the lock query), for assignments.
+        self.delivered = delivered or {}
 
     async def run(self, effects: list[Effect]) -> None:
         for effect in effects:
@@ -124,7 +124,7 @@ class EffectRunner:
         deadline = await store.insert_attempt(
             self.conn, req, stage.index, stage.agent, attempt, stage.timeout, instructions
         )
-        previous = await store.previous_deliverables(self.conn, req, stage.index)
+        previous = [self.delivered[i] for i in sorted(self.delivered) if i < stage.index]
         payload = event_payload(
             self.pipeline,
             req,
@@ -232,10 +232,8 @@ class EffectRunner:
         )
 
 
-def _previous(pipeline: Pipeline, row: asyncpg.Record, req: str) -> dict[str, Any]:
+def _previous(pipeline: Pipeline, row: dict[str, Any], req: str) -> dict[str, Any]:
     deliverable = row["deliverable"]
-    if isinstance(deliverable, str):
-        deliverable = json.loads(deliverable)
     stage = stage_by_index(pipeline, row["stage"])
     return {
         "stage": stage.name,

@@ -179,7 +179,7 @@ class Engine:
                 raise Rejected(
                     "unknown_req", f"no workflow for {notice.req_number}", notice.req_number
                 )
-            wf, title = locked
+            wf = locked.wf
             meta = msg.metadata
             await store.add_history(
                 conn,
@@ -205,7 +205,12 @@ class Engine:
                 return "ignored"
             deliverable = _dump(notice)
             await store.upsert_cache(conn, wf.req, stage.agent, stage.index, deliverable)
-            await self._commit(conn, new, effects, title, deliverable)
+            locked.delivered[stage.index] = {
+                "stage": stage.index,
+                "agent": stage.agent,
+                "deliverable": deliverable,
+            }
+            await self._commit(conn, new, effects, locked, deliverable)
             return "applied"
 
     async def _followup(
@@ -234,11 +239,12 @@ class Engine:
         conn: store.Conn,
         new: Workflow,
         effects: list[Any],
-        title: str,
+        locked: store.Locked,
         deliverable: dict[str, Any] | None = None,
     ) -> None:
         await store.save_workflow(conn, new)
-        await EffectRunner(self.pipeline, conn, new, title, deliverable).run(effects)
+        runner = EffectRunner(self.pipeline, conn, new, locked.title, deliverable, locked.delivered)
+        await runner.run(effects)
         if new.status != "IN_PROGRESS":
             self.wake_dispatcher.set()  # a slot may have opened
 
@@ -273,9 +279,8 @@ class Engine:
             locked = await store.lock_workflow(conn, req)
             if locked is None:
                 raise Rejected("unknown_req", f"no workflow for {req}", req)
-            wf, title = locked
             try:
-                new, effects = apply(self.pipeline, wf, decision_msg.to_event())
+                new, effects = apply(self.pipeline, locked.wf, decision_msg.to_event())
             except DecisionRejected as exc:
                 raise Rejected("decision_not_applicable", str(exc), req) from None
             await conn.execute(
@@ -286,7 +291,7 @@ class Engine:
                 decision_msg.reasoning,
                 msg.data.decode(),
             )
-            await self._commit(conn, new, effects, title)
+            await self._commit(conn, new, effects, locked)
             log.info("decision.applied", req_number=req, decision=decision_msg.decision)
             return "applied"
 
@@ -332,9 +337,8 @@ class Engine:
             for row in rows:
                 locked = await store.lock_workflow(conn, row["req_number"])
                 assert locked is not None
-                wf, title = locked
-                new, effects = apply(self.pipeline, wf, Start())
-                await self._commit(conn, new, effects, title)
+                new, effects = apply(self.pipeline, locked.wf, Start())
+                await self._commit(conn, new, effects, locked)
             await conn.flush()
             return len(rows)
 
@@ -359,7 +363,7 @@ class Engine:
                 )
                 if locked is None or not still:
                     continue  # a heartbeat or a notice got there first
-                wf, title = locked
+                wf = locked.wf
                 expired += 1
                 if row["stage"] >= len(self.pipeline.stages):
                     await self._followup_timeout(conn, wf, row["stage"], row["attempt"])
@@ -375,7 +379,7 @@ class Engine:
                             "TIMED_OUT",
                             "deadline passed (stale attempt)",
                         )
-                    await self._commit(conn, new, effects, title)
+                    await self._commit(conn, new, effects, locked)
                 await conn.flush()
         return expired
 

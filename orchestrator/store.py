@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -58,11 +59,25 @@ async def insert_requirement(
     return row is not None
 
 
-async def lock_workflow(conn: Conn, req: str) -> tuple[Workflow, str] | None:
-    """Load a workflow and its title, holding the row lock until the transaction ends."""
+@dataclass
+class Locked:
+    """A workflow row held under lock, with what its transition needs to know."""
+
+    wf: Workflow
+    title: str
+    # stage index -> {"agent", "deliverable"}: the cache rows, for assignments.
+    delivered: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+
+async def lock_workflow(conn: Conn, req: str) -> Locked | None:
+    """Load a workflow, its title and its cached deliverables in one round trip,
+    holding the row lock until the transaction ends."""
     row = await conn.fetchrow(
-        "SELECT req_number, title, status, current_stage, budgets FROM workflow_state"
-        " WHERE req_number = $1 FOR UPDATE",
+        "SELECT ws.req_number, ws.title, ws.status, ws.current_stage, ws.budgets,"
+        " (SELECT coalesce(json_agg(json_build_object('stage', c.stage, 'agent', c.agent,"
+        "  'deliverable', c.deliverable)), '[]') FROM nats_deliverable_cache c"
+        "  WHERE c.req_number = ws.req_number) AS delivered"
+        " FROM workflow_state ws WHERE ws.req_number = $1 FOR UPDATE OF ws",
         req,
     )
     if row is None:
@@ -70,7 +85,8 @@ async def lock_workflow(conn: Conn, req: str) -> tuple[Workflow, str] | None:
     wf = Workflow.from_row(
         row["req_number"], row["status"], row["current_stage"], json.loads(row["budgets"])
     )
-    return wf, row["title"]
+    delivered = {d["stage"]: d for d in json.loads(row["delivered"])}
+    return Locked(wf, row["title"], delivered)
 
 
 async def save_workflow(conn: Conn, wf: Workflow) -> None:
@@ -140,21 +156,27 @@ async def settle_message(
 
 
 # --- outbox and audit --------------------------------------------------------------
+_OUTBOX_HEAD = "INSERT INTO outbox (msg_id, subject, payload)"
+_OUTBOX_TAIL = "ON CONFLICT (msg_id) DO NOTHING"
+
+
 async def enqueue(
     conn: Conn, subject: str, payload: dict[str, Any], msg_id: str | None = None
 ) -> None:
-    """Queue a publish; the relay sends it with Nats-Msg-Id = msg_id after commit."""
-    await conn.execute(
-        "INSERT INTO outbox (msg_id, subject, payload) VALUES ($1, $2, $3::jsonb)"
-        " ON CONFLICT (msg_id) DO NOTHING",
-        msg_id or f"evt:{uuid.uuid4()}",
-        subject,
-        dumps(payload),
-    )
+    """Queue a publish; the relay sends it with Nats-Msg-Id = msg_id after commit,
+    in outbox id order (the order of enqueue calls)."""
+    args = (msg_id or f"evt:{uuid.uuid4()}", subject, dumps(payload))
     if isinstance(conn, BatchedConnection):
+        conn.insert_row(_OUTBOX_HEAD, "$1, $2, $3::jsonb", _OUTBOX_TAIL, *args)
         conn.notify_on_flush(OUTBOX_CHANNEL)
-    else:
-        await conn.execute("SELECT pg_notify($1, '')", OUTBOX_CHANNEL)
+        return
+    await conn.execute(f"{_OUTBOX_HEAD} VALUES ($1, $2, $3::jsonb) {_OUTBOX_TAIL}", *args)
+    await conn.execute("SELECT pg_notify($1, '')", OUTBOX_CHANNEL)
+
+
+_EVENT_HEAD = (
+    "INSERT INTO workflow_events (req_number, kind, stage, agent, attempt, reason, detail)"
+)
 
 
 async def record_event(
@@ -168,17 +190,13 @@ async def record_event(
     reason: str | None = None,
     detail: dict[str, Any] | None = None,
 ) -> None:
-    await conn.execute(
-        "INSERT INTO workflow_events (req_number, kind, stage, agent, attempt, reason, detail)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb)",
-        req,
-        kind,
-        stage,
-        agent,
-        attempt,
-        reason,
-        dumps(detail or {}),
-    )
+    """Append to the audit trail (in call order, like the outbox)."""
+    row = "$1::varchar, $2::text, $3::int, $4::varchar, $5::int, $6::text, $7::jsonb"
+    args = (req, kind, stage, agent, attempt, reason, dumps(detail or {}))
+    if isinstance(conn, BatchedConnection):
+        conn.insert_row(_EVENT_HEAD, row, "", *args)
+        return
+    await conn.execute(f"{_EVENT_HEAD} VALUES ({row})", *args)
 
 
 # --- stage attempts and deliverables ---------------------------------------------
@@ -292,15 +310,6 @@ async def add_history(
         stream,
         seq,
         dumps(deliverable),
-    )
-
-
-async def previous_deliverables(conn: Conn, req: str, before_stage: int) -> list[asyncpg.Record]:
-    return await conn.fetch(  # type: ignore[no-any-return]
-        "SELECT agent, stage, deliverable FROM nats_deliverable_cache"
-        " WHERE req_number = $1 AND stage < $2 ORDER BY stage",
-        req,
-        before_stage,
     )
 
 
