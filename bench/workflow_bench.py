@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import random
 import statistics
 import sys
 import tempfile
@@ -113,14 +114,15 @@ async def run_engine(url: str, reqs: int, think: float, prefix: str) -> dict[str
     finished: set[str] = set()
     order = {s.agent: s.index for s in (*PIPELINE.stages, *PIPELINE.followups)}
     tasks: set[asyncio.Future[None]] = set()
+    rng = random.Random(1)
 
     async def on_assignment(a: dict[str, Any], received: float) -> None:
         req, agent = a["req_number"], a["agent"]
         prev = sent_at.pop((req, order[agent] - 1), None)
         if prev is not None:
             latencies.append(received - prev)
-        if think:
-            await asyncio.sleep(think)
+        if think:  # spread answers out, as real agents are not in lockstep
+            await asyncio.sleep(rng.uniform(0, 2 * think))
         sent_at[(req, order[agent])] = time.perf_counter()
         stage = PIPELINE.stage_for_agent(agent)
         assert stage is not None
