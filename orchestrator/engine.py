@@ -449,14 +449,10 @@ class DecisionMessage(BaseModel):
 def parse_decision(
     data: bytes, subject_req: str, pipeline: Pipeline, max_bytes: int
 ) -> DecisionMessage:
-    if len(data) > max_bytes:
-        raise Rejected("too_large", f"{len(data)} bytes > limit {max_bytes}")
     try:
-        raw = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise Rejected("invalid_json", str(exc)) from None
-    if not isinstance(raw, dict):
-        raise Rejected("wrong_schema", "a decision is a JSON object")
+        raw = intake.json_object(data, max_bytes, "a decision")
+    except intake.IntakeError as exc:
+        raise Rejected(exc.reason, exc.message) from None
     raw.setdefault("req_number", raw.get("reqNumber") or raw.get("reqId") or subject_req)
     restart = raw.get("restart_stage", raw.get("restartStage"))
     if isinstance(restart, str) and not restart.isdigit():

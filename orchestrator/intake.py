@@ -86,8 +86,8 @@ class IntakeError(ValueError):
         self.reason, self.message = reason, message
 
 
-def parse_requirement(data: bytes, max_bytes: int) -> Requirement:
-    """Validate an intake message; raises IntakeError with a reason code."""
+def json_object(data: bytes, max_bytes: int, what: str) -> dict[str, Any]:
+    """The JSON object in a message, or IntakeError(too_large|invalid_json|wrong_schema)."""
     if len(data) > max_bytes:
         raise IntakeError("too_large", f"{len(data)} bytes > limit {max_bytes}")
     try:
@@ -95,7 +95,13 @@ def parse_requirement(data: bytes, max_bytes: int) -> Requirement:
     except (ValueError, UnicodeDecodeError) as exc:
         raise IntakeError("invalid_json", str(exc)) from None
     if not isinstance(raw, dict):
-        raise IntakeError("wrong_schema", "a requirement is a JSON object")
+        raise IntakeError("wrong_schema", f"{what} is a JSON object")
+    return raw
+
+
+def parse_requirement(data: bytes, max_bytes: int) -> Requirement:
+    """Validate an intake message; raises IntakeError with a reason code."""
+    raw = json_object(data, max_bytes, "a requirement")
     try:
         return Requirement.model_validate(raw)
     except ValidationError as exc:

@@ -35,6 +35,18 @@ from orchestrator.registry import ConsumerSpec, Pipeline, StreamSpec
 log = get_logger(__name__)
 
 STREAM_NAME_IN_USE = 10058
+# The stream settings agogd owns (besides subjects); others are left as they are.
+LIMIT_FIELDS = (
+    "storage",
+    "retention",
+    "discard",
+    "max_age",
+    "max_msgs",
+    "max_bytes",
+    "max_msg_size",
+    "duplicate_window",
+    "num_replicas",
+)
 
 
 class TopologyError(RuntimeError):
@@ -81,17 +93,7 @@ def stream_differences(current: StreamConfig, spec: StreamSpec) -> list[Differen
     out: list[Difference] = []
     if sorted(current.subjects or []) != sorted(desired.subjects or []):
         out.append(Difference("subjects", sorted(current.subjects or []), sorted(desired.subjects)))
-    for name in (
-        "storage",
-        "retention",
-        "discard",
-        "max_age",
-        "max_msgs",
-        "max_bytes",
-        "max_msg_size",
-        "duplicate_window",
-        "num_replicas",
-    ):
+    for name in LIMIT_FIELDS:
         a, b = _norm(getattr(current, name)), _norm(getattr(desired, name))
         if isinstance(a, int | float) and isinstance(b, int | float):
             if abs(float(a) - float(b)) > 1e-3:
@@ -178,21 +180,7 @@ class Reconciler:
             )
         desired = desired_stream_config(spec)
         updated = info.config.evolve(
-            **{
-                name: getattr(desired, name)
-                for name in (
-                    "subjects",
-                    "storage",
-                    "retention",
-                    "discard",
-                    "max_age",
-                    "max_msgs",
-                    "max_bytes",
-                    "max_msg_size",
-                    "duplicate_window",
-                    "num_replicas",
-                )
-            }
+            **{name: getattr(desired, name) for name in ("subjects", *LIMIT_FIELDS)}
         )
         try:
             await self.js.update_stream(updated)
