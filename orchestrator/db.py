@@ -22,6 +22,10 @@ TRANSIENT = (
     asyncpg.TooManyConnectionsError,
     asyncpg.ConnectionDoesNotExistError,
 )
+# At start anything that stops a connection is retried with a clear line: a
+# database still being created or a password not yet provisioned (compose
+# start-up races) must not crash-loop the container.
+CONNECT_FAILURES = (*TRANSIENT, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
@@ -36,11 +40,12 @@ async def wait_for_connection(settings: Settings, states: StateLog) -> asyncpg.C
     for attempt, delay in enumerate(delays(maximum=settings.backoff_max), start=1):
         try:
             conn = await asyncpg.connect(settings.dsn(), timeout=10)
-        except TRANSIENT as exc:
+        except CONNECT_FAILURES as exc:
             states.set(
                 "postgres",
                 "unreachable",
                 "warning",
+                cause=type(exc).__name__,
                 dsn=settings.public_dsn(),
                 error=str(exc) or type(exc).__name__,
                 retry="with backoff",
