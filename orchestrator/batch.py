@@ -29,6 +29,15 @@ class BatchedConnection:
         self._notify: set[str] = set()
         # Multi-row inserts by key: position in _parts, head, rows, tail.
         self._rows: dict[str, tuple[int, str, list[str], str]] = {}
+        # Workflow rows a batch locked up front (store.lock_workflows), by REQ;
+        # each is handed out once, later lookups read the row afresh.
+        self.prefetched: dict[str, Any] = {}
+        # Set when the commit may let the dispatcher admit more work.
+        self.wake_dispatcher = False
+
+    @property
+    def queued_args(self) -> int:
+        return len(self._args)
 
     def _renumber(self, sql: str, args: tuple[Any, ...]) -> str:
         offset = len(self._args)

@@ -58,12 +58,19 @@ async def wait_for_connection(settings: Settings, states: StateLog) -> asyncpg.C
     raise AssertionError("unreachable")
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Skip asyncpg's reset query on release: it is a round trip per
+    transaction, and pool connections carry no session state to reset (locks
+    are transaction-scoped, LISTEN has its own connection)."""
+
+
 async def create_pool(settings: Settings) -> asyncpg.Pool:
     pool = await asyncpg.create_pool(
         settings.dsn(),
         min_size=settings.postgres_pool_min,
         max_size=settings.postgres_pool_max,
         init=_init_connection,
+        reset=_keep_session,
         timeout=10,
         command_timeout=60,
     )

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 import asyncpg
@@ -51,8 +52,10 @@ if TYPE_CHECKING:
 
 log = get_logger("agogd.engine")
 
-Outcome = Literal["ack", "term"]
-Handler = Callable[[Msg], Awaitable[Outcome]]
+Outcome = Literal["ack", "term", "nak"]
+# A batch's queued writes are sent early past this many parameters (the
+# protocol allows 32,767 per statement).
+FLUSH_ARGS = 8000
 DISPATCH_LOCK = 0x61676F68  # serializes admission of PENDING REQs across replicas
 
 
@@ -62,6 +65,19 @@ class Rejected(Exception):
     def __init__(self, reason: str, message: str, req: str | None = None) -> None:
         super().__init__(f"{reason}: {message}")
         self.reason, self.message, self.req = reason, message, req
+
+
+@dataclass(frozen=True)
+class Handler:
+    """How one durable consumer's messages are applied."""
+
+    consumer: str
+    # The message's work, inside the batch's transaction; returns its outcome.
+    body: Callable[[BatchedConnection, Msg], Awaitable[str]]
+    # The REQ whose workflow row the body will lock, if it can be told cheaply.
+    req_of: Callable[[Msg], str | None] = lambda _msg: None
+    # Record the stream sequence, so a redelivery is a no-op.
+    claim: bool = True
 
 
 class Engine:
@@ -116,45 +132,76 @@ class Engine:
             req_number=err.req,
         )
 
-    async def _in_tx(
-        self,
-        msg: Msg,
-        consumer: str,
-        body: Callable[[BatchedConnection], Awaitable[str]],
-        claim: bool = True,
-    ) -> Outcome:
-        """Run one message's work in a transaction with idempotency and rejection."""
-        meta = msg.metadata
-        stream, seq = meta.stream, meta.sequence.stream
+    async def handle_batch(self, msgs: list[Msg], handler: Handler) -> list[Outcome]:
+        """Apply a fetched batch in one transaction, so a busy pipeline pays one
+        commit and a handful of round trips per batch rather than per message.
+
+        If the batch fails for any reason but a rejection (a deadlock with a
+        replica, a bug, Postgres away), it is rolled back and each message is
+        retried in a transaction of its own, so only the bad one is held back.
+        """
+        try:
+            return await self._batch_tx(msgs, handler)
+        except Exception as exc:
+            if len(msgs) == 1:
+                _log_failure(msgs[0], exc)
+                return ["nak"]
+            log.warning("batch.split", consumer=handler.consumer, size=len(msgs), error=repr(exc))
+        outcomes: list[Outcome] = []
+        for msg in msgs:
+            try:
+                outcomes.extend(await self._batch_tx([msg], handler))
+            except Exception as exc:
+                _log_failure(msg, exc)
+                outcomes.append("nak")
+        return outcomes
+
+    async def _batch_tx(self, msgs: list[Msg], handler: Handler) -> list[Outcome]:
+        keys = [(m.metadata.stream, m.metadata.sequence.stream) for m in msgs]
         async with self.pool.acquire() as raw, raw.transaction():
             conn = BatchedConnection(raw)
-            if claim and not await store.claim_message(conn, stream, seq, consumer, msg.subject):
-                log.info("message.duplicate", msg_subject=msg.subject, stream=stream, seq=seq)
-                return "ack"
-            try:
-                # Bodies raise Rejected before they write anything, so the
-                # rejection record is the transaction's only effect.
-                outcome = await body(conn)
-            except Rejected as err:
-                await self._reject(conn, msg, err)
-                await conn.flush()
-                return "term"
-            if claim:
-                await store.settle_message(conn, stream, seq, outcome)
+            fresh = set(keys)
+            if handler.claim:
+                claims = [
+                    (*key, handler.consumer, m.subject) for key, m in zip(keys, msgs, strict=True)
+                ]
+                fresh = await store.claim_messages(conn, claims)
+            # Lock every REQ the batch names at once, in REQ order, so two
+            # replicas' batches cannot deadlock on each other.
+            reqs = {r for m in msgs if (r := handler.req_of(m)) is not None}
+            if reqs:
+                conn.prefetched = await store.lock_workflows(conn, sorted(reqs))
+            outcomes: list[Outcome] = []
+            for key, msg in zip(keys, msgs, strict=True):
+                if key not in fresh:
+                    log.info(
+                        "message.duplicate", msg_subject=msg.subject, stream=key[0], seq=key[1]
+                    )
+                    outcomes.append("ack")
+                    continue
+                fresh.discard(key)  # the same message twice in one fetch
+                try:
+                    # Bodies raise Rejected before they write anything, so the
+                    # rejection record is the message's only effect.
+                    outcome = await handler.body(conn, msg)
+                except Rejected as err:
+                    await self._reject(conn, msg, err)
+                    outcomes.append("term")
+                    continue
+                if handler.claim:
+                    await store.settle_message(conn, *key, outcome)
+                outcomes.append("ack")
+                if conn.queued_args > FLUSH_ARGS:
+                    await conn.flush()
             await conn.flush()
-        return "ack"
+        if conn.wake_dispatcher:
+            self.wake_dispatcher.set()
+        return outcomes
 
     # --- deliverables ----------------------------------------------------------
-    async def handle_deliverable(self, msg: Msg) -> Outcome:
+    async def deliverable(self, conn: BatchedConnection, msg: Msg) -> str:
         parts = parse_deliverable_subject(msg.subject)
-        agent, req = (parts[0], parts[2]) if parts else (None, None)
-        return await self._in_tx(
-            msg, "agogd_deliverables", lambda conn: self._deliverable(conn, msg, agent, req)
-        )
-
-    async def _deliverable(
-        self, conn: store.Conn, msg: Msg, subject_agent: str | None, subject_req: str | None
-    ) -> str:
+        subject_agent, subject_req = (parts[0], parts[2]) if parts else (None, None)
         try:
             notice = parse_notice(
                 msg.data,
@@ -236,7 +283,7 @@ class Engine:
 
     async def _commit(
         self,
-        conn: store.Conn,
+        conn: BatchedConnection,
         new: Workflow,
         effects: list[Any],
         locked: store.Locked,
@@ -246,76 +293,65 @@ class Engine:
         runner = EffectRunner(self.pipeline, conn, new, locked.title, deliverable, locked.delivered)
         await runner.run(effects)
         if new.status != "IN_PROGRESS":
-            self.wake_dispatcher.set()  # a slot may have opened
+            conn.wake_dispatcher = True  # a slot may have opened, once this commits
 
     # --- intake -----------------------------------------------------------------
-    async def handle_intake(self, msg: Msg) -> Outcome:
-        async def body(conn: BatchedConnection) -> str:
-            try:
-                req = intake.parse_requirement(msg.data, self.settings.max_message_bytes)
-            except intake.IntakeError as exc:
-                raise Rejected(exc.reason, exc.message) from None
-            created = await intake.submit(conn, req, "nats")
-            log.info(
-                "intake.received",
-                req_number=req.req_number,
-                created=created,
-                msg_subject=msg.subject,
-            )
-            self.wake_dispatcher.set()
-            return "created" if created else "duplicate"
-
-        return await self._in_tx(msg, "agogd_intake", body)
+    async def intake(self, conn: BatchedConnection, msg: Msg) -> str:
+        try:
+            req = intake.parse_requirement(msg.data, self.settings.max_message_bytes)
+        except intake.IntakeError as exc:
+            raise Rejected(exc.reason, exc.message) from None
+        created = await intake.submit(conn, req, "nats")
+        log.info(
+            "intake.received",
+            req_number=req.req_number,
+            created=created,
+            msg_subject=msg.subject,
+        )
+        conn.wake_dispatcher = True
+        return "created" if created else "duplicate"
 
     # --- strategic decisions ---------------------------------------------------
-    async def handle_decision(self, msg: Msg) -> Outcome:
+    async def decision(self, conn: BatchedConnection, msg: Msg) -> str:
         subject_req = msg.subject.rsplit(".", 1)[-1]
-
-        async def body(conn: BatchedConnection) -> str:
-            decision_msg = parse_decision(
-                msg.data, subject_req, self.pipeline, self.settings.max_message_bytes
-            )
-            req = decision_msg.req_number
-            locked = await store.lock_workflow(conn, req)
-            if locked is None:
-                raise Rejected("unknown_req", f"no workflow for {req}", req)
-            try:
-                new, effects = apply(self.pipeline, locked.wf, decision_msg.to_event())
-            except DecisionRejected as exc:
-                raise Rejected("decision_not_applicable", str(exc), req) from None
-            await conn.execute(
-                "INSERT INTO strategic_decisions (req_number, decision, reasoning, payload,"
-                " applied_at) VALUES ($1, $2, $3, $4::jsonb, now())",
-                req,
-                decision_msg.decision,
-                decision_msg.reasoning,
-                msg.data.decode(),
-            )
-            await self._commit(conn, new, effects, locked)
-            log.info("decision.applied", req_number=req, decision=decision_msg.decision)
-            return "applied"
-
-        return await self._in_tx(msg, "agogd_decisions", body)
+        decision_msg = parse_decision(
+            msg.data, subject_req, self.pipeline, self.settings.max_message_bytes
+        )
+        req = decision_msg.req_number
+        locked = await store.lock_workflow(conn, req)
+        if locked is None:
+            raise Rejected("unknown_req", f"no workflow for {req}", req)
+        try:
+            new, effects = apply(self.pipeline, locked.wf, decision_msg.to_event())
+        except DecisionRejected as exc:
+            raise Rejected("decision_not_applicable", str(exc), req) from None
+        await conn.execute(
+            "INSERT INTO strategic_decisions (req_number, decision, reasoning, payload,"
+            " applied_at) VALUES ($1, $2, $3, $4::jsonb, now())",
+            req,
+            decision_msg.decision,
+            decision_msg.reasoning,
+            msg.data.decode(),
+        )
+        await self._commit(conn, new, effects, locked)
+        log.info("decision.applied", req_number=req, decision=decision_msg.decision)
+        return "applied"
 
     # --- heartbeats ---------------------------------------------------------------
-    async def handle_heartbeat(self, msg: Msg) -> Outcome:
+    async def heartbeat(self, conn: BatchedConnection, msg: Msg) -> str:
         tokens = msg.subject.split(".")
         agent, req = (tokens[-2], tokens[-1]) if len(tokens) >= 2 else ("", "")
-
-        async def body(conn: BatchedConnection) -> str:
-            stage = self.pipeline.stage_for_agent(agent)
-            if stage is None:
-                raise Rejected("unknown_agent", f"heartbeat from unknown agent {agent!r}")
-            try:
-                validate_req_id(req)
-            except ValueError as exc:
-                raise Rejected("invalid_req_id", str(exc)) from None
-            attempt = _attempt_of(msg.data)
-            extended = await store.extend_deadline(conn, req, stage.index, attempt, stage.timeout)
-            log.debug("heartbeat", req_number=req, agent=agent, extended=extended)
-            return "extended" if extended else "no-running-attempt"
-
-        return await self._in_tx(msg, "agogd_heartbeats", body, claim=False)
+        stage = self.pipeline.stage_for_agent(agent)
+        if stage is None:
+            raise Rejected("unknown_agent", f"heartbeat from unknown agent {agent!r}")
+        try:
+            validate_req_id(req)
+        except ValueError as exc:
+            raise Rejected("invalid_req_id", str(exc)) from None
+        attempt = _attempt_of(msg.data)
+        extended = await store.extend_deadline(conn, req, stage.index, attempt, stage.timeout)
+        log.debug("heartbeat", req_number=req, agent=agent, extended=extended)
+        return "extended" if extended else "no-running-attempt"
 
     # --- dispatcher and deadlines --------------------------------------------------
     async def dispatch_pending(self) -> int:
@@ -381,6 +417,8 @@ class Engine:
                         )
                     await self._commit(conn, new, effects, locked)
                 await conn.flush()
+            if conn.wake_dispatcher:
+                self.wake_dispatcher.set()
         return expired
 
     async def _followup_timeout(
@@ -519,6 +557,15 @@ def _safe_req(value: str | None) -> str | None:
         return None
 
 
+def _deliverable_req(msg: Msg) -> str | None:
+    parts = parse_deliverable_subject(msg.subject)
+    return _safe_req(parts[2]) if parts else None
+
+
+def _last_token_req(msg: Msg) -> str | None:
+    return _safe_req(msg.subject.rsplit(".", 1)[-1])
+
+
 def _attempt_of(data: bytes) -> int | None:
     try:
         value = json.loads(data or b"{}").get("attempt")
@@ -528,7 +575,7 @@ def _attempt_of(data: bytes) -> int | None:
 
 
 # --- services -------------------------------------------------------------------
-async def consume(daemon: Daemon, stream: str, durable: str, handler: Handler) -> None:
+async def consume(daemon: Daemon, stream: str, engine: Engine, handler: Handler) -> None:
     """Pull from one durable consumer until the daemon stops; ack after commit."""
     assert daemon.nc is not None
     js = daemon.nc.jetstream()
@@ -537,7 +584,7 @@ async def consume(daemon: Daemon, stream: str, durable: str, handler: Handler) -
     while not daemon.stopping.is_set():
         try:
             if sub is None:
-                sub = await js.pull_subscribe_bind(durable, stream)
+                sub = await js.pull_subscribe_bind(handler.consumer, stream)
             msgs = await sub.fetch(batch, timeout=1)
         except (NatsTimeoutError, TimeoutError):
             continue
@@ -551,27 +598,24 @@ async def consume(daemon: Daemon, stream: str, durable: str, handler: Handler) -
             await asyncio.sleep(1)
             continue
         daemon.states.set(f"consumer.{stream}", "consuming", "debug")
-        await asyncio.gather(*(_process(daemon, msg, handler) for msg in msgs))
+        outcomes = await engine.handle_batch(msgs, handler)
+        for msg, outcome in zip(msgs, outcomes, strict=True):
+            with contextlib.suppress(Exception):
+                if outcome == "term":
+                    await msg.term()
+                elif outcome == "nak":  # Postgres away, a bug: keep it, retry later
+                    await msg.nak(delay=2)
+                else:
+                    await msg.ack()
 
 
-async def _process(daemon: Daemon, msg: Msg, handler: Handler) -> None:
-    try:
-        outcome = await handler(msg)
-    except Exception as exc:  # Postgres away, a bug: keep the message, retry later
-        log.error(
-            "message.failed",
-            msg_subject=msg.subject,
-            error=repr(exc),
-            delivered=msg.metadata.num_delivered,
-        )
-        with contextlib.suppress(Exception):
-            await msg.nak(delay=2)
-        return
-    with contextlib.suppress(Exception):
-        if outcome == "term":
-            await msg.term()
-        else:
-            await msg.ack()
+def _log_failure(msg: Msg, exc: Exception) -> None:
+    log.error(
+        "message.failed",
+        msg_subject=msg.subject,
+        error=repr(exc),
+        delivered=msg.metadata.num_delivered,
+    )
 
 
 async def _periodic(
@@ -605,10 +649,13 @@ def install(daemon: Daemon) -> Engine:
     engine = Engine(daemon)
     pipeline = daemon.pipeline
     handlers = {
-        "agogd_deliverables": engine.handle_deliverable,
-        "agogd_intake": engine.handle_intake,
-        "agogd_decisions": engine.handle_decision,
-        "agogd_heartbeats": engine.handle_heartbeat,
+        h.consumer: h
+        for h in (
+            Handler("agogd_deliverables", engine.deliverable, _deliverable_req),
+            Handler("agogd_intake", engine.intake),
+            Handler("agogd_decisions", engine.decision, _last_token_req),
+            Handler("agogd_heartbeats", engine.heartbeat, claim=False),
+        )
     }
     for consumer in pipeline.consumers:
         handler = handlers.get(consumer.name)
@@ -617,7 +664,7 @@ def install(daemon: Daemon) -> Engine:
         for stream in consumer.streams:
             daemon.add_service(
                 f"consume:{stream}:{consumer.name}",
-                lambda d, s=stream, c=consumer.name, h=handler: consume(d, s, c, h),
+                lambda d, s=stream, h=handler: consume(d, s, engine, h),
             )
     daemon.add_service("outbox-relay", relay)
     if daemon.settings.owner_requests_file is not None:

@@ -69,19 +69,31 @@ class Locked:
     delivered: dict[int, dict[str, Any]] = field(default_factory=dict)
 
 
+_LOCK_SQL = (
+    "SELECT ws.req_number, ws.title, ws.status, ws.current_stage, ws.budgets,"
+    " (SELECT coalesce(json_agg(json_build_object('stage', c.stage, 'agent', c.agent,"
+    "  'deliverable', c.deliverable)), '[]') FROM nats_deliverable_cache c"
+    "  WHERE c.req_number = ws.req_number) AS delivered"
+    " FROM workflow_state ws WHERE ws.req_number = ANY($1::varchar[])"
+    " ORDER BY ws.req_number FOR UPDATE OF ws"
+)
+
+
 async def lock_workflow(conn: Conn, req: str) -> Locked | None:
     """Load a workflow, its title and its cached deliverables in one round trip,
     holding the row lock until the transaction ends."""
-    row = await conn.fetchrow(
-        "SELECT ws.req_number, ws.title, ws.status, ws.current_stage, ws.budgets,"
-        " (SELECT coalesce(json_agg(json_build_object('stage', c.stage, 'agent', c.agent,"
-        "  'deliverable', c.deliverable)), '[]') FROM nats_deliverable_cache c"
-        "  WHERE c.req_number = ws.req_number) AS delivered"
-        " FROM workflow_state ws WHERE ws.req_number = $1 FOR UPDATE OF ws",
-        req,
-    )
-    if row is None:
-        return None
+    if isinstance(conn, BatchedConnection) and req in conn.prefetched:
+        return conn.prefetched.pop(req)  # type: ignore[no-any-return]
+    return (await lock_workflows(conn, [req])).get(req)
+
+
+async def lock_workflows(conn: Conn, reqs: list[str]) -> dict[str, Locked]:
+    """Lock several workflows in REQ order (so that lockers never deadlock)."""
+    rows = await conn.fetch(_LOCK_SQL, reqs)
+    return {row["req_number"]: _locked(row) for row in rows}
+
+
+def _locked(row: asyncpg.Record) -> Locked:
     wf = Workflow.from_row(
         row["req_number"], row["status"], row["current_stage"], json.loads(row["budgets"])
     )
@@ -129,17 +141,22 @@ def _parse_time(value: str | None) -> datetime | None:
 
 
 # --- idempotency ---------------------------------------------------------------
-async def claim_message(conn: Conn, stream: str, seq: int, consumer: str, subject: str) -> bool:
-    """Record a stream message as processed; False if it already was (a redelivery)."""
-    row = await conn.fetchrow(
+async def claim_messages(
+    conn: Conn, messages: list[tuple[str, int, str, str]]
+) -> set[tuple[str, int]]:
+    """Record stream messages (stream, seq, consumer, subject) as processed, in
+    one statement; returns those that were new (the rest are redeliveries)."""
+    streams, seqs, consumers, subjects = (list(col) for col in zip(*messages, strict=True))
+    rows = await conn.fetch(
         "INSERT INTO processed_messages (stream, stream_seq, consumer, subject, outcome)"
-        " VALUES ($1, $2, $3, $4, 'processing') ON CONFLICT DO NOTHING RETURNING stream_seq",
-        stream,
-        seq,
-        consumer,
-        subject,
+        " SELECT s, q, c, j, 'processing' FROM unnest($1::text[], $2::bigint[], $3::text[],"
+        " $4::text[]) AS m(s, q, c, j) ON CONFLICT DO NOTHING RETURNING stream, stream_seq",
+        streams,
+        seqs,
+        consumers,
+        subjects,
     )
-    return row is not None
+    return {(row["stream"], row["stream_seq"]) for row in rows}
 
 
 async def settle_message(
