@@ -21,6 +21,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -156,7 +157,9 @@ async def run_engine(url: str, reqs: int, think: float, prefix: str) -> dict[str
         "wall": wall,
         "per_second": transitions / wall,
         "p50": pct(latencies, 0.50),
+        "p90": pct(latencies, 0.90),
         "p99": pct(latencies, 0.99),
+        "max": max(latencies),
         "mean": statistics.fmean(latencies),
         "samples": len(latencies),
     }
@@ -167,6 +170,9 @@ async def main() -> None:
     parser.add_argument("--reqs", type=int, default=100)
     parser.add_argument(
         "--think", type=float, default=0.5, help="agent think time for the paced run (s)"
+    )
+    parser.add_argument(
+        "--settle", type=float, default=0.0, help="pause between the two runs (s)"
     )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="agogd-bench-") as tmp:
@@ -189,9 +195,14 @@ async def main() -> None:
             try:
                 daemon.wait_ready(60)
                 result = await run_engine(nats_server.url, args.reqs, 0.0, "SAT")
+                await asyncio.sleep(args.settle)
                 paced = await run_engine(nats_server.url, args.reqs, args.think, "PACED")
             finally:
                 daemon.stop()
+            # A fast run that hid retries or failures would be a false figure.
+            troubles = Counter(
+                e.get("event") for e in daemon.events if e.get("level") in ("warning", "error")
+            )
         finally:
             nats_server.stop()
             pg.stop()
@@ -200,6 +211,10 @@ async def main() -> None:
     for name, value in floors.items():
         print(f"floor {name:<24} {value * 1000:8.3f} ms")
     print(f"floor sum (pull+ack + commit + publish+ack) {floor_sum * 1000:8.3f} ms")
+    print(f"agogd warnings and errors: {dict(troubles) or 'none'}")
+    for e in daemon.events:
+        if e.get("level") in ("warning", "error"):
+            print("  ", json.dumps(e)[:400])
     for title, r in (
         ("saturated run (agents answer at once)", result),
         (f"paced run (agents think {args.think} s)", paced),
@@ -210,7 +225,7 @@ async def main() -> None:
             f"= {r['per_second'] * floor_sum:5.2f} x the floor-sum ceiling "
             f"({1 / floor_sum:.0f}/s)"
         )
-        for q in ("p50", "p99"):
+        for q in ("p50", "p90", "p99", "max"):
             print(
                 f"  stage advance {q} {r[q] * 1000:8.2f} ms = {r[q] / floor_sum:6.1f} x floor sum"
             )

@@ -58,6 +58,14 @@ def event_payload(
     return {**payload, **(extra or {})}
 
 
+def deployment(effects: list[Effect]) -> tuple[str | None, str | None, str | None] | None:
+    """(commit, by, at) of a MarkDeployed effect, for store.save_workflow."""
+    for effect in effects:
+        if isinstance(effect, MarkDeployed):
+            return effect.commit_sha, effect.deployed_by, effect.deployed_at
+    return None
+
+
 def stage_by_index(pipeline: Pipeline, index: int) -> Stage:
     if index < len(pipeline.stages):
         return pipeline.stage(index)
@@ -111,9 +119,7 @@ class EffectRunner:
         elif isinstance(effect, Escalate):
             await self.escalate(effect)
         elif isinstance(effect, MarkDeployed):
-            await store.mark_deployed(
-                self.conn, req, effect.commit_sha, effect.deployed_by, effect.deployed_at
-            )
+            pass  # written with the new state by store.save_workflow (see deployment())
         elif isinstance(effect, Ignored):
             log.info("workflow.ignored", req_number=req, reason=effect.reason)
             await store.record_event(self.conn, req, "ignored", reason=effect.reason)

@@ -18,14 +18,11 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import asyncpg
 from nats.aio.msg import Msg
-from nats.errors import Error as NatsError
-from nats.errors import TimeoutError as NatsTimeoutError
-from nats.js.errors import APIError
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 from orchestrator import intake, store
 from orchestrator.batch import BatchedConnection
-from orchestrator.effects import EffectRunner, stage_by_index
+from orchestrator.effects import EffectRunner, deployment, stage_by_index
 from orchestrator.logs import bound_context, get_logger
 from orchestrator.notices import (
     CompletionNotice,
@@ -35,6 +32,7 @@ from orchestrator.notices import (
     validate_req_id,
 )
 from orchestrator.outbox import relay
+from orchestrator.pull import PullFeed
 from orchestrator.registry import Pipeline, Stage
 from orchestrator.workflow import (
     Completed,
@@ -240,7 +238,7 @@ class Engine:
                 _dump(notice),
             )
             if stage.index >= len(self.pipeline.stages):
-                return await self._followup(conn, wf, stage, notice)
+                return await self._followup(conn, locked, stage, notice)
             if notice.status == "IN_PROGRESS":
                 await store.extend_deadline(
                     conn, wf.req, stage.index, notice.attempt, stage.timeout
@@ -261,10 +259,11 @@ class Engine:
             return "applied"
 
     async def _followup(
-        self, conn: store.Conn, wf: Workflow, stage: Stage, notice: CompletionNotice
+        self, conn: store.Conn, locked: store.Locked, stage: Stage, notice: CompletionNotice
     ) -> str:
         """Tim's documentation: recorded; its failure never undoes the deployment."""
-        attempt = await store.running_attempt(conn, wf.req, stage.index)
+        wf = locked.wf
+        attempt = locked.running.get(stage.index)
         if attempt is None:
             log.info("followup.ignored", reason="no running attempt", stage=stage.index)
             return "ignored"
@@ -289,7 +288,7 @@ class Engine:
         locked: store.Locked,
         deliverable: dict[str, Any] | None = None,
     ) -> None:
-        await store.save_workflow(conn, new)
+        await store.save_workflow(conn, new, deployment(effects))
         runner = EffectRunner(self.pipeline, conn, new, locked.title, deliverable, locked.delivered)
         await runner.run(effects)
         if new.status != "IN_PROGRESS":
@@ -576,37 +575,37 @@ def _attempt_of(data: bytes) -> int | None:
 
 # --- services -------------------------------------------------------------------
 async def consume(daemon: Daemon, stream: str, engine: Engine, handler: Handler) -> None:
-    """Pull from one durable consumer until the daemon stops; ack after commit."""
+    """Apply one durable consumer's messages until the daemon stops; each batch
+    is acked (or term'd) only after its transaction has committed."""
     assert daemon.nc is not None
-    js = daemon.nc.jetstream()
-    batch = daemon.settings.consumer_batch
-    sub = None
-    while not daemon.stopping.is_set():
-        try:
-            if sub is None:
-                sub = await js.pull_subscribe_bind(handler.consumer, stream)
-            msgs = await sub.fetch(batch, timeout=1)
-        except (NatsTimeoutError, TimeoutError):
-            continue
-        except (NatsError, APIError, OSError) as exc:
-            # Disconnected, JetStream unavailable, or the consumer gone with a
-            # wiped server: wait for the reconnect and the topology reconcile.
-            daemon.states.set(
-                f"consumer.{stream}", "waiting", "warning", cause=type(exc).__name__, error=str(exc)
-            )
-            sub = None
-            await asyncio.sleep(1)
-            continue
-        daemon.states.set(f"consumer.{stream}", "consuming", "debug")
-        outcomes = await engine.handle_batch(msgs, handler)
-        for msg, outcome in zip(msgs, outcomes, strict=True):
-            with contextlib.suppress(Exception):
-                if outcome == "term":
-                    await msg.term()
-                elif outcome == "nak":  # Postgres away, a bug: keep it, retry later
-                    await msg.nak(delay=2)
-                else:
-                    await msg.ack()
+    feed = await PullFeed(
+        daemon.nc, stream, handler.consumer, daemon.settings.consumer_batch
+    ).start()
+    name = f"consumer.{stream}"
+    try:
+        while not daemon.stopping.is_set():
+            msgs = await feed.next_batch(timeout=1)
+            if feed.stale or feed.last_status:
+                # Server restarted, or the consumer is gone with a wiped server:
+                # the feed re-requests; the topology reconcile recreates it.
+                daemon.states.set(
+                    name, "waiting", "warning", cause=feed.last_status or "no heartbeat"
+                )
+                feed.last_status = None
+            if not msgs:
+                continue
+            daemon.states.set(name, "consuming", "debug")
+            outcomes = await engine.handle_batch(msgs, handler)
+            for msg, outcome in zip(msgs, outcomes, strict=True):
+                with contextlib.suppress(Exception):
+                    if outcome == "term":
+                        await msg.term()
+                    elif outcome == "nak":  # Postgres away, a bug: keep it, retry later
+                        await msg.nak(delay=2)
+                    else:
+                        await msg.ack()
+    finally:
+        await feed.stop()
 
 
 def _log_failure(msg: Msg, exc: Exception) -> None:

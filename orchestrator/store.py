@@ -67,13 +67,18 @@ class Locked:
     title: str
     # stage index -> {"agent", "deliverable"}: the cache rows, for assignments.
     delivered: dict[int, dict[str, Any]] = field(default_factory=dict)
+    # stage index -> attempt, of the RUNNING stage attempts.
+    running: dict[int, int] = field(default_factory=dict)
 
 
 _LOCK_SQL = (
     "SELECT ws.req_number, ws.title, ws.status, ws.current_stage, ws.budgets,"
     " (SELECT coalesce(json_agg(json_build_object('stage', c.stage, 'agent', c.agent,"
     "  'deliverable', c.deliverable)), '[]') FROM nats_deliverable_cache c"
-    "  WHERE c.req_number = ws.req_number) AS delivered"
+    "  WHERE c.req_number = ws.req_number) AS delivered,"
+    " (SELECT coalesce(json_object_agg(a.stage, a.attempt ORDER BY a.attempt), '{}')"
+    "  FROM stage_attempts a"
+    "  WHERE a.req_number = ws.req_number AND a.status = 'RUNNING') AS running"
     " FROM workflow_state ws WHERE ws.req_number = ANY($1::varchar[])"
     " ORDER BY ws.req_number FOR UPDATE OF ws"
 )
@@ -98,36 +103,27 @@ def _locked(row: asyncpg.Record) -> Locked:
         row["req_number"], row["status"], row["current_stage"], json.loads(row["budgets"])
     )
     delivered = {d["stage"]: d for d in json.loads(row["delivered"])}
-    return Locked(wf, row["title"], delivered)
+    running = {int(stage): attempt for stage, attempt in json.loads(row["running"]).items()}
+    return Locked(wf, row["title"], delivered, running)
 
 
-async def save_workflow(conn: Conn, wf: Workflow) -> None:
-    await conn.execute(
-        "UPDATE workflow_state SET status = $2, current_stage = $3, budgets = $4::jsonb,"
-        " version = version + 1, updated_at = now() WHERE req_number = $1",
-        wf.req,
-        wf.status,
-        wf.stage,
-        dumps(wf.counters()),
-    )
-
-
-async def mark_deployed(
+async def save_workflow(
     conn: Conn,
-    req: str,
-    commit_sha: str | None,
-    deployed_by: str | None,
-    deployed_at: str | None,
+    wf: Workflow,
+    deployed: tuple[str | None, str | None, str | None] | None = None,
 ) -> None:
-    """Runs at once (fetchval), after the queued save of the same row."""
-    await conn.fetchval(
-        "UPDATE workflow_state SET commit_sha = $2, deployed_by = $3,"
-        " deployed_at = coalesce($4, now()) WHERE req_number = $1 RETURNING 1",
-        req,
-        commit_sha,
-        deployed_by,
-        _parse_time(deployed_at),
+    """Write the new state; ``deployed`` = (commit, by, at) records a deployment
+    in the same statement (two queued writes must not touch one row)."""
+    sql = (
+        "UPDATE workflow_state SET status = $2, current_stage = $3, budgets = $4::jsonb,"
+        " version = version + 1, updated_at = now()"
     )
+    args: tuple[Any, ...] = (wf.req, wf.status, wf.stage, dumps(wf.counters()))
+    if deployed is not None:
+        commit_sha, deployed_by, deployed_at = deployed
+        sql += ", commit_sha = $5, deployed_by = $6, deployed_at = coalesce($7, now())"
+        args += (commit_sha, deployed_by, _parse_time(deployed_at))
+    await conn.execute(sql + " WHERE req_number = $1", *args)
 
 
 def _parse_time(value: str | None) -> datetime | None:
@@ -146,6 +142,8 @@ async def claim_messages(
 ) -> set[tuple[str, int]]:
     """Record stream messages (stream, seq, consumer, subject) as processed, in
     one statement; returns those that were new (the rest are redeliveries)."""
+    if not messages:
+        return set()
     streams, seqs, consumers, subjects = (list(col) for col in zip(*messages, strict=True))
     rows = await conn.fetch(
         "INSERT INTO processed_messages (stream, stream_seq, consumer, subject, outcome)"
@@ -261,15 +259,6 @@ async def close_attempt(
         outcome,
         reason,
         dumps(deliverable) if deliverable else None,
-    )
-
-
-async def running_attempt(conn: Conn, req: str, stage: int) -> int | None:
-    return await conn.fetchval(  # type: ignore[no-any-return]
-        "SELECT attempt FROM stage_attempts WHERE req_number = $1 AND stage = $2"
-        " AND status = 'RUNNING' ORDER BY attempt DESC LIMIT 1",
-        req,
-        stage,
     )
 
 
