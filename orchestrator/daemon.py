@@ -127,6 +127,7 @@ class Daemon:
             self.states,
             on_disconnect=self._on_nats_disconnect,
             on_reconnect=self._on_nats_reconnect,
+            stopping=lambda: self.readiness.draining,
         )
         self.readiness.nats = True
         try:

@@ -67,12 +67,14 @@ async def connect(
     *,
     on_disconnect: Callback | None = None,
     on_reconnect: Callback | None = None,
+    stopping: Callable[[], bool] = lambda: False,
 ) -> NATS:
     """Connect, retrying with backoff until NATS answers; logs each change once."""
     servers = ", ".join(redact_url(u) for u in settings.nats_url)
 
     async def disconnected() -> None:
-        states.set("nats", "disconnected", "warning", servers=servers)
+        # Draining at shutdown disconnects too; that is no cause for a warning.
+        states.set("nats", "disconnected", "info" if stopping() else "warning", servers=servers)
         if on_disconnect:
             await on_disconnect()
 

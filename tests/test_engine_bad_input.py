@@ -147,3 +147,66 @@ async def test_decision_for_a_finished_req_is_rejected(
     assert [r["reason_code"] for r in rejections] == ["decision_not_applicable"]
     assert "DEPLOYED" in rejections[0]["reason"]
     await wait_status(pg_dsn, "REQ-DONE-1", "DEPLOYED")
+
+
+async def test_one_batch_mixing_good_bad_and_duplicate_notices(
+    nats_server: NatsServer, nc: NATS, pg_dsn: str
+) -> None:
+    """Messages stored while agogd is down arrive as one batch, committed in
+    one transaction: the bad ones are rejected, the duplicate is ignored, and
+    the good ones advance their REQs as if each had come alone."""
+    rejections, _ = await collect(nc, "agog.orchestration.events.message.rejected")
+
+    def script(a: dict[str, Any]) -> dict[str, Any] | None:
+        return None if a["agent"] == "roy" else notice(a["agent"], a["req_number"])
+
+    await ScriptedAgents(nc, script).start()
+    settings = settings_for(nats_server.url, pg_dsn)
+    async with running_agogd(settings):
+        for req in ("REQ-MIX-1", "REQ-MIX-2"):
+            await submit(nc, req)
+        for req in ("REQ-MIX-1", "REQ-MIX-2"):
+            await wait_stage(pg_dsn, req, 2)
+    js = nc.jetstream()
+    burst = [
+        (deliverable_subject("roy", "REQ-MIX-1"), b"{not json"),
+        (deliverable_subject("roy", "REQ-MIX-1"), json.dumps(notice("roy", "REQ-MIX-1"))),
+        (deliverable_subject("roy", "REQ-MIX-1"), json.dumps(notice("roy", "REQ-MIX-1"))),
+        (deliverable_subject("roy", "REQ-NOBODY-7"), json.dumps(notice("roy", "REQ-NOBODY-7"))),
+        (deliverable_subject("roy", "REQ-MIX-2"), json.dumps(notice("roy", "REQ-MIX-2"))),
+    ]
+    for subject, payload in burst:
+        await js.publish(subject, payload if isinstance(payload, bytes) else payload.encode())
+    async with running_agogd(settings):
+        for req in ("REQ-MIX-1", "REQ-MIX-2"):
+            await wait_status(pg_dsn, req, "DEPLOYED")
+        await asyncio.sleep(0.5)  # a redelivery loop would show up as more rejections
+    assert sorted(r["reason_code"] for r in rejections) == ["invalid_json", "unknown_req"]
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        roy = await conn.fetch(
+            "SELECT req_number, attempt, status FROM stage_attempts WHERE stage = 2"
+            " ORDER BY req_number"
+        )
+        assert [(r["req_number"], r["attempt"], r["status"]) for r in roy] == [
+            ("REQ-MIX-1", 1, "COMPLETE"),
+            ("REQ-MIX-2", 1, "COMPLETE"),
+        ]
+        ignored = await conn.fetchval(
+            "SELECT count(*) FROM workflow_events WHERE req_number = 'REQ-MIX-1'"
+            " AND kind = 'ignored'"
+        )
+        assert ignored == 1  # the duplicate notice, recorded and ignored
+        outcomes = await conn.fetch(
+            "SELECT outcome FROM processed_messages WHERE stream = 'agog_features_backend'"
+            " ORDER BY stream_seq"
+        )
+        assert [r["outcome"] for r in outcomes] == [
+            "rejected",
+            "applied",
+            "ignored",
+            "rejected",
+            "applied",
+        ]
+    finally:
+        await conn.close()
