@@ -50,7 +50,8 @@ async def submit_req(request: web.Request) -> web.Response:
         return _error(400, f"{exc.reason}: {exc.message}")
     async with daemon.pool.acquire() as conn, conn.transaction():
         created = await intake.submit(conn, req, "api")
-    daemon.engine.wake_dispatcher.set()
+    if daemon.engine is not None:
+        daemon.engine.wake_dispatcher.set()
     return web.json_response(
         {"req_number": req.req_number, "created": created}, status=201 if created else 200
     )

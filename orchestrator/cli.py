@@ -37,14 +37,20 @@ def settings_or_exit(**overrides: Any) -> Settings:
         fail_config(f"invalid settings: {name}: not valid JSON")
     except RegistryError as exc:
         fail_config(f"invalid pipeline: {exc}")
+    from workers.commands import CommandError, check_runner
+
+    try:
+        check_runner(settings, settings.load_pipeline())
+    except CommandError as exc:
+        fail_config(str(exc))
     return settings
 
 
-def run_daemon(settings: Settings) -> int:
+def run_daemon(settings: Settings, *, engine: bool = True) -> int:
     from orchestrator.daemon import Daemon
 
     logs.configure(settings.log_level, settings.log_format)
-    return asyncio.run(Daemon(settings).run())
+    return asyncio.run(Daemon(settings, engine=engine).run())
 
 
 @click.group(invoke_without_command=True)
@@ -73,12 +79,38 @@ def run() -> None:
     default=None,
     help="Where the embedded servers keep their data (default ./.agogd, or AGOG_DATA_DIR).",
 )
-def dev(data_dir: Path | None) -> None:
-    """Run agogd on its own embedded nats-server and PostgreSQL (no Docker needed)."""
+@click.option(
+    "--demo",
+    is_flag=True,
+    help="Built-in DEMO agents answer every stage, so a REQ flows with no real agent.",
+)
+def dev(data_dir: Path | None, demo: bool) -> None:
+    """Run agogd on its own embedded nats-server and PostgreSQL (no Docker needed).
+
+    Without --demo it spawns no agent and waits for agents that publish their
+    notices to NATS (or for AGOG_RUNNER_AGENTS).
+    """
     from orchestrator.dev import run_dev
 
     overrides: dict[str, Any] = {"data_dir": data_dir} if data_dir else {}
+    if demo:
+        overrides["demo"] = True
     sys.exit(run_dev(settings_or_exit(**overrides)))
+
+
+@main.command()
+@click.option("--agents", default=None, help="Comma-separated agents to run (default: all).")
+@click.option("--demo", is_flag=True, help="Use the built-in DEMO agents.")
+def runner(agents: str | None, demo: bool) -> None:
+    """Run only the agent runner, on the host that has the agent CLIs.
+
+    It takes stage assignments from NATS, spawns each agent with the prompt on
+    stdin and publishes its notice; the workflow engine runs elsewhere.
+    """
+    overrides: dict[str, Any] = {"runner_agents": agents or "all"}
+    if demo:
+        overrides["demo"] = True
+    sys.exit(run_daemon(settings_or_exit(**overrides), engine=False))
 
 
 @main.command("check-config")

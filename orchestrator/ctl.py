@@ -30,6 +30,18 @@ def discover_url(explicit: str | None) -> str:
         ) from None
 
 
+def local_token(url: str) -> str | None:
+    """The token `agogd dev` keeps in its data dir, sent only to that agogd."""
+    data_dir = Path(os.environ.get("AGOG_DATA_DIR", DEFAULT_DATA_DIR))
+    try:
+        endpoints = json.loads((data_dir / "endpoints.json").read_text())
+        if str(endpoints["http_url"]).rstrip("/") != url:
+            return None
+        return Path(endpoints["api_token_file"]).read_text().strip() or None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 @click.group()
 @click.option(
     "--url",
@@ -132,7 +144,7 @@ def req_submit(
             "owner": owner,
             "requirements": list(requirements),
         },
-        token,
+        token or local_token(url),
     )
     if as_json:
         click.echo(json.dumps(body, indent=2))

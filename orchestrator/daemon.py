@@ -41,7 +41,9 @@ class StartupError(RuntimeError):
 class Daemon:
     """One agogd process: owns NATS, Postgres, the HTTP endpoint and services."""
 
-    def __init__(self, settings: Settings, pipeline: Pipeline | None = None) -> None:
+    def __init__(
+        self, settings: Settings, pipeline: Pipeline | None = None, *, engine: bool = True
+    ) -> None:
         self.settings = settings
         self.pipeline = pipeline or settings.load_pipeline()
         self.readiness = Readiness()
@@ -53,10 +55,16 @@ class Daemon:
         self.services: dict[str, Service] = {"health-monitor": health_monitor}
         self.ready_hooks: list[ReadyHook] = []
         self._topology_dirty = asyncio.Event()
-        from orchestrator import api, engine  # the engine's services need this daemon
+        # Late imports: the services need this daemon. The engine runs unless
+        # this process is only an agent runner (`agogd runner`).
+        from orchestrator import api
+        from orchestrator import engine as workflow_engine
+        from workers import runner
 
-        self.engine = engine.install(self)
-        api.install(self.http.app, self)
+        self.engine = workflow_engine.install(self) if engine else None
+        if self.engine is not None:
+            api.install(self.http.app, self)
+        self.runner = runner.install(self)
 
     # --- public API --------------------------------------------------------
     def add_service(self, name: str, service: Service) -> None:

@@ -12,10 +12,12 @@ import asyncio
 import fcntl
 import json
 import os
+import secrets
 from pathlib import Path
 from typing import Any
 
 import click
+from pydantic import SecretStr
 
 from orchestrator import logs
 from orchestrator.daemon import Daemon
@@ -46,7 +48,9 @@ def _choose_port(name: str, previous: dict[str, int], wanted: int | None = None)
 def write_endpoints(path: Path, data: dict[str, Any]) -> None:
     """Atomically replace endpoints.json."""
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    fd = os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(json.dumps(data, indent=2) + "\n")
     os.replace(tmp, path)
 
 
@@ -58,6 +62,20 @@ def _lock(data_dir: Path) -> int:
         os.close(fd)
         raise click.ClickException(f"another `agogd dev` is using {data_dir}") from None
     return fd
+
+
+def dev_token(data_dir: Path) -> str:
+    """The local API token of this data dir: made once, readable by its owner only,
+    so that `agogctl` on the same machine can act without any set-up."""
+    path = data_dir / "api_token"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        token = secrets.token_urlsafe(24)
+        fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(token + "\n")
+        return token
 
 
 def run_dev(settings: Settings) -> int:
@@ -83,6 +101,7 @@ def run_dev(settings: Settings) -> int:
                 "postgres_dsn": type(settings.postgres_dsn)(postgres.dsn()),
                 "postgres_password": None,
                 "http_port": _choose_port("http", previous, http_wanted),
+                "api_token": settings.api_token or SecretStr(dev_token(data_dir)),
             }
         )
         daemon = Daemon(run_settings)
@@ -94,6 +113,7 @@ def run_dev(settings: Settings) -> int:
                 "http_url": d.http.url,
                 "data_dir": str(data_dir),
                 "ports": {"nats": nats.port, "postgres": postgres.port, "http": d.http.port},
+                "api_token_file": str(data_dir / "api_token"),
                 "pid": os.getpid(),
             }
             write_endpoints(endpoints_file, endpoints)

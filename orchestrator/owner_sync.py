@@ -48,7 +48,7 @@ async def ingest(daemon: Daemon, file: OwnerRequestsFile) -> int:
     for entry in changed_entries(seen, entries):
         async with daemon.pool.acquire() as conn, conn.transaction():
             created += await _ingest_one(conn, entry)
-    if created:
+    if created and daemon.engine is not None:
         daemon.engine.wake_dispatcher.set()
     return created
 

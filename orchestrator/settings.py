@@ -89,6 +89,39 @@ class Settings(BaseSettings):
         default=None, description="Bearer token required for API actions (submit, decide...)."
     )
 
+    # --- agent runner (off unless agents are listed, or demo) -------------
+    runner_agents: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Agents whose processes this agogd spawns ('all' for every stage agent).",
+    )
+    runner_command: str = Field(
+        default="claude --agent .claude/agents/{agent}.md --model {model} --print",
+        description="argv template (split like a shell, run without one): {agent} {model} {role}.",
+    )
+    runner_commands: dict[str, str] = Field(
+        default_factory=dict, description="JSON of agent -> argv template, over runner_command."
+    )
+    runner_models: dict[str, str] = Field(
+        default_factory=dict, description="JSON of agent -> model for {model}."
+    )
+    runner_default_model: str = "sonnet"
+    runner_workdir: Path = Field(default=Path("."), description="Agents' working directory.")
+    runner_env: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Names of environment variables passed on to agents (plus PATH, HOME...).",
+    )
+    runner_concurrency: int = Field(default=4, ge=1, le=256)
+    runner_per_agent: int = Field(default=2, ge=1, le=256)
+    runner_heartbeat_interval: float = Field(default=15.0, gt=0)
+    runner_kill_grace: float = Field(default=10.0, gt=0)
+    runner_output_limit: int = Field(default=4 * 1024 * 1024, ge=4096)
+    demo: bool = Field(default=False, description="Run the built-in demo agents (dev only).")
+    demo_delay: float = Field(default=1.0, ge=0)
+    demo_reject: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Demo agents that reject or fail their first attempt (sylvia, billy).",
+    )
+
     # --- HTTP, lifecycle, logging ----------------------------------------
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8090, ge=0, le=65535)
@@ -100,6 +133,13 @@ class Settings(BaseSettings):
 
     # --- embedded default (agogd dev) ------------------------------------
     data_dir: Path = Path(".agogd")
+
+    @field_validator("runner_agents", "runner_env", "demo_reject", mode="before")
+    @classmethod
+    def _split_names(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
 
     @field_validator("nats_url", mode="before")
     @classmethod

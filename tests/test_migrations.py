@@ -14,6 +14,7 @@ from orchestrator import migrate
 ALL_VERSIONS = [m.version for m in migrate.discover()]
 TABLES = {
     "nats_deliverable_cache",
+    "runner_runs",
     "workflow_state",
     "stage_attempts",
     "deliverable_history",

@@ -1,0 +1,68 @@
+"""DEMO agent: answers any stage assignment with a plausible notice.
+
+Run by the runner in demo mode (``agogd dev --demo``) instead of a real agent
+CLI. It reads the prompt on stdin, takes the assignment from its first fenced
+json block, waits ``AGOG_DEMO_DELAY`` seconds and prints a notice. Sylvia
+approves and Billy passes, except that agents named in ``AGOG_DEMO_REJECT``
+reject or fail their first attempt, to show rework. Not for real work.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import time
+from typing import Any
+
+_FIRST_JSON = re.compile(r"```json\n(.*?)\n```", re.DOTALL)
+
+
+def answer(assignment: dict[str, Any], reject: set[str]) -> dict[str, Any]:
+    agent, req, attempt = assignment["agent"], assignment["req_number"], assignment["attempt"]
+    first_try = attempt == 1 and not assignment.get("instructions")
+    notice: dict[str, Any] = {
+        "agent": agent,
+        "req_number": req,
+        "attempt": attempt,
+        "status": "COMPLETE",
+        "summary": f"[DEMO] {agent} finished {assignment.get('stage', 'its stage')} for {req}",
+        "deliverable": assignment.get("deliverableSubject"),
+    }
+    if agent == "sylvia":
+        rejecting = "sylvia" in reject and first_try
+        notice["critique_verdict"] = "REJECTED" if rejecting else "APPROVED"
+        if rejecting:
+            notice["required_fixes"] = ["[DEMO] cover the error paths in the research"]
+    elif agent == "billy":
+        failing = "billy" in reject and first_try
+        notice["tests_passed"] = not failing
+        if failing:
+            notice["status"] = "FAILED"
+            notice["qa_failures"] = ["[DEMO] the inventory API returns 500 on an empty list"]
+            notice["rework_agents"] = ["roy"]
+    elif agent == "berry":
+        notice["commit_sha"] = "demo" + req.encode().hex()[-8:]
+        notice["deployed_by"] = "berry (demo)"
+    return notice
+
+
+def main() -> int:
+    prompt = sys.stdin.read()
+    match = _FIRST_JSON.search(prompt.replace("\r\n", "\n"))
+    if match is None:
+        print("[DEMO] no assignment found in the prompt", file=sys.stderr)
+        return 2
+    assignment = json.loads(match.group(1))
+    reject = {a.strip() for a in os.environ.get("AGOG_DEMO_REJECT", "").split(",") if a.strip()}
+    print(f"[DEMO] {assignment['agent']} working on {assignment['req_number']}...", flush=True)
+    time.sleep(float(os.environ.get("AGOG_DEMO_DELAY", "1")))
+    print("```json")
+    print(json.dumps(answer(assignment, reject), indent=2))
+    print("```")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
