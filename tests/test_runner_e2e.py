@@ -1,0 +1,180 @@
+"""The agent runner inside agogd, on real NATS and Postgres, with real processes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+from nats.aio.client import Client as NATS
+
+from orchestrator.embedded import NatsServer
+from tests.agents import (
+    ScriptedAgents,
+    collect,
+    notice,
+    running_agogd,
+    settings_for,
+    submit,
+    wait_status,
+)
+
+# An agent that records each spawn, takes a while, and answers from its prompt.
+AGENT = """
+import json, re, sys, time
+prompt = sys.stdin.read()
+assignment = json.loads(re.search(r"```json\\n(.*?)\\n```", prompt, re.S).group(1))
+with open(sys.argv[1], "a") as log:
+    log.write("%s %s %s\\n" % (assignment["agent"], assignment["req_number"],
+                               assignment["attempt"]))
+time.sleep(float(sys.argv[2]))
+print("done; notice follows")
+print(json.dumps({"agent": assignment["agent"], "req_number": assignment["req_number"],
+                  "status": "COMPLETE", "summary": "by the runner"}))
+"""
+
+
+def agent_command(tmp_path: Path, seconds: float) -> tuple[str, Path]:
+    script = tmp_path / "agent.py"
+    script.write_text(textwrap.dedent(AGENT))
+    spawns = tmp_path / "spawns.log"
+    return f"{sys.executable} {script} {spawns} {seconds}", spawns
+
+
+async def test_demo_agents_take_a_req_to_deployed(
+    nats_server: NatsServer, pg_dsn: str, nc: NATS
+) -> None:
+    settings = settings_for(
+        nats_server.url, pg_dsn, demo=True, demo_delay=0.05, demo_reject=["sylvia"]
+    )
+    async with running_agogd(settings) as daemon:
+        assert daemon.runner is not None
+        await submit(nc, "REQ-DEMO-9")
+        row = await wait_status(pg_dsn, "REQ-DEMO-9", "DEPLOYED", timeout=90)
+    assert row["deployed_by"] == "berry (demo)"
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        sylvia = await conn.fetch(
+            "SELECT attempt, status FROM stage_attempts WHERE req_number = 'REQ-DEMO-9'"
+            " AND stage = 1 ORDER BY attempt"
+        )
+        assert [r["status"] for r in sylvia] == ["REJECTED", "COMPLETE"]  # rework shown
+        runs = await conn.fetchval("SELECT count(*) FROM runner_runs WHERE status = 'published'")
+        assert runs >= 9  # every stage attempt, Tim included, went through the runner
+    finally:
+        await conn.close()
+
+
+async def test_plain_agogd_spawns_nothing(nats_server: NatsServer, pg_dsn: str, nc: NATS) -> None:
+    await ScriptedAgents(nc).start()  # external agents, the seeds' normal mode
+    async with running_agogd(settings_for(nats_server.url, pg_dsn)) as daemon:
+        assert daemon.runner is None
+        await submit(nc, "REQ-EXT-1")
+        await wait_status(pg_dsn, "REQ-EXT-1", "DEPLOYED")
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM runner_runs") == 0
+    finally:
+        await conn.close()
+
+
+async def test_a_redelivered_assignment_spawns_one_process(
+    nats_server: NatsServer, pg_dsn: str, nc: NATS, tmp_path: Path
+) -> None:
+    command, spawns = agent_command(tmp_path, seconds=1.5)
+
+    def others(a: dict[str, Any]) -> dict[str, Any] | None:
+        return None if a["agent"] == "roy" else notice(a["agent"], a["req_number"])
+
+    await ScriptedAgents(nc, others).start()
+    assignments, _ = await collect(nc, "agog.orchestration.events.stage.started.roy.>")
+    settings = settings_for(
+        nats_server.url,
+        pg_dsn,
+        runner_agents=["roy"],
+        runner_command=command,
+        runner_heartbeat_interval=0.3,
+    )
+    async with running_agogd(settings):
+        await submit(nc, "REQ-RUN-1")
+        for _ in range(200):
+            if spawns.exists():
+                break
+            await asyncio.sleep(0.05)
+        assert assignments, "Roy's assignment never came"
+        # The same assignment again, while Roy's process runs, and once more later.
+        payload = {k: v for k, v in assignments[0].items() if k != "subject"}
+        subject = assignments[0]["subject"]
+        await nc.jetstream().publish(subject, json.dumps(payload).encode())
+        row = await wait_status(pg_dsn, "REQ-RUN-1", "DEPLOYED", timeout=60)
+        await nc.jetstream().publish(subject, json.dumps(payload).encode())
+        await asyncio.sleep(1.0)
+    assert row["status"] == "DEPLOYED"
+    assert spawns.read_text().splitlines() == ["roy REQ-RUN-1 1"]
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        run = await conn.fetchrow("SELECT * FROM runner_runs WHERE req_number = 'REQ-RUN-1'")
+        assert (run["status"], run["outcome"], run["runs"]) == ("published", "COMPLETE", 1)
+        summary = await conn.fetchval(
+            "SELECT deliverable->>'summary' FROM nats_deliverable_cache"
+            " WHERE req_number = 'REQ-RUN-1' AND agent = 'roy'"
+        )
+        assert summary == "by the runner"
+    finally:
+        await conn.close()
+
+
+async def test_a_failing_agent_fails_the_stage_fast(
+    nats_server: NatsServer, pg_dsn: str, nc: NATS, tmp_path: Path
+) -> None:
+    def others(a: dict[str, Any]) -> dict[str, Any] | None:
+        return None if a["agent"] == "roy" else notice(a["agent"], a["req_number"])
+
+    await ScriptedAgents(nc, others).start()
+    settings = settings_for(
+        nats_server.url,
+        pg_dsn,
+        runner_agents=["roy"],
+        runner_command=f"{tmp_path}/no-such-claude --print",
+    )
+    async with running_agogd(settings):
+        await submit(nc, "REQ-RUN-2")
+        conn = await asyncpg.connect(pg_dsn)
+        try:
+            for _ in range(200):
+                failed = await conn.fetchrow(
+                    "SELECT deliverable FROM stage_attempts WHERE req_number = 'REQ-RUN-2'"
+                    " AND stage = 2 AND status = 'FAILED'"
+                )
+                if failed:
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            await conn.close()
+    assert failed is not None, "the stage waited instead of failing fast"
+    deliverable = json.loads(failed["deliverable"])
+    assert "no-such-claude" in deliverable["reason"]
+
+
+async def test_a_malformed_assignment_is_rejected_once(
+    nats_server: NatsServer, pg_dsn: str, nc: NATS, tmp_path: Path
+) -> None:
+    command, spawns = agent_command(tmp_path, seconds=0)
+    rejections, _ = await collect(nc, "agog.orchestration.events.message.rejected")
+    settings = settings_for(nats_server.url, pg_dsn, runner_agents=["roy"], runner_command=command)
+    async with running_agogd(settings):
+        await nc.jetstream().publish(
+            "agog.orchestration.events.stage.started.roy.REQ-RUN-3", b'{"agent": "roy"'
+        )
+        for _ in range(100):
+            if rejections:
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)  # a redelivery loop would show more
+    assert [(r["reason_code"], r["by"]) for r in rejections] == [("bad_assignment", "runner")]
+    assert "not JSON" in rejections[0]["reason"]
+    assert not spawns.exists()
