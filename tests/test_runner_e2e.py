@@ -22,6 +22,7 @@ from tests.agents import (
     submit,
     wait_status,
 )
+from tests.daemon_proc import DaemonProcess
 
 # An agent that records each spawn, takes a while, and answers from its prompt.
 AGENT = """
@@ -178,3 +179,28 @@ async def test_a_malformed_assignment_is_rejected_once(
     assert [(r["reason_code"], r["by"]) for r in rejections] == [("bad_assignment", "runner")]
     assert "not JSON" in rejections[0]["reason"]
     assert not spawns.exists()
+
+
+async def test_agogd_runner_on_its_own_beside_the_engine(
+    nats_server: NatsServer, pg_dsn: str, nc: NATS
+) -> None:
+    """`agogd runner --demo` as a separate process; the engine runs in another."""
+    runner = DaemonProcess(
+        {
+            "AGOG_NATS_URL": nats_server.url,
+            "AGOG_POSTGRES_DSN": pg_dsn,
+            "AGOG_DEMO_DELAY": "0.05",
+        },
+        args=("runner", "--demo"),
+    ).start()
+    try:
+        runner.wait_ready(60)
+        async with running_agogd(settings_for(nats_server.url, pg_dsn)) as engine:
+            assert engine.runner is None
+            await submit(nc, "REQ-SPLIT-1")
+            await wait_status(pg_dsn, "REQ-SPLIT-1", "DEPLOYED", timeout=90)
+        assert runner.named("runner.demo_mode")
+        assert {e.get("agent") for e in runner.named("agent.finished")} >= {"cynthia", "berry"}
+        assert not runner.named("stage.dispatched")  # the engine is not in this process
+    finally:
+        runner.stop()
