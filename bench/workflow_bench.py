@@ -171,9 +171,7 @@ async def main() -> None:
     parser.add_argument(
         "--think", type=float, default=0.5, help="agent think time for the paced run (s)"
     )
-    parser.add_argument(
-        "--settle", type=float, default=0.0, help="pause between the two runs (s)"
-    )
+    parser.add_argument("--settle", type=float, default=0.0, help="pause between the two runs (s)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="agogd-bench-") as tmp:
         nats_server = NatsServer(Path(tmp) / "nats").start()
