@@ -14,10 +14,11 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Collection, Iterable, Mapping
-from itertools import islice
 from typing import Any, Literal, NoReturn
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+
+from orchestrator.notice_extract import NoNotice, extract_notice
 
 __all__ = [
     "REQ_ID_MAX",
@@ -111,9 +112,6 @@ class NoticeError(ValueError):
 
 # --- finding the JSON in free text --------------------------------------------
 _MAX_DEPTH = 32  # deeper payloads are refused rather than risk recursion later
-_MAX_CANDIDATES = 256  # objects tried, from the end, when digging in free text
-_BRACES_OR_QUOTE = re.compile(r'[{}"]')
-_STRING_END = re.compile(r'["\\]')
 
 
 def _reject_constant(name: str) -> NoReturn:
@@ -136,97 +134,13 @@ def _load_object(text: str) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def _fenced_blocks(text: str) -> list[str]:
-    """Contents of closed ``` fences (any info string), in order of appearance."""
-    blocks: list[str] = []
-    body: list[str] | None = None
-    for line in text.split("\n"):  # not splitlines(): JSON may hold U+2028 and friends
-        stripped = line.strip()
-        if body is None:
-            if stripped.startswith("```"):
-                body = []
-        elif stripped.startswith("```") and not stripped.strip("`"):
-            blocks.append("\n".join(body))
-            body = None
-        else:
-            body.append(line)
-    return blocks
-
-
-def _balanced_spans(text: str) -> list[tuple[int, int]]:
-    """Outermost balanced ``{...}`` spans, skipping braces inside JSON strings.
-
-    Spans inside a brace that never closes (a stray ``{`` in prose) still count.
-    """
-    closed: list[tuple[int, int]] = []
-    opens: list[int] = []
-    pos = 0
-    while True:
-        if not opens:  # outside any object quotes are prose, only '{' matters
-            start = text.find("{", pos)
-            if start < 0:
-                break
-            opens.append(start)
-            pos = start + 1
-            continue
-        match = _BRACES_OR_QUOTE.search(text, pos)
-        if match is None:
-            break
-        pos = match.end()
-        char = match.group()
-        if char == "{":
-            opens.append(match.start())
-        elif char == "}":
-            closed.append((opens.pop(), pos))
-        else:  # skip a string, honouring backslash escapes
-            while (end := _STRING_END.search(text, pos)) is not None and end.group() == "\\":
-                pos = end.end() + 1
-            if end is None:
-                break
-            pos = end.end()
-    outermost: list[tuple[int, int]] = []
-    for start, end in sorted(closed, key=lambda span: (span[0], -span[1])):
-        if not outermost or start >= outermost[-1][1]:
-            outermost.append((start, end))
-    return outermost
-
-
-def _pick_last(candidates: Iterable[str]) -> dict[str, Any] | None:
-    """Of texts given last-first: the last object with a ``status``, else the last object.
-
-    Only the last ``_MAX_CANDIDATES`` are tried, so a megabyte of ``{}`` stays cheap.
-    """
-    fallback: dict[str, Any] | None = None
-    for text in islice(candidates, _MAX_CANDIDATES):
-        obj = _load_object(text)
-        if obj is not None and "status" in obj:
-            return obj
-        if fallback is None:
-            fallback = obj
-    return fallback
-
-
 def extract_json(text: str) -> dict[str, Any]:
-    """Find the notice in free text: the last fenced JSON object, else the last bare one.
-
-    Agents write prose around their notice, sometimes several drafts; the last
-    one is the notice. Among candidates, the last with a ``status`` key is
-    preferred over a trailing example object (a config snippet, say).
-    """
-    text = text.replace("\r\n", "\n")
-    whole = _load_object(text.strip())
-    if whole is not None:
-        return whole
-    if (found := _pick_last(reversed(_fenced_blocks(text)))) is not None:
-        return found
-    spans = _balanced_spans(text)
-    if (found := _pick_last(text[a:b] for a, b in reversed(spans))) is not None:
-        return found
-    if "{" not in text:
-        raise NoticeError("no_json", "no JSON object found in the text")
-    if spans:
-        raise NoticeError("invalid_json", "no {...} block in the text is valid JSON")
-    raise NoticeError("invalid_json", "a '{' is never closed: truncated or malformed JSON")
+    """Find the notice in free text: the last fenced JSON object, else the last bare
+    top-level one (see orchestrator.notice_extract)."""
+    try:
+        return extract_notice(text)
+    except NoNotice as exc:
+        raise NoticeError(exc.code, exc.reason) from None
 
 
 # --- normalisation tables -----------------------------------------------------
