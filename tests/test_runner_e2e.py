@@ -204,3 +204,46 @@ async def test_agogd_runner_on_its_own_beside_the_engine(
         assert not runner.named("stage.dispatched")  # the engine is not in this process
     finally:
         runner.stop()
+
+
+async def test_cancel_stops_the_running_agent(
+    nats_server: NatsServer, pg_dsn: str, nc: NATS, tmp_path: Path
+) -> None:
+    command, spawns = agent_command(tmp_path, seconds=600)  # would hang for ten minutes
+
+    def others(a: dict[str, Any]) -> dict[str, Any] | None:
+        return None if a["agent"] == "roy" else notice(a["agent"], a["req_number"])
+
+    await ScriptedAgents(nc, others).start()
+    settings = settings_for(
+        nats_server.url,
+        pg_dsn,
+        runner_agents=["roy"],
+        runner_command=command,
+        runner_kill_grace=1.0,
+    )
+    async with running_agogd(settings):
+        await submit(nc, "REQ-RUN-4")
+        for _ in range(200):
+            if spawns.exists():
+                break
+            await asyncio.sleep(0.05)
+        assert spawns.exists(), "Roy's process never started"
+        await nc.jetstream().publish(
+            "agog.strategic.decisions.REQ-RUN-4",
+            json.dumps({"decision": "CANCEL", "reasoning": "not needed"}).encode(),
+        )
+        await wait_status(pg_dsn, "REQ-RUN-4", "CANCELLED")
+        conn = await asyncpg.connect(pg_dsn)
+        try:
+            for _ in range(200):
+                run = await conn.fetchrow(
+                    "SELECT outcome, reason FROM runner_runs WHERE req_number = 'REQ-RUN-4'"
+                )
+                if run is not None and run["outcome"]:
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            await conn.close()
+    assert run is not None and run["outcome"] == "FAILED"
+    assert run["reason"].startswith("cancelled")
