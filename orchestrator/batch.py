@@ -12,11 +12,25 @@ is written so that they never do.
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from typing import Any
 
 import asyncpg
 
 _PARAM = re.compile(r"\$(\d+)")
+
+
+@lru_cache(maxsize=512)
+def _split_params(sql: str) -> tuple[list[str], list[int]]:
+    """A statement cut at its $n parameters (the store's statements are few and
+    fixed, so each is parsed once)."""
+    texts, numbers, last = [], [], 0
+    for match in _PARAM.finditer(sql):
+        texts.append(sql[last : match.start()])
+        numbers.append(int(match.group(1)))
+        last = match.end()
+    texts.append(sql[last:])
+    return texts, numbers
 
 
 class BatchedConnection:
@@ -42,7 +56,12 @@ class BatchedConnection:
     def _renumber(self, sql: str, args: tuple[Any, ...]) -> str:
         offset = len(self._args)
         self._args.extend(args)
-        return _PARAM.sub(lambda m: f"${int(m.group(1)) + offset}", sql)
+        texts, numbers = _split_params(sql)
+        out = [texts[0]]
+        for number, text in zip(numbers, texts[1:], strict=True):
+            out.append(f"${number + offset}")
+            out.append(text)
+        return "".join(out)
 
     async def execute(self, sql: str, *args: Any) -> None:
         self._parts.append(self._renumber(sql, args))
