@@ -68,7 +68,8 @@ class Locked:
 
     wf: Workflow
     title: str
-    # stage index -> {"agent", "deliverable"}: the cache rows, for assignments.
+    # stage index -> {"agent", "deliverable"}: the cache rows, for assignments
+    # (of each deliverable only its URL and summary, which assignments carry).
     delivered: dict[int, dict[str, Any]] = field(default_factory=dict)
     # stage index -> attempt, of the RUNNING stage attempts.
     running: dict[int, int] = field(default_factory=dict)
@@ -77,7 +78,8 @@ class Locked:
 _LOCK_SQL = (
     "SELECT ws.req_number, ws.title, ws.status, ws.current_stage, ws.budgets,"
     " (SELECT coalesce(json_agg(json_build_object('stage', c.stage, 'agent', c.agent,"
-    "  'deliverable', c.deliverable)), '[]') FROM nats_deliverable_cache c"
+    "  'deliverable', json_build_object('deliverable', c.deliverable->'deliverable',"
+    "  'summary', c.deliverable->'summary'))), '[]') FROM nats_deliverable_cache c"
     "  WHERE c.req_number = ws.req_number) AS delivered,"
     " (SELECT coalesce(json_object_agg(a.stage, a.attempt ORDER BY a.attempt), '{}')"
     "  FROM stage_attempts a"
