@@ -1,14 +1,17 @@
 """Stage-advance latency and transitions/s, beside the raw floors of the same run.
 
-Run: .venv/bin/python bench/workflow_bench.py [--reqs 100]
+Run: .venv/bin/python bench/workflow_bench.py [--reqs 100] [--rounds 5]
 
 It starts a real nats-server and PostgreSQL (orchestrator.embedded), measures
 three floors (a JetStream pull+ack, a Postgres commit, a JetStream
-publish+ack), then runs agogd as a separate process and drives REQs through
-all stages with agents that answer each assignment at once. A transition's
-latency is the time from the agent publishing its notice to the agent
-receiving the next assignment. Figures are reported as absolute numbers and
-as ratios to the floors, because absolute times are noisy on shared machines.
+publish+ack), then runs agogd as a separate process and keeps ``--reqs`` REQs
+in flight until ``--reqs x --rounds`` have gone through all stages: once
+with agents that answer at once (saturated: the sustained transitions/s,
+over the middle 80% of the run) and once with agents that think (paced: the
+stage-advance latency). A transition's latency is the time from the agent
+publishing its notice to the agent receiving the next assignment. Figures are
+reported as absolute numbers and as ratios to the floors, because absolute
+times are noisy on shared machines.
 """
 
 from __future__ import annotations
@@ -105,20 +108,32 @@ def answer(agent: str, req: str) -> bytes:
     return json.dumps(body).encode()
 
 
-async def run_engine(url: str, reqs: int, think: float, prefix: str) -> dict[str, Any]:
-    """Drive ``reqs`` REQs at once; agents answer each assignment after ``think`` s."""
+async def run_engine(
+    url: str, concurrent: int, total: int, think: float, prefix: str
+) -> dict[str, Any]:
+    """Keep ``concurrent`` REQs in flight until ``total`` have gone through every
+    stage; agents answer each assignment after a random 0 to 2 x ``think`` s."""
     nc = await nats.connect(url)
     js = nc.jetstream()
     sent_at: dict[tuple[str, int], float] = {}
     latencies: list[float] = []
+    arrivals: list[float] = []  # when each assignment (a transition's end) arrived
     done = asyncio.Event()
     finished: set[str] = set()
+    submitted = 0
     order = {s.agent: s.index for s in (*PIPELINE.stages, *PIPELINE.followups)}
     tasks: set[asyncio.Future[None]] = set()
     rng = random.Random(1)
 
+    async def submit_next() -> None:
+        nonlocal submitted
+        body = json.dumps({"req_number": f"REQ-{prefix}-{submitted:05d}"}).encode()
+        submitted += 1
+        await js.publish("agog.requirements.new", body)
+
     async def on_assignment(a: dict[str, Any], received: float) -> None:
         req, agent = a["req_number"], a["agent"]
+        arrivals.append(received)
         prev = sent_at.pop((req, order[agent] - 1), None)
         if prev is not None:
             latencies.append(received - prev)
@@ -130,7 +145,9 @@ async def run_engine(url: str, reqs: int, think: float, prefix: str) -> dict[str
         await js.publish(PIPELINE.deliverable_subject(stage, req), answer(agent, req))
         if agent == "tim":
             finished.add(req)
-            if len(finished) == reqs:
+            if submitted < total:
+                await submit_next()
+            if len(finished) == total:
                 done.set()
 
     async def cb(msg: Any) -> None:
@@ -143,19 +160,17 @@ async def run_engine(url: str, reqs: int, think: float, prefix: str) -> dict[str
             task.add_done_callback(tasks.discard)
 
     sub = await nc.subscribe("agog.orchestration.events.stage.started.>", cb=cb)
-    started = time.perf_counter()
-    for i in range(reqs):
-        body = json.dumps({"req_number": f"REQ-{prefix}-{i:04d}"}).encode()
-        await js.publish("agog.requirements.new", body)
-    await asyncio.wait_for(done.wait(), 600)
-    wall = time.perf_counter() - started
+    for _ in range(concurrent):
+        await submit_next()
+    await asyncio.wait_for(done.wait(), 900)
     await sub.unsubscribe()
     await nc.close()
-    transitions = reqs * len(order)
+    # Sustained rate: the middle 80% of the run, without ramp-up and drain.
+    arrivals.sort()
+    lo, hi = int(0.1 * len(arrivals)), int(0.9 * len(arrivals))
     return {
-        "transitions": transitions,
-        "wall": wall,
-        "per_second": transitions / wall,
+        "transitions": len(arrivals),
+        "per_second": (hi - lo) / (arrivals[hi] - arrivals[lo]),
         "p50": pct(latencies, 0.50),
         "p90": pct(latencies, 0.90),
         "p99": pct(latencies, 0.99),
@@ -170,6 +185,9 @@ async def main() -> None:
     parser.add_argument("--reqs", type=int, default=100)
     parser.add_argument(
         "--think", type=float, default=0.5, help="agent think time for the paced run (s)"
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=5, help="REQs per run = rounds x concurrent REQs"
     )
     parser.add_argument("--settle", type=float, default=0.0, help="pause between the two runs (s)")
     args = parser.parse_args()
@@ -192,9 +210,10 @@ async def main() -> None:
             ).start()
             try:
                 daemon.wait_ready(60)
-                result = await run_engine(nats_server.url, args.reqs, 0.0, "SAT")
+                total = args.reqs * args.rounds
+                result = await run_engine(nats_server.url, args.reqs, total, 0.0, "SAT")
                 await asyncio.sleep(args.settle)
-                paced = await run_engine(nats_server.url, args.reqs, args.think, "PACED")
+                paced = await run_engine(nats_server.url, args.reqs, total, args.think, "PACED")
             finally:
                 daemon.stop()
             # A fast run that hid retries or failures would be a false figure.
@@ -205,7 +224,10 @@ async def main() -> None:
             nats_server.stop()
             pg.stop()
     floor_sum = sum(floors.values())
-    print(f"concurrent REQs: {args.reqs}, transitions per run: {result['transitions']}")
+    print(
+        f"concurrent REQs: {args.reqs}, REQs per run: {args.reqs * args.rounds},"
+        f" transitions per run: {result['transitions']}"
+    )
     for name, value in floors.items():
         print(f"floor {name:<24} {value * 1000:8.3f} ms")
     print(f"floor sum (pull+ack + commit + publish+ack) {floor_sum * 1000:8.3f} ms")
