@@ -66,6 +66,9 @@ class BatchedConnection:
         self.prefetched: dict[str, Any] = {}
         # Set when the commit may let the dispatcher admit more work.
         self.wake_dispatcher = False
+        # When a list, outbox rows (msg_id, subject, payload) are collected here
+        # for the caller to publish after commit, instead of waking the relay.
+        self.outbox: list[tuple[str, str, str]] | None = None
 
     @property
     def queued_args(self) -> int:

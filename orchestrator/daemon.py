@@ -19,6 +19,7 @@ from nats.aio.client import Client as NATS
 from orchestrator import db, migrate, nats_conn
 from orchestrator.http_server import HttpServer, build_app
 from orchestrator.logs import get_logger
+from orchestrator.outbox import Publisher
 from orchestrator.readiness import Readiness
 from orchestrator.registry import Pipeline
 from orchestrator.settings import Settings
@@ -51,6 +52,7 @@ class Daemon:
         self.http = HttpServer(build_app(self.readiness), settings.http_host, settings.http_port)
         self.nc: NATS | None = None
         self.pool: asyncpg.Pool | None = None
+        self.publisher: Publisher | None = None  # set by the outbox relay
         self.stopping = asyncio.Event()
         self.services: dict[str, Service] = {"health-monitor": health_monitor}
         self.ready_hooks: list[ReadyHook] = []

@@ -158,6 +158,7 @@ class Engine:
         keys = [(m.metadata.stream, m.metadata.sequence.stream) for m in msgs]
         async with self.pool.acquire() as raw, raw.transaction():
             conn = BatchedConnection(raw)
+            conn.outbox = []  # published right after commit: no relay hop
             fresh = set(keys)
             if handler.claim:
                 claims = [
@@ -194,6 +195,8 @@ class Engine:
             await conn.flush()
         if conn.wake_dispatcher:
             self.wake_dispatcher.set()
+        if conn.outbox and self.daemon.publisher is not None:
+            await self.daemon.publisher.publish(conn.outbox)
         return outcomes
 
     # --- deliverables ----------------------------------------------------------

@@ -36,7 +36,8 @@ async def publish_batch(pool: asyncpg.Pool, js: JetStreamContext, batch: int = B
         await conn.execute("SET LOCAL synchronous_commit = off")
         rows = await conn.fetch(
             "SELECT id, msg_id, subject, payload::text AS payload FROM outbox"
-            " WHERE published_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+            " WHERE published_at IS NULL AND (claimed_until IS NULL OR claimed_until < now())"
+            " ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
             batch,
         )
         if not rows:
@@ -82,6 +83,59 @@ async def publish_batch(pool: asyncpg.Pool, js: JetStreamContext, batch: int = B
         return len(done)
 
 
+class Publisher:
+    """Publishes the outbox rows of a transaction the engine just committed, so
+    an assignment goes out without waiting for the relay; marks them published
+    a moment later, in one asynchronous commit per burst."""
+
+    def __init__(self, pool: asyncpg.Pool, js: JetStreamContext) -> None:
+        self.pool, self.js = pool, js
+        self._done: list[str] = []
+        self._wake = asyncio.Event()
+
+    async def publish(self, rows: list[tuple[str, str, str]]) -> None:
+        """Publish in order; a row that fails stays for the relay (after its claim)."""
+        results = await asyncio.gather(
+            *(
+                self.js.publish(
+                    subject, payload.encode(), timeout=5, headers={"Nats-Msg-Id": msg_id}
+                )
+                for msg_id, subject, payload in rows
+            ),
+            return_exceptions=True,
+        )
+        for (msg_id, _, _), result in zip(rows, results, strict=True):
+            if isinstance(result, BaseException):
+                log.warning("outbox.direct_publish_failed", msg_id=msg_id, error=repr(result))
+            else:
+                self._done.append(msg_id)
+        self._wake.set()
+
+    async def mark(self, daemon: Daemon) -> None:
+        """Record published rows until the daemon stops (a lost mark only means
+        a re-publish under the same Nats-Msg-Id, which JetStream drops)."""
+        while not daemon.stopping.is_set() or self._done:
+            if not self._done:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(1):
+                        await self._wake.wait()
+                continue
+            done, self._done = self._done, []
+            try:
+                async with self.pool.acquire() as conn, conn.transaction():
+                    await conn.execute("SET LOCAL synchronous_commit = off")
+                    await conn.execute(
+                        "UPDATE outbox SET published_at = now(), attempts = attempts + 1"
+                        " WHERE msg_id = ANY($1::text[]) AND published_at IS NULL",
+                        done,
+                    )
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("outbox.mark_failed", rows=len(done), error=repr(exc))
+                self._done[:0] = done
+                await asyncio.sleep(1)
+
+
 class OutboxPublishError(RuntimeError):
     """Some outbox rows could not be published now; they stay pending."""
 
@@ -90,6 +144,8 @@ async def relay(daemon: Daemon) -> None:
     """Run until the daemon stops; publishes everything committed before it does."""
     assert daemon.pool is not None and daemon.nc is not None
     js = daemon.nc.jetstream()
+    daemon.publisher = Publisher(daemon.pool, js)
+    marker = asyncio.ensure_future(daemon.publisher.mark(daemon))
     wake = asyncio.Event()
     listener: asyncpg.Connection | None = None
     interval = daemon.settings.outbox_poll_interval
@@ -119,6 +175,7 @@ async def relay(daemon: Daemon) -> None:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(interval):
                 await wake.wait()
+    await marker
     if listener is not None and not listener.is_closed():
         await listener.close()
 

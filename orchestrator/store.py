@@ -178,6 +178,8 @@ async def settle_message(
 # --- outbox and audit --------------------------------------------------------------
 _OUTBOX_HEAD = "INSERT INTO outbox (msg_id, subject, payload)"
 _OUTBOX_TAIL = "ON CONFLICT (msg_id) DO NOTHING"
+_DIRECT_HEAD = "INSERT INTO outbox (msg_id, subject, payload, claimed_until)"
+_DIRECT_ROW = "$1, $2, $3::jsonb, now() + interval '10 seconds'"
 
 
 async def enqueue(
@@ -186,6 +188,12 @@ async def enqueue(
     """Queue a publish; the relay sends it with Nats-Msg-Id = msg_id after commit,
     in outbox id order (the order of enqueue calls)."""
     args = (msg_id or f"evt:{_NUID.next().decode()}", subject, dumps(payload))
+    if isinstance(conn, BatchedConnection) and conn.outbox is not None:
+        # The engine publishes these itself after commit; the relay only steps
+        # in once the claim has run out (the engine died in between).
+        conn.insert_row(_DIRECT_HEAD, _DIRECT_ROW, _OUTBOX_TAIL, *args)
+        conn.outbox.append(args)
+        return
     if isinstance(conn, BatchedConnection):
         conn.insert_row(_OUTBOX_HEAD, "$1, $2, $3::jsonb", _OUTBOX_TAIL, *args)
         conn.notify_on_flush(OUTBOX_CHANNEL)
