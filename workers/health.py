@@ -1,0 +1,208 @@
+"""Miki's health watch and self-healing, on any Docker-API engine.
+
+Only containers of the configured compose projects (the
+``com.docker.compose.project`` label) are looked at, never any others. The
+engine's event stream gives immediate word of a death; a periodic reconcile
+is the safety net, and probes health: from ``State.Health`` when the engine
+runs the check itself, else by running the container's own HEALTHCHECK
+command through exec (podman without systemd never runs it on a timer).
+Restarts follow ``heal_policy``; past the budget, one escalation with the
+exit code and the last log lines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiodocker
+import aiohttp
+
+from orchestrator.logs import get_logger
+from workers.heal_policy import ContainerRecord, HealPolicy, decide, on_probe
+
+log = get_logger("agogd.health")
+
+PROJECT_LABEL = "com.docker.compose.project"
+Emit = Callable[[str, dict[str, Any]], Awaitable[None]]  # (event name, details)
+ENGINE_ERRORS = (aiodocker.DockerError, aiohttp.ClientError, OSError, asyncio.TimeoutError)
+
+
+class HealthWatcher:
+    """Watches and heals the containers of some compose projects."""
+
+    def __init__(
+        self,
+        docker_url: str,
+        projects: list[str],
+        policy: HealPolicy,
+        emit: Emit,
+        *,
+        reconcile_interval: float = 10.0,
+        probe_timeout: float = 10.0,
+    ) -> None:
+        self.docker_url, self.projects, self.policy = docker_url, set(projects), policy
+        self.emit = emit
+        self.reconcile_interval, self.probe_timeout = reconcile_interval, probe_timeout
+        self.records: dict[str, ContainerRecord] = {}
+        self.connected = False
+
+    def watched(self, labels: dict[str, str] | None) -> bool:
+        return (labels or {}).get(PROJECT_LABEL) in self.projects
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Until ``stopping``: connect, follow events and reconcile; reconnect
+        with backoff whenever the engine goes away."""
+        delay = 1.0
+        while not stopping.is_set():
+            docker = aiodocker.Docker(url=self.docker_url)
+            try:
+                await docker.version()
+                if not self.connected:
+                    log.info("health.engine_connected", url=self.docker_url)
+                self.connected, delay = True, 1.0
+                await self._follow(docker, stopping)
+            except ENGINE_ERRORS as exc:
+                if self.connected:
+                    log.warning("health.engine_lost", error=repr(exc))
+                self.connected = False
+            finally:
+                await docker.close()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await stopping.wait()
+            delay = min(delay * 2, 30.0)
+
+    async def _follow(self, docker: aiodocker.Docker, stopping: asyncio.Event) -> None:
+        events = docker.events.subscribe(filters={"type": ["container"]})
+        reconciler = asyncio.ensure_future(self._reconcile_forever(docker))
+        stopper = asyncio.ensure_future(stopping.wait())
+        try:
+            while True:
+                getter = asyncio.ensure_future(events.get())
+                done, _ = await asyncio.wait(
+                    {getter, stopper, reconciler}, return_when=asyncio.FIRST_COMPLETED
+                )
+                if getter not in done:
+                    getter.cancel()
+                    if reconciler in done:
+                        reconciler.result()  # the engine went away: raise it
+                    return
+                event = getter.result()
+                if event is None:  # the stream ended: the engine went away
+                    raise aiodocker.DockerError(503, {"message": "event stream ended"})
+                await self._on_event(docker, event)
+        finally:
+            stopper.cancel()
+            reconciler.cancel()
+            with contextlib.suppress(Exception):
+                await docker.events.stop()
+
+    async def _on_event(self, docker: aiodocker.Docker, event: dict[str, Any]) -> None:
+        actor = event.get("Actor") or {}
+        if event.get("Action") != "die" or not self.watched(actor.get("Attributes")):
+            return
+        attributes = actor.get("Attributes") or {}
+        await self._failed(
+            docker,
+            actor.get("ID", ""),
+            attributes.get("name", ""),
+            "died",
+            _int(attributes.get("exitCode")),
+        )
+
+    async def _reconcile_forever(self, docker: aiodocker.Docker) -> None:
+        while True:
+            await self.reconcile(docker)
+            await asyncio.sleep(self.reconcile_interval)
+
+    async def reconcile(self, docker: aiodocker.Docker) -> None:
+        """Look at every watched container: dead ones and failed probes heal."""
+        for summary in await docker.containers.list(all=True):
+            if not self.watched(summary._container.get("Labels")):
+                continue
+            info = await summary.show()
+            name = info.get("Name", "").lstrip("/")
+            state = info.get("State") or {}
+            if state.get("Status") in ("exited", "dead"):
+                await self._failed(docker, info["Id"], name, "not running", state.get("ExitCode"))
+                continue
+            if state.get("Status") != "running":
+                continue
+            healthy = await self._probe(docker, info)
+            if healthy is None:
+                continue
+            record = self.records.setdefault(info["Id"], ContainerRecord())
+            if on_probe(self.policy, record, healthy):
+                await self._failed(docker, info["Id"], name, "unhealthy", None)
+
+    async def _probe(self, docker: aiodocker.Docker, info: dict[str, Any]) -> bool | None:
+        """Healthy? None when the container has no health check at all."""
+        test = ((info.get("Config") or {}).get("Healthcheck") or {}).get("Test") or []
+        if not test or test[0] == "NONE":
+            return None
+        status = ((info.get("State") or {}).get("Health") or {}).get("Status")
+        if status in ("healthy", "unhealthy"):
+            return status == "healthy"  # the engine runs the check itself
+        cmd = test[1:] if test[0] == "CMD" else ["/bin/sh", "-c", " ".join(test[1:])]
+        try:
+            container = docker.containers.container(info["Id"])
+            execute = await container.exec(cmd, stdout=True, stderr=True)
+            async with asyncio.timeout(self.probe_timeout):
+                async with execute.start(detach=False) as stream:
+                    while await stream.read_out() is not None:
+                        pass
+                result = await execute.inspect()
+        except TimeoutError:
+            return False
+        return result.get("ExitCode") == 0
+
+    async def _failed(
+        self,
+        docker: aiodocker.Docker,
+        container_id: str,
+        name: str,
+        reason: str,
+        exit_code: int | None,
+    ) -> None:
+        record = self.records.setdefault(container_id, ContainerRecord())
+        decision = decide(self.policy, record, time.monotonic())
+        details = {
+            "container": name,
+            "container_id": container_id[:12],
+            "reason": reason,
+            "exit_code": exit_code,
+            "attempt": len(record.restarts),
+        }
+        if decision == "restart":
+            container = docker.containers.container(container_id)
+            await container.restart(timeout=10)
+            log.warning("health.restarted", **details)
+            await self.emit("container.restarted", details)
+        elif decision == "escalate":
+            logs = await _last_lines(docker, container_id)
+            log.error("health.escalated", **details, budget=self.policy.budget)
+            await self.emit(
+                "container.escalated",
+                {**details, "budget": self.policy.budget, "last_log_lines": logs},
+            )
+        elif decision == "wait":
+            log.info("health.backing_off", **details)
+
+
+async def _last_lines(docker: aiodocker.Docker, container_id: str, lines: int = 20) -> list[str]:
+    with contextlib.suppress(*ENGINE_ERRORS):
+        container = docker.containers.container(container_id)
+        out = await container.log(stdout=True, stderr=True, tail=lines)
+        return [line.rstrip("\n") for line in out][-lines:]
+    return []
+
+
+def _int(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
