@@ -20,6 +20,7 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from orchestrator.embedded import NatsServer, PostgresServer
+from orchestrator.embedded.engine import ContainerEngine
 
 _db_counter = itertools.count()
 
@@ -67,3 +68,13 @@ async def nc(nats_server: NatsServer) -> AsyncIterator[NATS]:
     client = await nats.connect(nats_server.url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
     yield client
     await client.close()
+
+
+@pytest.fixture(scope="session")
+def container_engine(work_dir: Path) -> Iterator[ContainerEngine]:
+    """podman's Docker-API service (scripts/test installs podman when missing).
+    Without it the test fails and says how to get it; it is never skipped."""
+    engine = ContainerEngine(work_dir / "engine").start()
+    engine.ensure_busybox_image()
+    yield engine
+    engine.stop()

@@ -48,6 +48,7 @@ class HealthWatcher:
         self.emit = emit
         self.reconcile_interval, self.probe_timeout = reconcile_interval, probe_timeout
         self.records: dict[str, ContainerRecord] = {}
+        self.locks: dict[str, asyncio.Lock] = {}
         self.connected = False
 
     def watched(self, labels: dict[str, str] | None) -> bool:
@@ -161,6 +162,23 @@ class HealthWatcher:
         return result.get("ExitCode") == 0
 
     async def _failed(
+        self,
+        docker: aiodocker.Docker,
+        container_id: str,
+        name: str,
+        reason: str,
+        exit_code: int | None,
+    ) -> None:
+        # The event and the reconcile may both see one death: one at a time,
+        # and a container that is running again by now needs nothing.
+        async with self.locks.setdefault(container_id, asyncio.Lock()):
+            if reason != "unhealthy":
+                info = await docker.containers.container(container_id).show()
+                if (info.get("State") or {}).get("Running"):
+                    return
+            await self._act(docker, container_id, name, reason, exit_code)
+
+    async def _act(
         self,
         docker: aiodocker.Docker,
         container_id: str,

@@ -34,8 +34,11 @@ default_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]
 [engine]
 runtime = "runc"
 """
-BUSYBOX_IMAGE = "localhost/agog-busybox:1"
-BUSYBOX_LINKS = ("sh", "sleep", "httpd", "nc", "wget", "cat", "echo", "true", "false", "ls")
+BUSYBOX_IMAGE = "localhost/agog-busybox:2"
+BUSYBOX_LINKS = (
+    *("sh", "sleep", "httpd", "nc", "wget", "cat", "echo", "true", "false", "ls"),
+    *("rm", "touch", "test", "mkdir", "kill", "ps", "grep", "env", "date", "id"),
+)
 INSTALL_HINT = "apt-get install -y podman runc busybox-static (as root; see README)"
 
 

@@ -1,0 +1,196 @@
+"""Health watch and self-healing on a real Docker-API engine (podman's service)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiodocker
+import pytest
+
+from orchestrator.embedded.engine import BUSYBOX_IMAGE, ContainerEngine
+from workers.heal_policy import HealPolicy
+from workers.health import PROJECT_LABEL, HealthWatcher
+
+PROJECT = "agogtest"
+
+
+class Watch:
+    """A running HealthWatcher and what it emitted."""
+
+    def __init__(self, engine: ContainerEngine, policy: HealPolicy) -> None:
+        self.emitted: list[tuple[str, dict[str, Any]]] = []
+        self.stopping = asyncio.Event()
+
+        async def emit(name: str, details: dict[str, Any]) -> None:
+            self.emitted.append((name, details))
+
+        self.watcher = HealthWatcher(
+            engine.url, [PROJECT], policy, emit, reconcile_interval=0.3, probe_timeout=5
+        )
+        self.task = asyncio.ensure_future(self.watcher.run(self.stopping))
+
+    def named(self, event: str, container: str) -> list[dict[str, Any]]:
+        return [d for n, d in self.emitted if n == event and d["container"] == container]
+
+    async def stop(self) -> None:
+        self.stopping.set()
+        await asyncio.wait_for(self.task, 20)  # re-raises what killed the watcher
+
+
+@pytest.fixture
+async def docker(container_engine: ContainerEngine) -> AsyncIterator[aiodocker.Docker]:
+    client = aiodocker.Docker(url=container_engine.url)
+    made: list[str] = []
+    client.made = made  # type: ignore[attr-defined]
+    yield client
+    for name in made:
+        with contextlib.suppress(aiodocker.DockerError):
+            await client.containers.container(name).delete(force=True)
+    await client.close()
+
+
+async def run_container(
+    docker: aiodocker.Docker,
+    cmd: list[str],
+    *,
+    labelled: bool = True,
+    healthcheck: list[str] | None = None,
+) -> str:
+    name = f"agogtest-{uuid.uuid4().hex[:8]}"
+    config: dict[str, Any] = {
+        "Image": BUSYBOX_IMAGE,
+        "Cmd": cmd,
+        "Labels": {PROJECT_LABEL: PROJECT} if labelled else {"other": "yes"},
+    }
+    if healthcheck:
+        config["Healthcheck"] = {"Test": healthcheck, "Interval": 3_600_000_000_000}
+    container = await docker.containers.create_or_replace(name=name, config=config)
+    docker.made.append(name)  # type: ignore[attr-defined]
+    await container.start()
+    return name
+
+
+async def state(docker: aiodocker.Docker, name: str) -> dict[str, Any]:
+    info = await docker.containers.container(name).show()
+    return info["State"]  # type: ignore[no-any-return]
+
+
+async def eventually(check: Any, timeout: float = 20) -> None:
+    """Poll an async check (the engine offers nothing to wait on for these)."""
+    async with asyncio.timeout(timeout):
+        while not await check():  # noqa: ASYNC110
+            await asyncio.sleep(0.1)
+
+
+async def test_a_killed_container_is_restarted(
+    container_engine: ContainerEngine, docker: aiodocker.Docker
+) -> None:
+    name = await run_container(docker, ["sleep", "600"])
+    watch = Watch(container_engine, HealPolicy(backoff_base=0.1))
+    try:
+        await eventually(lambda: _true(watch.watcher.connected))
+        await asyncio.sleep(0.5)  # the event stream is subscribed
+        await docker.containers.container(name).kill()
+
+        async def restarted() -> bool:
+            return (
+                bool(watch.named("container.restarted", name))
+                and (await state(docker, name))["Running"]
+            )
+
+        await eventually(restarted)
+        details = watch.named("container.restarted", name)[0]
+        # The event or the reconcile, whichever saw it first; restarted once.
+        assert details["reason"] in ("died", "not running")
+        assert details["attempt"] == 1 and details["exit_code"] == 137
+    finally:
+        await watch.stop()
+
+
+async def test_an_unhealthy_container_is_restarted(
+    container_engine: ContainerEngine, docker: aiodocker.Docker
+) -> None:
+    # Healthy while /tmp/ok exists; the command recreates it on each start.
+    name = await run_container(
+        docker,
+        ["sh", "-c", "touch /tmp/ok; exec sleep 600"],
+        healthcheck=["CMD-SHELL", "test -f /tmp/ok"],
+    )
+    watch = Watch(container_engine, HealPolicy(unhealthy_probes=2, backoff_base=0.1))
+    try:
+        await asyncio.sleep(1.0)
+        assert not watch.named("container.restarted", name)  # healthy: left alone
+        container = docker.containers.container(name)
+        execute = await container.exec(["sh", "-c", "rm /tmp/ok"])
+        async with execute.start(detach=False) as stream:
+            while await stream.read_out() is not None:
+                pass
+        await eventually(lambda: _true(watch.named("container.restarted", name)))
+        assert watch.named("container.restarted", name)[0]["reason"] == "unhealthy"
+    finally:
+        await watch.stop()
+
+
+async def test_a_crash_loop_backs_off_then_escalates_once(
+    container_engine: ContainerEngine, docker: aiodocker.Docker
+) -> None:
+    name = await run_container(docker, ["sh", "-c", "echo about to fail; exit 3"])
+    policy = HealPolicy(budget=2, window=600, backoff_base=0.2)
+    watch = Watch(container_engine, policy)
+    try:
+        await eventually(lambda: _true(watch.named("container.escalated", name)), 30)
+        await asyncio.sleep(1.5)  # more deaths and reconciles: no second escalation
+        escalations = watch.named("container.escalated", name)
+        assert len(escalations) == 1
+        assert escalations[0]["exit_code"] == 3
+        assert any("about to fail" in line for line in escalations[0]["last_log_lines"])
+        assert len(watch.named("container.restarted", name)) == 2  # the budget
+    finally:
+        await watch.stop()
+
+
+async def test_a_container_outside_the_projects_is_untouched(
+    container_engine: ContainerEngine, docker: aiodocker.Docker
+) -> None:
+    name = await run_container(docker, ["sleep", "600"], labelled=False)
+    watch = Watch(container_engine, HealPolicy(backoff_base=0.1))
+    try:
+        await eventually(lambda: _true(watch.watcher.connected))
+        await asyncio.sleep(0.5)
+        await docker.containers.container(name).kill()
+        await asyncio.sleep(2.0)
+        assert not (await state(docker, name))["Running"]
+        assert not [d for _, d in watch.emitted if d["container"] == name]
+    finally:
+        await watch.stop()
+
+
+async def test_the_watcher_reconnects_when_the_engine_comes_back(
+    container_engine: ContainerEngine, docker: aiodocker.Docker
+) -> None:
+    name = await run_container(docker, ["sleep", "600"])
+    watch = Watch(container_engine, HealPolicy(backoff_base=0.1))
+    try:
+        await eventually(lambda: _true(watch.watcher.connected))
+        container_engine.stop()
+        await eventually(lambda: _true(not watch.watcher.connected), 20)
+        await asyncio.to_thread(container_engine.start)
+        await eventually(lambda: _true(watch.watcher.connected), 40)
+        await asyncio.sleep(0.5)
+        fresh = aiodocker.Docker(url=container_engine.url)
+        try:
+            if (await state(fresh, name))["Running"]:
+                await fresh.containers.container(name).kill()
+        finally:
+            await fresh.close()
+        await eventually(lambda: _true(watch.named("container.restarted", name)), 30)
+    finally:
+        await watch.stop()
+
+
+async def _true(value: Any) -> bool:
+    return bool(value)
