@@ -61,12 +61,13 @@ class Daemon:
         # this process is only an agent runner (`agogd runner`).
         from orchestrator import api
         from orchestrator import engine as workflow_engine
-        from workers import runner
+        from workers import health, runner
 
         self.engine = workflow_engine.install(self) if engine else None
         if self.engine is not None:
             api.install(self.http.app, self)
         self.runner = runner.install(self)
+        self.health = health.install(self)
 
     # --- public API --------------------------------------------------------
     def add_service(self, name: str, service: Service) -> None:

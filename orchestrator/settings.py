@@ -122,6 +122,17 @@ class Settings(BaseSettings):
         description="Demo agents that reject or fail their first attempt (sylvia, billy).",
     )
 
+    # --- health watch and self-healing (off unless projects are listed) ---
+    heal_projects: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Compose projects whose containers are watched and restarted.",
+    )
+    heal_unhealthy_probes: int = Field(default=3, ge=1)
+    heal_budget: int = Field(default=5, ge=1, description="Restarts per window, then escalate.")
+    heal_window: float = Field(default=600.0, gt=0)
+    heal_backoff_max: float = Field(default=60.0, gt=0)
+    heal_reconcile_interval: float = Field(default=10.0, gt=0)
+
     # --- HTTP, lifecycle, logging ----------------------------------------
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8090, ge=0, le=65535)
@@ -134,7 +145,7 @@ class Settings(BaseSettings):
     # --- embedded default (agogd dev) ------------------------------------
     data_dir: Path = Path(".agogd")
 
-    @field_validator("runner_agents", "runner_env", "demo_reject", mode="before")
+    @field_validator("runner_agents", "runner_env", "demo_reject", "heal_projects", mode="before")
     @classmethod
     def _split_names(cls, value: Any) -> Any:
         if isinstance(value, str):

@@ -10,8 +10,11 @@ from typing import Any
 
 import aiodocker
 import pytest
+from nats.aio.client import Client as NATS
 
+from orchestrator.embedded import NatsServer
 from orchestrator.embedded.engine import BUSYBOX_IMAGE, ContainerEngine
+from tests.agents import collect, running_agogd, settings_for
 from workers.heal_policy import HealPolicy
 from workers.health import PROJECT_LABEL, HealthWatcher
 
@@ -194,3 +197,35 @@ async def test_the_watcher_reconnects_when_the_engine_comes_back(
 
 async def _true(value: Any) -> bool:
     return bool(value)
+
+
+async def test_agogd_publishes_restarts_and_one_escalation(
+    container_engine: ContainerEngine,
+    docker: aiodocker.Docker,
+    nats_server: NatsServer,
+    pg_dsn: str,
+    nc: NATS,
+) -> None:
+    """The watch inside agogd: each action an orchestration event on NATS, and
+    the spent budget one escalation on agog.strategic.escalations.infra."""
+    events, _ = await collect(nc, "agog.orchestration.events.infra.>")
+    escalations, _ = await collect(nc, "agog.strategic.escalations.infra")
+    settings = settings_for(
+        nats_server.url,
+        pg_dsn,
+        docker_url=container_engine.url,
+        heal_projects=[PROJECT],
+        heal_budget=1,
+        heal_reconcile_interval=0.3,
+    )
+    async with running_agogd(settings) as daemon:
+        assert daemon.health is not None
+        name = await run_container(docker, ["sh", "-c", "echo bye; exit 4"])
+        await eventually(lambda: _true(escalations), 30)
+        await asyncio.sleep(1.0)
+    assert [e["subject"] for e in events if e["container"] == name][:2] == [
+        f"agog.orchestration.events.infra.restarted.{name}",
+        f"agog.orchestration.events.infra.escalated.{name}",
+    ]
+    assert len(escalations) == 1
+    assert escalations[0]["exit_code"] == 4 and escalations[0]["container"] == name

@@ -14,20 +14,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import re
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiodocker
 import aiohttp
+from nats.errors import Error as NatsError
 
+from orchestrator import store
 from orchestrator.logs import get_logger
 from workers.heal_policy import ContainerRecord, HealPolicy, decide, on_probe
+
+if TYPE_CHECKING:
+    from orchestrator.daemon import Daemon
 
 log = get_logger("agogd.health")
 
 PROJECT_LABEL = "com.docker.compose.project"
 Emit = Callable[[str, dict[str, Any]], Awaitable[None]]  # (event name, details)
+PUBLISH_ERRORS = (NatsError, OSError, TimeoutError)
+_SAFE = re.compile(r"[^A-Za-z0-9_-]")
 ENGINE_ERRORS = (aiodocker.DockerError, aiohttp.ClientError, OSError, asyncio.TimeoutError)
 
 
@@ -224,3 +233,46 @@ def _int(value: Any) -> int | None:
         return int(value)
     except (TypeError, ValueError):
         return None
+
+
+def install(daemon: Daemon) -> HealthWatcher | None:
+    """Register the health watch when compose projects are configured."""
+    settings, pipeline = daemon.settings, daemon.pipeline
+    if not settings.heal_projects:
+        return None
+    policy = HealPolicy(
+        unhealthy_probes=settings.heal_unhealthy_probes,
+        budget=settings.heal_budget,
+        window=settings.heal_window,
+        backoff_max=settings.heal_backoff_max,
+    )
+
+    async def emit(name: str, details: dict[str, Any]) -> None:
+        """An orchestration event per action; an escalation when the budget is spent."""
+        assert daemon.nc is not None
+        js = daemon.nc.jetstream()
+        target = _SAFE.sub("_", details["container"]) or "unknown"
+        payload = {"eventType": name, **details, "timestamp": store.now_iso()}
+        data = json.dumps(payload, default=str).encode()
+        event = name.split(".", 1)[1]
+        with contextlib.suppress(*PUBLISH_ERRORS):
+            await js.publish(pipeline.subject("infra_event", event=event, target=target), data)
+        if name == "container.escalated":
+            period = int(time.time() // policy.window)  # once per window, like the policy
+            key = f"escalation:container:{details['container_id']}:{period}"
+            with contextlib.suppress(*PUBLISH_ERRORS):
+                await js.publish(
+                    pipeline.subject("escalation", target="infra"),
+                    data,
+                    headers={"Nats-Msg-Id": key},
+                )
+
+    watcher = HealthWatcher(
+        settings.docker_url,
+        settings.heal_projects,
+        policy,
+        emit,
+        reconcile_interval=settings.heal_reconcile_interval,
+    )
+    daemon.add_service("health-watch", lambda d: watcher.run(d.stopping))
+    return watcher
