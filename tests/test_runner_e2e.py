@@ -39,6 +39,19 @@ print(json.dumps({"agent": assignment["agent"], "req_number": assignment["req_nu
 """
 
 
+def all_but_roy(a: dict[str, Any]) -> dict[str, Any] | None:
+    """External agents for every stage but Roy's, which the runner runs."""
+    return None if a["agent"] == "roy" else notice(a["agent"], a["req_number"])
+
+
+async def started(spawns: Path) -> None:
+    """Wait for the test agent's first spawn record."""
+    for _ in range(200):
+        if await asyncio.to_thread(spawns.exists):
+            return
+        await asyncio.sleep(0.05)
+
+
 def agent_command(tmp_path: Path, seconds: float) -> tuple[str, Path]:
     script = tmp_path / "agent.py"
     script.write_text(textwrap.dedent(AGENT))
@@ -88,10 +101,7 @@ async def test_a_redelivered_assignment_spawns_one_process(
 ) -> None:
     command, spawns = agent_command(tmp_path, seconds=1.5)
 
-    def others(a: dict[str, Any]) -> dict[str, Any] | None:
-        return None if a["agent"] == "roy" else notice(a["agent"], a["req_number"])
-
-    await ScriptedAgents(nc, others).start()
+    await ScriptedAgents(nc, all_but_roy).start()
     assignments, _ = await collect(nc, "agog.orchestration.events.stage.started.roy.>")
     settings = settings_for(
         nats_server.url,
@@ -102,10 +112,7 @@ async def test_a_redelivered_assignment_spawns_one_process(
     )
     async with running_agogd(settings):
         await submit(nc, "REQ-RUN-1")
-        for _ in range(200):
-            if spawns.exists():
-                break
-            await asyncio.sleep(0.05)
+        await started(spawns)
         assert assignments, "Roy's assignment never came"
         # The same assignment again, while Roy's process runs, and once more later.
         payload = {k: v for k, v in assignments[0].items() if k != "subject"}
@@ -132,10 +139,7 @@ async def test_a_redelivered_assignment_spawns_one_process(
 async def test_a_failing_agent_fails_the_stage_fast(
     nats_server: NatsServer, pg_dsn: str, nc: NATS, tmp_path: Path
 ) -> None:
-    def others(a: dict[str, Any]) -> dict[str, Any] | None:
-        return None if a["agent"] == "roy" else notice(a["agent"], a["req_number"])
-
-    await ScriptedAgents(nc, others).start()
+    await ScriptedAgents(nc, all_but_roy).start()
     settings = settings_for(
         nats_server.url,
         pg_dsn,
@@ -211,10 +215,7 @@ async def test_cancel_stops_the_running_agent(
 ) -> None:
     command, spawns = agent_command(tmp_path, seconds=600)  # would hang for ten minutes
 
-    def others(a: dict[str, Any]) -> dict[str, Any] | None:
-        return None if a["agent"] == "roy" else notice(a["agent"], a["req_number"])
-
-    await ScriptedAgents(nc, others).start()
+    await ScriptedAgents(nc, all_but_roy).start()
     settings = settings_for(
         nats_server.url,
         pg_dsn,
@@ -224,10 +225,7 @@ async def test_cancel_stops_the_running_agent(
     )
     async with running_agogd(settings):
         await submit(nc, "REQ-RUN-4")
-        for _ in range(200):
-            if spawns.exists():
-                break
-            await asyncio.sleep(0.05)
+        await started(spawns)
         assert spawns.exists(), "Roy's process never started"
         await nc.jetstream().publish(
             "agog.strategic.decisions.REQ-RUN-4",
