@@ -206,7 +206,13 @@ class HealthWatcher:
         }
         if decision == "restart":
             container = docker.containers.container(container_id)
-            await container.restart(timeout=10)
+            if reason == "unhealthy":
+                await container.restart(timeout=10)
+            else:
+                # A dead container only needs starting; a restart would first
+                # "stop" it, which can wait out the stop timeout while the
+                # engine is still cleaning up after the death.
+                await container.start()
             log.warning("health.restarted", **details)
             await self.emit("container.restarted", details)
         elif decision == "escalate":
