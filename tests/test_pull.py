@@ -26,7 +26,9 @@ async def _collect(feed: PullFeed, count: int, timeout: float = 20) -> list[Msg]
     async with asyncio.timeout(timeout):
         while len(got) < count:
             for msg in await feed.next_batch(timeout=1):
-                await msg.ack()
+                # Acked synchronously: a fire-and-forget ack can die with a
+                # server killed right after, and the message comes back.
+                await msg.ack_sync()
                 got.append(msg)
     return got
 
