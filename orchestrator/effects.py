@@ -58,12 +58,9 @@ def event_payload(
     return {**payload, **(extra or {})}
 
 
-def deployment(effects: list[Effect]) -> tuple[str | None, str | None, str | None] | None:
-    """(commit, by, at) of a MarkDeployed effect, for store.save_workflow."""
-    for effect in effects:
-        if isinstance(effect, MarkDeployed):
-            return effect.commit_sha, effect.deployed_by, effect.deployed_at
-    return None
+def deployment(effects: list[Effect]) -> MarkDeployed | None:
+    """The MarkDeployed effect, if any, for store.save_workflow."""
+    return next((e for e in effects if isinstance(e, MarkDeployed)), None)
 
 
 def stage_by_index(pipeline: Pipeline, index: int) -> Stage:

@@ -544,6 +544,7 @@ def completed_event(stage: Stage, notice: CompletionNotice) -> Completed:
         commit_sha=notice.commit_sha,
         deployed_by=notice.deployed_by,
         deployed_at=notice.deployed_at,
+        deployed=notice.deployed,
         summary=notice.summary,
     )
 

@@ -283,6 +283,8 @@ class CompletionNotice(BaseModel):
     commit_sha: str | None = None
     deployed_at: str | None = None
     deployed_by: str | None = None
+    # False: Berry committed and tested but did not deploy (no engine, rollback).
+    deployed: bool | None = None
     attempt: int | None = None
 
     @model_validator(mode="before")

@@ -27,6 +27,7 @@ FILE_STATUS = {
     "IN_PROGRESS": "IN_PROGRESS",
     "BLOCKED": "BLOCKED",
     "ESCALATED": "BLOCKED",
+    "COMPLETE": "COMPLETE",
     "DEPLOYED": "DEPLOYED",
     "CANCELLED": "CANCELLED",
 }
@@ -94,6 +95,8 @@ async def mirror(daemon: Daemon, file: OwnerRequestsFile) -> int:
     for row in rows:
         status = FILE_STATUS.get(row["status"], row["status"])
         extra: dict[str, str] = {}
+        if row["status"] == "COMPLETE" and row["commit_sha"]:
+            extra = {"Commit": row["commit_sha"]}
         if row["status"] == "DEPLOYED":
             extra = {
                 "Deployed At": row["deployed_at"].isoformat() if row["deployed_at"] else "",

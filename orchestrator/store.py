@@ -16,7 +16,7 @@ import asyncpg
 from nats.nuid import NUID
 
 from orchestrator.batch import BatchedConnection
-from orchestrator.workflow import Workflow
+from orchestrator.workflow import MarkDeployed, Workflow
 
 # Writes go through a BatchedConnection inside the engine (one round trip per
 # transition) and through a plain connection elsewhere; both work here.
@@ -115,19 +115,23 @@ def _locked(row: asyncpg.Record) -> Locked:
 async def save_workflow(
     conn: Conn,
     wf: Workflow,
-    deployed: tuple[str | None, str | None, str | None] | None = None,
+    deployed: MarkDeployed | None = None,
 ) -> None:
-    """Write the new state; ``deployed`` = (commit, by, at) records a deployment
-    in the same statement (two queued writes must not touch one row)."""
+    """Write the new state; ``deployed`` records the last stage's commit and,
+    if it deployed, the deployment, in the same statement (two queued writes
+    must not touch one row)."""
     sql = (
         "UPDATE workflow_state SET status = $2, current_stage = $3, budgets = $4::jsonb,"
         " version = version + 1, updated_at = now()"
     )
     args: tuple[Any, ...] = (wf.req, wf.status, wf.stage, dumps(wf.counters()))
     if deployed is not None:
-        commit_sha, deployed_by, deployed_at = deployed
-        sql += ", commit_sha = $5, deployed_by = $6, deployed_at = coalesce($7, now())"
-        args += (commit_sha, deployed_by, _parse_time(deployed_at))
+        if deployed.deployed:
+            sql += ", commit_sha = $5, deployed_by = $6, deployed_at = coalesce($7, now())"
+            args += (deployed.commit_sha, deployed.deployed_by, _parse_time(deployed.deployed_at))
+        else:
+            sql += ", commit_sha = $5"
+            args += (deployed.commit_sha,)
     await conn.execute(sql + " WHERE req_number = $1", *args)
 
 

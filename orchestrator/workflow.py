@@ -15,8 +15,12 @@ from typing import Any, Literal
 
 from orchestrator.registry import Pipeline, Stage
 
-Status = Literal["PENDING", "IN_PROGRESS", "BLOCKED", "ESCALATED", "DEPLOYED", "CANCELLED"]
-FINISHED: frozenset[str] = frozenset({"DEPLOYED", "CANCELLED"})
+# COMPLETE: the last stage finished without a deployment (committed and
+# tested, no container engine); never reported as DEPLOYED.
+Status = Literal[
+    "PENDING", "IN_PROGRESS", "BLOCKED", "ESCALATED", "COMPLETE", "DEPLOYED", "CANCELLED"
+]
+FINISHED: frozenset[str] = frozenset({"COMPLETE", "DEPLOYED", "CANCELLED"})
 NoticeStatus = Literal["COMPLETE", "BLOCKED", "FAILED", "IN_PROGRESS"]
 DecisionKind = Literal["APPROVE", "REQUEST_CHANGES", "RETRY", "CANCEL", "ESCALATE_HUMAN"]
 
@@ -88,7 +92,16 @@ class Completed:
     commit_sha: str | None = None
     deployed_by: str | None = None
     deployed_at: str | None = None
+    # None: deployed iff deployed_at is given; False: says it did not deploy.
+    deployed: bool | None = None
     summary: str = ""
+
+    @property
+    def did_deploy(self) -> bool:
+        """A deployment is only ever taken from the notice's own word."""
+        if self.deployed is not None:
+            return self.deployed and self.deployed_at is not None
+        return self.deployed_at is not None
 
 
 @dataclass(frozen=True)
@@ -152,9 +165,12 @@ class Escalate:
 
 @dataclass(frozen=True)
 class MarkDeployed:
+    """The last stage's outcome: the commit, and the deployment if there was one."""
+
     commit_sha: str | None
     deployed_by: str | None
     deployed_at: str | None
+    deployed: bool = True
 
 
 @dataclass(frozen=True)
@@ -265,10 +281,16 @@ def _advance(
     ]
     nxt = pipeline.next_stage(stage.index)
     if nxt is None:
-        done = replace(wf, status="DEPLOYED", blocked_reason=None)
+        deployed = ev.did_deploy
+        done = replace(wf, status="DEPLOYED" if deployed else "COMPLETE", blocked_reason=None)
         effects: list[Effect] = [
             *closing,
-            MarkDeployed(ev.commit_sha, ev.deployed_by or stage.agent, ev.deployed_at),
+            MarkDeployed(
+                ev.commit_sha,
+                ev.deployed_by or stage.agent,
+                ev.deployed_at if deployed else None,
+                deployed,
+            ),
             Emit("workflow", "completed"),
         ]
         effects += [DispatchFollowup(f.agent) for f in pipeline.followups_after(stage.agent)]

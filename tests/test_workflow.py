@@ -28,6 +28,8 @@ N = len(P.stages)
 
 def ok(stage: int, **kw: object) -> Completed:
     verdict = "APPROVED" if P.stage(stage).gate == "critique" else None
+    if P.stage(stage).gate == "deploy":
+        kw.setdefault("deployed_at", "2026-11-23T10:00:00Z")
     return Completed(
         stage=stage, attempt=None, status="COMPLETE", verdict=kw.pop("verdict", verdict), **kw
     )  # type: ignore[arg-type]
@@ -51,6 +53,18 @@ def test_happy_path_through_seven_stages_then_tim() -> None:
     assert [a for a, _ in dispatched(effects)] == [s.agent for s in P.stages]
     assert any(isinstance(e, MarkDeployed) for e in effects)
     assert [e.agent for e in effects if isinstance(e, DispatchFollowup)] == ["tim"]
+
+
+def test_berry_without_a_deployment_leaves_the_req_complete_not_deployed() -> None:
+    for last in (
+        Completed(N - 1, None, "COMPLETE", commit_sha="abc1234"),
+        Completed(N - 1, None, "COMPLETE", deployed=False, deployed_at="2026-11-23T10:00:00Z"),
+    ):
+        wf, effects = run([Start(), *[ok(i) for i in range(N - 1)], last])
+        assert wf.status == "COMPLETE" and wf.finished
+        (mark,) = [e for e in effects if isinstance(e, MarkDeployed)]
+        assert not mark.deployed and mark.deployed_at is None
+        assert [e.agent for e in effects if isinstance(e, DispatchFollowup)] == ["tim"]
 
 
 def test_sylvia_reject_then_approve() -> None:
@@ -154,6 +168,8 @@ def _event() -> st.SearchStrategy:
             verdict=st.sampled_from([None, "APPROVED", "APPROVED_WITH_CONDITIONS", "REJECTED"]),
             qa_passed=st.booleans(),
             rework_agents=st.lists(st.sampled_from(["roy", "jen", "bob"]), max_size=2).map(tuple),
+            deployed_at=st.sampled_from([None, "2026-11-23T10:00:00Z"]),
+            deployed=st.sampled_from([None, True, False]),
         ),
         st.builds(TimedOut, stage=stage, attempt=st.integers(1, 4)),
         st.builds(
@@ -179,6 +195,9 @@ def test_invariants_hold_for_any_event_sequence(events: list) -> None:
             continue
         if before.finished:
             assert wf == before, "a finished REQ never changes"
+        if wf.status == "DEPLOYED" and before.status != "DEPLOYED":
+            assert isinstance(ev, Completed) and ev.deployed is not False, "falsely DEPLOYED"
+            assert ev.deployed_at is not None, "DEPLOYED without a deployment"
         for eff in effects:
             if isinstance(eff, Dispatch):
                 prev = before.stage

@@ -14,6 +14,7 @@ import os
 import re
 import sys
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 _FIRST_JSON = re.compile(r"```json\n(.*?)\n```", re.DOTALL)
@@ -45,6 +46,7 @@ def answer(assignment: dict[str, Any], reject: set[str]) -> dict[str, Any]:
     elif agent == "berry":
         notice["commit_sha"] = "demo" + req.encode().hex()[-8:]
         notice["deployed_by"] = "berry (demo)"
+        notice["deployed_at"] = datetime.now(UTC).isoformat()
     return notice
 
 
