@@ -133,6 +133,39 @@ class Settings(BaseSettings):
     heal_backoff_max: float = Field(default=60.0, gt=0)
     heal_reconcile_interval: float = Field(default=10.0, gt=0)
 
+    # --- Berry's stage done natively (commit, test, deploy, rollback) ------
+    berry_mode: Literal["agent", "native"] = Field(
+        default="agent",
+        description="'native': agogd runs Berry's stage itself; 'agent': an agent process does.",
+    )
+    berry_workspace: Path | None = Field(
+        default=None, description="The git working tree Berry commits in and deploys from."
+    )
+    berry_author_name: str = "Berry (DevOps)"
+    berry_author_email: str = "berry@agogsaas.ai"
+    berry_coauthor_domain: str = "agogsaas.ai"
+    berry_test_command: str = Field(
+        default="", description="argv run in the workspace after the commit (split, no shell)."
+    )
+    berry_test_timeout: float = Field(default=1800.0, gt=0)
+    berry_compose_files: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["docker-compose.app.yml"],
+        description="Compose files (relative to the workspace) of the stack Berry deploys.",
+    )
+    berry_compose_project: str | None = None
+    berry_services: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Services to deploy and check (default: all)."
+    )
+    berry_health_urls: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="URLs that must answer 200 after a deploy."
+    )
+    berry_health_timeout: float = Field(default=120.0, gt=0)
+    berry_deploy_timeout: float = Field(default=600.0, gt=0)
+    berry_push_remote: str = Field(default="", description="git remote to push to ('' = none).")
+    berry_release_tag: str = Field(
+        default="", description="Tag template for a deployed REQ, e.g. 'release-{req}' ('' = none)."
+    )
+
     # --- HTTP, lifecycle, logging ----------------------------------------
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8090, ge=0, le=65535)
@@ -145,7 +178,16 @@ class Settings(BaseSettings):
     # --- embedded default (agogd dev) ------------------------------------
     data_dir: Path = Path(".agogd")
 
-    @field_validator("runner_agents", "runner_env", "demo_reject", "heal_projects", mode="before")
+    @field_validator(
+        "runner_agents",
+        "runner_env",
+        "demo_reject",
+        "heal_projects",
+        "berry_compose_files",
+        "berry_services",
+        "berry_health_urls",
+        mode="before",
+    )
     @classmethod
     def _split_names(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -168,6 +210,12 @@ class Settings(BaseSettings):
             if urlsplit(url).scheme not in ("nats", "tls", "ws", "wss"):
                 raise ValueError(f"{redact_url(url)} is not a nats://, tls://, ws:// or wss:// URL")
         return value
+
+    @field_validator("docker_url")
+    @classmethod
+    def _engine_off(cls, value: str) -> str:
+        """'none' or 'off' means no container engine (Berry then does not deploy)."""
+        return "" if value.strip().lower() in ("none", "off") else value.strip()
 
     @field_validator("log_level", "log_format", mode="before")
     @classmethod

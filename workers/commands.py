@@ -23,8 +23,14 @@ class CommandError(ValueError):
     """A runner setting that cannot work; said once at start-up."""
 
 
+def native_agents(settings: Settings) -> frozenset[str]:
+    """Agents whose stage agogd does itself instead of spawning a process."""
+    return frozenset({"berry"}) if settings.berry_mode == "native" else frozenset()
+
+
 def runner_stages(settings: Settings, pipeline: Pipeline) -> list[Stage]:
-    """The stages whose agents this process spawns (none unless configured)."""
+    """The stages this process runs: spawned agents, plus the native ones
+    (none unless configured)."""
     every = [*pipeline.stages, *pipeline.followups]
     wanted = {a.lower() for a in settings.runner_agents}
     if settings.demo and not wanted:
@@ -34,6 +40,7 @@ def runner_stages(settings: Settings, pipeline: Pipeline) -> list[Stage]:
     unknown = wanted - {s.agent for s in every}
     if unknown:
         raise CommandError(f"AGOG_RUNNER_AGENTS: unknown agents {sorted(unknown)}")
+    wanted |= native_agents(settings)
     return [s for s in every if s.agent in wanted]
 
 
@@ -75,6 +82,10 @@ def agent_env(settings: Settings) -> dict[str, str]:
 def check_runner(settings: Settings, pipeline: Pipeline) -> list[Stage]:
     """Validate the runner settings at start-up; CommandError says what is wrong."""
     stages = runner_stages(settings, pipeline)
+    native = native_agents(settings)
     for stage in stages:
-        agent_argv(settings, stage)
+        if stage.agent not in native:
+            agent_argv(settings, stage)
+    if native and settings.berry_workspace is None:
+        raise CommandError("AGOG_BERRY_MODE=native needs AGOG_BERRY_WORKSPACE (a git working tree)")
     return stages

@@ -150,25 +150,7 @@ class HealthWatcher:
                 await self._failed(docker, info["Id"], name, "unhealthy", None)
 
     async def _probe(self, docker: aiodocker.Docker, info: dict[str, Any]) -> bool | None:
-        """Healthy? None when the container has no health check at all."""
-        test = ((info.get("Config") or {}).get("Healthcheck") or {}).get("Test") or []
-        if not test or test[0] == "NONE":
-            return None
-        status = ((info.get("State") or {}).get("Health") or {}).get("Status")
-        if status in ("healthy", "unhealthy"):
-            return status == "healthy"  # the engine runs the check itself
-        cmd = test[1:] if test[0] == "CMD" else ["/bin/sh", "-c", " ".join(test[1:])]
-        try:
-            container = docker.containers.container(info["Id"])
-            execute = await container.exec(cmd, stdout=True, stderr=True)
-            async with asyncio.timeout(self.probe_timeout):
-                async with execute.start(detach=False) as stream:
-                    while await stream.read_out() is not None:
-                        pass
-                result = await execute.inspect()
-        except TimeoutError:
-            return False
-        return result.get("ExitCode") == 0
+        return await probe_health(docker, info, self.probe_timeout)
 
     async def _failed(
         self,
@@ -216,7 +198,7 @@ class HealthWatcher:
             log.warning("health.restarted", **details)
             await self.emit("container.restarted", details)
         elif decision == "escalate":
-            logs = await _last_lines(docker, container_id)
+            logs = await last_lines(docker, container_id)
             log.error("health.escalated", **details, budget=self.policy.budget)
             await self.emit(
                 "container.escalated",
@@ -226,7 +208,34 @@ class HealthWatcher:
             log.info("health.backing_off", **details)
 
 
-async def _last_lines(docker: aiodocker.Docker, container_id: str, lines: int = 20) -> list[str]:
+async def probe_health(
+    docker: aiodocker.Docker, info: dict[str, Any], timeout: float
+) -> bool | None:
+    """Healthy? From ``State.Health`` when the engine runs the check itself,
+    else by running the container's HEALTHCHECK through exec. None when the
+    container has no health check at all."""
+    test = ((info.get("Config") or {}).get("Healthcheck") or {}).get("Test") or []
+    if not test or test[0] == "NONE":
+        return None
+    status = ((info.get("State") or {}).get("Health") or {}).get("Status")
+    if status in ("healthy", "unhealthy"):
+        return status == "healthy"
+    cmd = test[1:] if test[0] == "CMD" else ["/bin/sh", "-c", " ".join(test[1:])]
+    try:
+        container = docker.containers.container(info["Id"])
+        execute = await container.exec(cmd, stdout=True, stderr=True)
+        async with asyncio.timeout(timeout):
+            async with execute.start(detach=False) as stream:
+                while await stream.read_out() is not None:
+                    pass
+            result = await execute.inspect()
+    except TimeoutError:
+        return False
+    return result.get("ExitCode") == 0
+
+
+async def last_lines(docker: aiodocker.Docker, container_id: str, lines: int = 20) -> list[str]:
+    """The container's last log lines (for escalations and failed deploys)."""
     with contextlib.suppress(*ENGINE_ERRORS):
         container = docker.containers.container(container_id)
         out = await container.log(stdout=True, stderr=True, tail=lines)

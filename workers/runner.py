@@ -17,6 +17,7 @@ import contextlib
 import json
 import os
 import socket
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -31,7 +32,8 @@ from orchestrator.logs import bound_context, get_logger
 from orchestrator.notices import NoticeError, extract_json, parse_notice, validate_req_id
 from orchestrator.pull import PullFeed
 from orchestrator.registry import Stage
-from workers.commands import agent_argv, agent_env, runner_stages
+from workers.berry import NativeBerry
+from workers.commands import agent_argv, agent_env, native_agents, runner_stages
 from workers.prompt import build_prompt
 from workers.supervise import ProcessResult, run_process
 
@@ -55,7 +57,10 @@ class Runner:
     def __init__(self, daemon: Daemon, stages: list[Stage]) -> None:
         self.daemon, self.settings, self.pipeline = daemon, daemon.settings, daemon.pipeline
         self.stages = stages
-        self.argv = {s.agent: agent_argv(self.settings, s) for s in stages}  # fails early
+        native = native_agents(self.settings)
+        # Both fail early on a setting that cannot work.
+        self.argv = {s.agent: agent_argv(self.settings, s) for s in stages if s.agent not in native}
+        self.berry = NativeBerry(daemon) if "berry" in native else None
         self.env = agent_env(self.settings)
         self.slots = asyncio.Semaphore(self.settings.runner_concurrency)
         self.name = f"{socket.gethostname()}:{os.getpid()}"
@@ -73,7 +78,7 @@ class Runner:
         log.info(
             "runner.consuming",
             agent=stage.agent,
-            argv0=self.argv[stage.agent][0],
+            argv0=self.argv[stage.agent][0] if stage.agent in self.argv else "(native)",
             demo=self.settings.demo or None,
         )
         try:
@@ -297,6 +302,13 @@ class Runner:
             log.info("agent.output", stream=stream, line=line)
 
         timeout = max(1.0, (deadline - datetime.now(UTC)).total_seconds())
+        if stage.agent not in self.argv:
+            try:
+                return await self._native(stage, assignment, previous, heartbeat, cancel, timeout)
+            finally:
+                self.cancels[req].discard(cancel)
+                if not self.cancels[req]:
+                    del self.cancels[req]
         argv = self.argv[stage.agent]
         log.info("agent.started", argv0=argv[0], timeout=round(timeout, 1))
         async with self.slots:
@@ -329,6 +341,58 @@ class Runner:
             reason=notice.get("reason"),
             killed=result.killed or None,
         )
+        return notice
+
+    async def _native(
+        self,
+        stage: Stage,
+        assignment: dict[str, Any],
+        previous: list[dict[str, Any]],
+        heartbeat: Callable[[], Awaitable[None]],
+        cancel: asyncio.Event,
+        timeout: float,
+    ) -> dict[str, Any]:
+        """A stage agogd does itself (Berry): heart-beat while it runs, stop it
+        at the deadline or on cancel, and always come back with a notice."""
+        assert self.berry is not None
+        log.info("agent.started", argv0="(native)", timeout=round(timeout, 1))
+
+        async def beat() -> None:
+            while True:
+                await asyncio.sleep(self.settings.runner_heartbeat_interval)
+                with contextlib.suppress(Exception):
+                    await heartbeat()
+
+        work = asyncio.ensure_future(self.berry.run(assignment, previous))
+        beater = asyncio.ensure_future(beat())
+        stopper = asyncio.ensure_future(cancel.wait())
+        reason: str | None = None
+        try:
+            async with self.slots:
+                done, _ = await asyncio.wait(
+                    {work, stopper}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                )
+            if work in done:
+                notice = work.result()
+            else:
+                reason = (
+                    "cancelled: the REQ was cancelled while berry ran"
+                    if stopper in done
+                    else f"deadline passed: berry's native stage ran over {timeout:.0f}s"
+                )
+        finally:
+            for task in (work, beater, stopper):
+                task.cancel()
+        if reason is not None:
+            notice = {
+                "agent": stage.agent,
+                "req_number": assignment["req_number"],
+                "attempt": assignment["attempt"],
+                "status": "FAILED",
+                "summary": reason,
+                "reason": reason,
+            }
+        log.info("agent.finished", status=notice["status"], reason=notice.get("reason"))
         return notice
 
     async def _publish(self, stage: Stage, req: str, attempt: int, notice: dict[str, Any]) -> None:

@@ -1,0 +1,136 @@
+"""A thin async adapter over the git CLI for Berry: argv only, never a shell.
+
+Paths reach git as ``:(literal)`` pathspecs after ``--``, so a file named
+like an option or a glob is only ever that file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+GIT_TIMEOUT = 120.0
+
+
+class GitError(RuntimeError):
+    """A git command failed; the message carries its stderr tail."""
+
+
+@dataclass(frozen=True)
+class Author:
+    name: str
+    email: str
+
+
+class GitRepo:
+    """One working tree, driven through the git CLI."""
+
+    def __init__(self, root: Path, author: Author, timeout: float = GIT_TIMEOUT) -> None:
+        self.root, self.author, self.timeout = root, author, timeout
+
+    def _env(self) -> dict[str, str]:
+        keep = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "SSH_AUTH_SOCK", "GIT_SSH_COMMAND")
+        env = {k: os.environ[k] for k in keep if k in os.environ}
+        env.setdefault("HOME", str(self.root))
+        return {
+            **env,
+            "GIT_AUTHOR_NAME": self.author.name,
+            "GIT_AUTHOR_EMAIL": self.author.email,
+            "GIT_COMMITTER_NAME": self.author.name,
+            "GIT_COMMITTER_EMAIL": self.author.email,
+            "GIT_TERMINAL_PROMPT": "0",  # a push never waits for a password
+        }
+
+    async def run(self, *args: str, stdin: str | None = None, check: bool = True) -> str:
+        """Run ``git -C root args``; returns stdout, raises GitError on failure."""
+        code, out, err = await self.call(*args, stdin=stdin)
+        if check and code != 0:
+            raise GitError(f"git {args[0]} failed ({code}): {err.strip()[-800:]}")
+        return out
+
+    async def call(self, *args: str, stdin: str | None = None) -> tuple[int, str, str]:
+        proc = await asyncio.create_subprocess_exec(
+            "git",
+            "-C",
+            str(self.root),
+            *args,
+            stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=self._env(),
+        )
+        try:
+            async with asyncio.timeout(self.timeout):
+                out, err = await proc.communicate(stdin.encode() if stdin is not None else None)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            raise GitError(f"git {args[0]} timed out after {self.timeout:.0f}s") from None
+        assert proc.returncode is not None
+        return proc.returncode, out.decode(errors="replace"), err.decode(errors="replace")
+
+    async def is_repo(self) -> bool:
+        code, out, _ = await self.call("rev-parse", "--is-inside-work-tree")
+        return code == 0 and out.strip() == "true"
+
+    async def head(self) -> str | None:
+        code, out, _ = await self.call("rev-parse", "--verify", "-q", "HEAD")
+        return out.strip() if code == 0 else None
+
+    async def tracked(self, path: str) -> bool:
+        code, _, _ = await self.call("ls-files", "--error-unmatch", "--", literal(path))
+        return code == 0
+
+    async def stage(self, paths: list[str]) -> None:
+        """Stage additions, changes and deletions of exactly these paths."""
+        if paths:
+            await self.run("add", "--all", "--", *[literal(p) for p in paths])
+
+    async def staged_files(self) -> list[str]:
+        out = await self.run("diff", "--cached", "--name-only", "-z")
+        return [p for p in out.split("\0") if p]
+
+    async def commit(self, message: str, paths: list[str]) -> str:
+        """Commit only these paths (anything else staged stays staged)."""
+        await self.run(
+            "commit", "--quiet", "--file=-", "--", *[literal(p) for p in paths], stdin=message
+        )
+        sha = await self.head()
+        assert sha is not None
+        return sha
+
+    async def find_commit(self, line: str) -> str | None:
+        """The newest commit whose message has exactly this line, if any."""
+        out = await self.run(
+            "log",
+            "--format=%H%n%B%x00",
+            "-n",
+            "50",
+            "--fixed-strings",
+            f"--grep={line}",
+            check=False,
+        )
+        for entry in out.split("\0"):
+            sha, _, body = entry.strip().partition("\n")
+            if sha and line in body.splitlines():
+                return sha
+        return None
+
+    async def files_in(self, sha: str) -> list[str]:
+        out = await self.run("show", "--name-only", "--format=", "-z", sha)
+        return [p for p in out.split("\0") if p.strip()]
+
+    async def parent(self, sha: str) -> str | None:
+        code, out, _ = await self.call("rev-parse", "--verify", "-q", f"{sha}^")
+        return out.strip() if code == 0 else None
+
+    async def branch(self) -> str | None:
+        code, out, _ = await self.call("symbolic-ref", "--short", "-q", "HEAD")
+        return out.strip() if code == 0 and out.strip() else None
+
+
+def literal(path: str) -> str:
+    """A pathspec that matches this one path, with no glob or magic."""
+    return f":(literal){path}"
