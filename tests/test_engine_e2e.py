@@ -284,3 +284,21 @@ async def test_duplicate_and_out_of_order_notices(
     reasons = " | ".join(r["reason"] for r in ignored)
     assert "stage 4" in reasons and "stage 0" in reasons
     assert len(await _rows(pg_dsn, "SELECT 1 FROM workflow_state")) == 1
+
+
+async def test_a_berry_notice_without_a_deployment_leaves_the_req_complete(
+    nats_server: NatsServer, nc: NATS, pg_dsn: str
+) -> None:
+    def script(assignment: dict[str, Any]) -> dict[str, Any]:
+        agent, req = assignment["agent"], assignment["req_number"]
+        if agent == "berry":  # committed and tested; no engine to deploy on
+            return notice(agent, req, deployed=False, deployed_at=None, commit_sha="c0ffee1")
+        return notice(agent, req)
+
+    agents = await ScriptedAgents(nc, script).start()
+    async with running_agogd(settings_for(nats_server.url, pg_dsn)):
+        await submit(nc, "REQ-NODEPLOY-1")
+        row = await wait_status(pg_dsn, "REQ-NODEPLOY-1", "COMPLETE")
+        await asyncio.sleep(0.5)  # Tim still documents it
+    assert row["commit_sha"] == "c0ffee1" and row["deployed_at"] is None
+    assert [a for a, _ in agents.agents_for("REQ-NODEPLOY-1")][-1] == "tim"
