@@ -37,6 +37,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PATH=/opt/agogd/bin:$PATH
 
+# git: Berry's native stage commits, tags and pushes through the git CLI.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends git ca-certificates openssh-client \
+    && rm -rf /var/lib/apt/lists/*
+
 # Unprivileged runtime user; its home holds agogd's working directory.
 RUN groupadd --system --gid 10001 agogd \
     && useradd --system --uid 10001 --gid 10001 --home-dir /var/lib/agogd \
