@@ -11,9 +11,12 @@ and each deployment is a row of ``berry_deployments`` keyed by
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import shlex
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -79,6 +82,7 @@ class NativeBerry:
             self.workspace, Author(settings.berry_author_name, settings.berry_author_email)
         )
         self.deployer = deployer_for(settings)
+        self._local_lock = asyncio.Lock()
         self.test_argv = (
             shlex.split(settings.berry_test_command) if settings.berry_test_command else []
         )
@@ -97,7 +101,8 @@ class NativeBerry:
             "deployed": False,
         }
         try:
-            result = await self._steps(req, attempt, assignment, previous, notice)
+            async with self._workspace_lock():
+                result = await self._steps(req, attempt, assignment, previous, notice)
         except BerryStop as stop:
             notice.update(status=stop.status, summary=stop.reason, reason=stop.reason, **stop.extra)
             level = log.warning if stop.status == "BLOCKED" else log.error
@@ -162,6 +167,20 @@ class NativeBerry:
         # 7. Push and tag, when configured.
         result["release"] = await self._release(req, sha, deployed)
         return result
+
+    @contextlib.asynccontextmanager
+    async def _workspace_lock(self) -> AsyncIterator[None]:
+        """One Berry run per workspace at a time, across every agogd replica:
+        two runs would fight over git's index and the same compose project."""
+        pool = self.daemon.pool
+        assert pool is not None
+        key = f"berry:{self.workspace}"
+        async with self._local_lock, pool.acquire() as conn:
+            await conn.execute("SELECT pg_advisory_lock(hashtext($1))", key)
+            try:
+                yield
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock(hashtext($1))", key)
 
     # --- steps -------------------------------------------------------------------
     async def _checked_paths(self, listed: list[object]) -> list[str]:

@@ -64,9 +64,11 @@ class GitRepo:
         try:
             async with asyncio.timeout(self.timeout):
                 out, err = await proc.communicate(stdin.encode() if stdin is not None else None)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
+        except (TimeoutError, asyncio.CancelledError) as exc:
+            proc.kill()  # a cancelled stage leaves no git behind
+            await asyncio.shield(proc.wait())
+            if isinstance(exc, asyncio.CancelledError):
+                raise
             raise GitError(f"git {args[0]} timed out after {self.timeout:.0f}s") from None
         assert proc.returncode is not None
         return proc.returncode, out.decode(errors="replace"), err.decode(errors="replace")
