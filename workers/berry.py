@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 
 from orchestrator.logs import get_logger
+from orchestrator.metrics import BERRY_DEPLOYS
 from orchestrator.settings import Settings
 from workers.berry_plan import (
     StageDeliverable,
@@ -148,6 +149,7 @@ class NativeBerry:
             )
         # 5-6. The deployment, rolled back if it is not healthy.
         deploy = await self._deploy(req, attempt, sha)
+        BERRY_DEPLOYS.labels(outcome=deploy["outcome"]).inc()
         notice["deploy"] = deploy
         if deploy["outcome"] == "failed":
             raise BerryStop("FAILED", deploy["reason"], deploy=deploy)

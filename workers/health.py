@@ -26,6 +26,7 @@ from nats.errors import Error as NatsError
 
 from orchestrator import store
 from orchestrator.logs import get_logger
+from orchestrator.metrics import CONTAINER_RESTARTS
 from workers.heal_policy import ContainerRecord, HealPolicy, decide, on_probe
 
 if TYPE_CHECKING:
@@ -195,6 +196,7 @@ class HealthWatcher:
                 # "stop" it, which can wait out the stop timeout while the
                 # engine is still cleaning up after the death.
                 await container.start()
+            CONTAINER_RESTARTS.labels(container=name).inc()
             log.warning("health.restarted", **details)
             await self.emit("container.restarted", details)
         elif decision == "escalate":
