@@ -83,7 +83,29 @@ async def get_req(request: web.Request) -> web.Response:
     return web.json_response(json.loads(json.dumps(body, default=str)))
 
 
+async def infra_report(request: web.Request) -> web.Response:
+    """Build and publish Miki's infrastructure report now; returns it.
+    Body (optional): ``{"feature": "nats-fix"}``."""
+    denied = _authorized(request)
+    if denied:
+        return denied
+    from workers.infra_report import DEFAULT_FEATURE, publish_report
+
+    daemon: Daemon = request.app[DAEMON_KEY]
+    body = await request.read()
+    try:
+        fields = json.loads(body) if body.strip() else {}
+    except ValueError:
+        return _error(400, "the body is not JSON")
+    feature = fields.get("feature") if isinstance(fields, dict) else None
+    if not isinstance(fields, dict) or not isinstance(feature or "", str):
+        return _error(400, 'the body is a JSON object such as {"feature": "nats-fix"}')
+    result = await publish_report(daemon, feature or DEFAULT_FEATURE, reason="api")
+    return web.json_response(json.loads(json.dumps(result, default=str)))
+
+
 def install(app: web.Application, daemon: Daemon) -> None:
     app[DAEMON_KEY] = daemon
     app.router.add_post("/api/reqs", submit_req)
     app.router.add_get("/api/reqs/{req}", get_req)
+    app.router.add_post("/api/infra/report", infra_report)

@@ -85,6 +85,7 @@ def _call(
     path: str,
     body: dict[str, object] | None = None,
     token: str | None = None,
+    timeout: float = 10,
 ) -> tuple[int, dict[str, object]]:
     """One JSON request to agogd; exits 3 when agogd cannot be reached."""
     data = json.dumps(body).encode() if body is not None else None
@@ -93,7 +94,7 @@ def _call(
     if token:
         request.add_header("Authorization", f"Bearer {token}")
     try:
-        with urllib.request.urlopen(request, timeout=10) as resp:
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
             return resp.status, json.loads(resp.read() or b"{}")
     except urllib.error.HTTPError as exc:
         try:
@@ -178,3 +179,34 @@ def req_show(ctx: click.Context, req_number: str, as_json: bool) -> None:
             f"  {attempt['stage']}  {attempt['agent']:<8} #{attempt['attempt']}  "
             f"{attempt['status']:<10} {attempt.get('reason') or ''}"
         )
+
+
+@main.group()
+def infra() -> None:
+    """Miki's infrastructure report."""
+
+
+@infra.command("report")
+@click.option("--feature", default="infra", show_default=True, help="Names the report's subject.")
+@click.option(
+    "--token", envvar="AGOG_API_TOKEN", default=None, help="API token (default: AGOG_API_TOKEN)."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON.")
+@click.pass_context
+def infra_report(ctx: click.Context, feature: str, token: str | None, as_json: bool) -> None:
+    """Build and publish the infrastructure report on agog.deliverables.miki.devops.<feature>,
+    and print it. Exit 0 when all is well, 1 when it found problems or was not published."""
+    url = discover_url(ctx.obj["url"])
+    status, body = _call(
+        url, "POST", "/api/infra/report", {"feature": feature}, token or local_token(url), 180
+    )
+    if status >= 300:
+        click.echo(f"agogctl: {body.get('error', status)}", err=True)
+        sys.exit(1)
+    if as_json:
+        click.echo(json.dumps(body, indent=2))
+    else:
+        from workers.infra_report import render_text
+
+        click.echo(render_text(body))
+    sys.exit(0 if body.get("published") and body.get("verdict") == "ok" else 1)

@@ -61,13 +61,14 @@ class Daemon:
         # this process is only an agent runner (`agogd runner`).
         from orchestrator import api
         from orchestrator import engine as workflow_engine
-        from workers import health, runner
+        from workers import health, infra_report, runner
 
         self.engine = workflow_engine.install(self) if engine else None
         if self.engine is not None:
             api.install(self.http.app, self)
         self.runner = runner.install(self)
         self.health = health.install(self)
+        self.infra_reports = infra_report.install(self)
 
     # --- public API --------------------------------------------------------
     def add_service(self, name: str, service: Service) -> None:

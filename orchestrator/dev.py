@@ -102,6 +102,8 @@ def run_dev(settings: Settings) -> int:
                 "postgres_password": None,
                 "http_port": _choose_port("http", previous, http_wanted),
                 "api_token": settings.api_token or SecretStr(dev_token(data_dir)),
+                "infra_data_dirs": settings.infra_data_dirs
+                or [str(nats.data_dir), str(postgres.data_dir)],
             }
         )
         daemon = Daemon(run_settings)

@@ -200,6 +200,8 @@ class Pipeline:
                 out.append(self.subject("stage_event", event=event, agent=stage.agent, req=req))
         for reporter in self.reporters:
             out.append(self.deliverable_subject(reporter, "infra"))
+        if "infra_report_request" in self.subjects:
+            out.append(self.subject("infra_report_request", feature="infra"))
         for event in ("started", "resumed", "completed", "failed"):
             out.append(self.subject("workflow_event", event=event, req=req))
         out.append(self.subjects["rejection"])

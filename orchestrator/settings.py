@@ -133,6 +133,21 @@ class Settings(BaseSettings):
     heal_backoff_max: float = Field(default=60.0, gt=0)
     heal_reconcile_interval: float = Field(default=10.0, gt=0)
 
+    # --- infrastructure report (Miki) ---------------------------------------
+    infra_compose_files: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Compose files (comma-separated, one project each) that the infrastructure"
+        " report checks containers' mounts and networks against.",
+    )
+    infra_data_dirs: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Data directories (comma-separated) whose disk use the infrastructure"
+        " report shows (`agogd dev`: its own nats and postgres directories).",
+    )
+    infra_report_timeout: float = Field(
+        default=30.0, gt=0, description="Seconds each part of the infrastructure report may take."
+    )
+
     # --- Berry's stage done natively (commit, test, deploy, rollback) ------
     berry_mode: Literal["agent", "native"] = Field(
         default="agent",
@@ -190,6 +205,13 @@ class Settings(BaseSettings):
     )
     @classmethod
     def _split_names(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+    @field_validator("infra_compose_files", "infra_data_dirs", mode="before")
+    @classmethod
+    def _split_paths(cls, value: Any) -> Any:
         if isinstance(value, str):
             return [v.strip() for v in value.split(",") if v.strip()]
         return value
