@@ -146,7 +146,9 @@ async def test_postgres_restart_under_a_running_daemon(
         d.wait_ready()
         pg.stop()
         d.wait_not_ready()
-        assert d.get("/readyz")[1]["checks"]["postgres"] == "failing"
+        d.wait_for(
+            lambda: d.get("/readyz")[1]["checks"]["postgres"] == "failing", 30, "postgres failing"
+        )
         pg.start()
         d.wait_ready()
     finally:
