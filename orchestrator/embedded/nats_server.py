@@ -32,8 +32,13 @@ class NatsServer:
         monitor_port: int = 0,
         host: str = "127.0.0.1",
         max_payload: int = DEFAULT_MAX_PAYLOAD,
+        extra_config: str = "",
+        scheme: str = "nats",
     ) -> None:
+        """``extra_config`` is appended to the generated config (authorization,
+        tls or cluster blocks); ``scheme`` is ``tls`` for a TLS-only server."""
         self.data_dir = Path(data_dir).resolve()
+        self.extra_config, self.scheme = extra_config, scheme
         self.host = host
         self.port = port or free_port(host)
         self.monitor_port = monitor_port or free_port(host)
@@ -42,7 +47,7 @@ class NatsServer:
 
     @property
     def url(self) -> str:
-        return f"nats://{self.host}:{self.port}"
+        return f"{self.scheme}://{self.host}:{self.port}"
 
     @property
     def log_file(self) -> Path:
@@ -65,6 +70,7 @@ class NatsServer:
                     f"max_payload: {self.max_payload}",
                     f"pid_file: {json.dumps(str(self.pid_file))}",
                     f"jetstream {{ store_dir: {json.dumps(str(self.data_dir / 'jetstream'))} }}",
+                    self.extra_config,
                     "",
                 ]
             )
