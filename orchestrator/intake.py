@@ -6,13 +6,12 @@ gives one workflow.
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from orchestrator import store
+from orchestrator import store, strict_json
 from orchestrator.notices import validate_req_id
 
 _PRIORITY = re.compile(r"^\s*[Pp]?([0-3])\s*$")
@@ -91,8 +90,8 @@ def json_object(data: bytes, max_bytes: int, what: str) -> dict[str, Any]:
     if len(data) > max_bytes:
         raise IntakeError("too_large", f"{len(data)} bytes > limit {max_bytes}")
     try:
-        raw = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
+        raw = strict_json.loads(data)
+    except ValueError as exc:
         raise IntakeError("invalid_json", str(exc)) from None
     if not isinstance(raw, dict):
         raise IntakeError("wrong_schema", f"{what} is a JSON object")

@@ -26,11 +26,12 @@ Design: two single passes, because outputs run to megabytes and may be hostile (
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable, Iterator
 from itertools import islice, pairwise
 from typing import Any
+
+from orchestrator import strict_json
 
 __all__ = ["NoNotice", "extract_notice"]
 
@@ -146,11 +147,7 @@ def _load_object(text: str) -> dict[str, Any] | None:
     RecursionError covers absurdly deep nesting.
     """
     try:
-        value = json.loads(text, parse_constant=_no_constants)
-    except (ValueError, RecursionError):
+        value = strict_json.loads(text)
+    except ValueError:
         return None
     return value if isinstance(value, dict) else None
-
-
-def _no_constants(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")

@@ -14,10 +14,11 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Collection, Iterable, Mapping
-from typing import Any, Literal, NoReturn
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
+from orchestrator import strict_json
 from orchestrator.notice_extract import NoNotice, extract_notice
 
 __all__ = [
@@ -114,16 +115,7 @@ class NoticeError(ValueError):
 _MAX_DEPTH = 32  # deeper payloads are refused rather than risk recursion later
 
 
-def _reject_constant(name: str) -> NoReturn:
-    raise ValueError(f"{name} is not JSON (it cannot be stored)")
-
-
-def _loads(text: str) -> Any:
-    """json.loads without NaN/Infinity; absurd nesting is a ValueError, not a crash."""
-    try:
-        return json.loads(text, parse_constant=_reject_constant)
-    except RecursionError:
-        raise ValueError("JSON nested too deeply") from None
+_loads = strict_json.loads
 
 
 def _load_object(text: str) -> dict[str, Any] | None:

@@ -26,7 +26,7 @@ from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from orchestrator import store
+from orchestrator import store, strict_json
 from orchestrator.backoff import delays
 from orchestrator.logs import bound_context, get_logger
 from orchestrator.notices import NoticeError, extract_json, parse_notice, validate_req_id
@@ -438,8 +438,8 @@ class Runner:
 def parse_assignment(data: bytes, stage: Stage) -> dict[str, Any]:
     """The assignment as a dict, checked; BadAssignment says what is wrong."""
     try:
-        value = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
+        value = strict_json.loads(data)
+    except ValueError as exc:
         raise BadAssignment(f"not JSON: {exc}") from None
     if not isinstance(value, dict):
         raise BadAssignment("not a JSON object")
