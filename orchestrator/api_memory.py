@@ -1,0 +1,83 @@
+"""``GET /api/memory/search``: hybrid recall over the deliverable memory.
+
+Query parameters: ``q`` (the text, required), ``agent`` and ``kind``
+(comma-separated), ``req``, ``max_age_days``, ``limit`` (1 to 100, default
+10) and ``mode`` (auto, hybrid, vector, fulltext). The answer holds the mode
+actually used, why it is not hybrid when it is not, and the ranked results
+with their fused score, cosine similarity and full-text rank. A read: open
+unless ``AGOG_API_READ_AUTH`` asks for the token (orchestrator.api).
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from orchestrator.api_common import ApiError, daemon_of, json_ok, pool_of
+from orchestrator.memory.model import KINDS, Filters, QueryError
+from orchestrator.memory.recall import recall
+from orchestrator.notices import validate_req_id
+
+LIMIT_MAX = 100
+
+
+def _names(raw: str) -> tuple[str, ...]:
+    return tuple(v.strip().lower() for v in raw.split(",") if v.strip())
+
+
+def parse(query: web.MultiDictProxy[str]) -> tuple[str, Filters, int, str]:
+    """(text, filters, limit, mode) from the query string, else ApiError(400)."""
+    text = query.get("q", "")
+    kinds = _names(query.get("kind", ""))
+    unknown = [k for k in kinds if k not in KINDS]
+    if unknown:
+        raise ApiError(400, f"unknown kind {', '.join(unknown)}; kinds are {', '.join(KINDS)}")
+    req = query.get("req") or None
+    if req is not None:
+        try:
+            req = validate_req_id(req)
+        except ValueError as exc:
+            raise ApiError(400, str(exc)) from None
+    age = query.get("max_age_days")
+    try:
+        max_age = float(age) if age else None
+        limit = int(query.get("limit", "10"))
+    except ValueError:
+        raise ApiError(400, "max_age_days and limit are numbers") from None
+    if max_age is not None and max_age <= 0:
+        raise ApiError(400, "max_age_days must be positive")
+    if not 1 <= limit <= LIMIT_MAX:
+        raise ApiError(400, f"limit must be between 1 and {LIMIT_MAX}")
+    filters = Filters(
+        agents=_names(query.get("agent", "")), kinds=kinds, req_number=req, max_age_days=max_age
+    )
+    return text, filters, limit, query.get("mode", "auto")
+
+
+async def search(request: web.Request) -> web.Response:
+    daemon = daemon_of(request)
+    memory = getattr(daemon, "memory", None)
+    if memory is None:
+        raise ApiError(503, "the deliverable memory runs where the engine runs, not here")
+    text, filters, limit, mode = parse(request.query)
+    async with pool_of(request).acquire() as conn:
+        try:
+            result = await recall(
+                conn,
+                text,
+                provider=memory.provider,
+                filters=filters,
+                limit=limit,
+                mode=mode,
+                tuning=memory.tuning,
+            )
+        except QueryError as exc:
+            raise ApiError(400, str(exc)) from None
+    body = result.as_dict()
+    body["provider"] = memory.provider_name
+    for item in body["results"]:
+        item.pop("parent_hash", None)
+    return json_ok(body)
+
+
+def install(app: web.Application) -> None:
+    app.router.add_get("/api/memory/search", search)

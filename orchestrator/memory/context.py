@@ -1,0 +1,194 @@
+"""The memories each stage assignment carries, computed off the hot path.
+
+For a REQ, the query is its own requirement: the stored embedding of its
+requirement memory (so no provider call is ever needed here) and the words
+of its title and requirement lines. Candidates come from the vector and
+full-text searches, fused by RRF, excluding the REQ's own memories; each
+stage then picks its top-k by its policy (``policy``). The result is kept in
+``memory_context``, one row per REQ:
+
+* the memory service computes it for every live REQ soon after intake,
+  again once the requirement's embedding exists (full text -> hybrid), and
+  again when it is older than ``memory_context_ttl``;
+* the engine reads only the next stage's picks, in the query that locks the
+  workflow row (no extra round trip); a dispatch that finds none (a race
+  with intake, a rework to an earlier stage) computes the context itself,
+  in a savepoint, with the database alone.
+
+A failure here never fails a transition: the assignment then goes out with
+no memories, and the warning says why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import asyncpg
+
+from orchestrator.batch import BatchedConnection
+from orchestrator.logs import get_logger
+from orchestrator.memory import capture, policy
+from orchestrator.memory.fusion import rrf
+from orchestrator.memory.model import Filters
+from orchestrator.memory.recall import Tuning, candidates
+
+if TYPE_CHECKING:
+    from orchestrator.daemon import Daemon
+
+log = get_logger("agogd.memory")
+
+LIVE = ("PENDING", "IN_PROGRESS", "BLOCKED", "ESCALATED")
+SOURCE_SQL = (
+    "SELECT ws.title, ws.requirement::text AS requirement,"
+    " (SELECT m.embedding FROM memories m WHERE m.req_number = ws.req_number"
+    "  AND m.memory_type = 'requirement' AND m.embedding IS NOT NULL"
+    "  ORDER BY m.chunk_index LIMIT 1) AS vector"
+    " FROM workflow_state ws WHERE ws.req_number = $1"
+)
+STORE_SQL = (
+    "INSERT INTO memory_context (req_number, picks, mode, candidates, computed_at)"
+    " VALUES ($1, $2::jsonb, $3, $4, now()) ON CONFLICT (req_number) DO UPDATE"
+    " SET picks = EXCLUDED.picks, mode = EXCLUDED.mode, candidates = EXCLUDED.candidates,"
+    " computed_at = now()"
+)
+STALE_SQL = (
+    "SELECT ws.req_number FROM workflow_state ws"
+    " LEFT JOIN memory_context mc ON mc.req_number = ws.req_number"
+    " WHERE ws.status = ANY($1::text[]) AND (mc.req_number IS NULL"
+    "  OR mc.computed_at < now() - make_interval(secs => $2)"
+    "  OR (mc.mode IN ('fulltext', 'none') AND EXISTS (SELECT 1 FROM memories m"
+    "   WHERE m.req_number = ws.req_number AND m.memory_type = 'requirement'"
+    "   AND m.embedding_status = 'done')))"
+    " ORDER BY mc.computed_at NULLS FIRST, ws.created_at LIMIT $3"
+)
+
+
+@dataclass(frozen=True)
+class Context:
+    picks: dict[str, list[dict[str, Any]]]
+    mode: str  # hybrid, vector, fulltext, or none (nothing to recall on)
+    candidates: int
+
+
+@dataclass(frozen=True)
+class Recaller:
+    """Computes and serves per-REQ contexts for one pipeline."""
+
+    stages: tuple[tuple[int, str], ...]  # (index, agent) of every stage and follow-up
+    top_k: int = 5
+    tuning: Tuning = field(default_factory=Tuning)
+    # When a dispatch computes the context itself: candidates per method kept
+    # within HNSW's default ef_search, so that path needs no SET round trip.
+    dispatch_tuning: Tuning = field(default_factory=lambda: Tuning(candidates=40, ef_search=40))
+
+    async def compute(self, conn: asyncpg.Connection, req: str, tuning: Tuning) -> Context | None:
+        """The REQ's context from the database alone; None if the REQ is unknown."""
+        row = await conn.fetchrow(SOURCE_SQL, req)
+        if row is None:
+            return None
+        requirement = json.loads(row["requirement"]) if row["requirement"] else {}
+        text = capture.query_text(row["title"] or "", requirement) or None
+        vector = row["vector"]
+        if vector is None and text is None:
+            return Context({str(i): [] for i, _ in self.stages}, "none", 0)
+        by_vector, by_text = await candidates(
+            conn,
+            Filters(exclude_req=req),
+            tuning.candidates,
+            vector=vector,
+            text=text,
+            tuning=tuning,
+        )
+        hits = rrf(by_vector, by_text)
+        mode = "fulltext" if vector is None else "hybrid" if text else "vector"
+        items = [h.as_item() for h in hits]
+        return Context(policy.picks_by_stage(items, self.stages, self.top_k), mode, len(items))
+
+    async def store(self, conn: Any, req: str, context: Context) -> None:
+        """Upsert (queued, in the engine's transaction)."""
+        await conn.execute(
+            STORE_SQL, req, json.dumps(context.picks, default=str), context.mode, context.candidates
+        )
+
+    async def refresh(self, conn: asyncpg.Connection, req: str) -> Context | None:
+        context = await self.compute(conn, req, self.tuning)
+        if context is not None:
+            await self.store(conn, req, context)
+        return context
+
+    async def for_dispatch(
+        self,
+        conn: Any,
+        req: str,
+        stage: int,
+        recalled: tuple[int, Any] | None,
+    ) -> list[dict[str, Any]]:
+        """The memories for a stage assignment, inside the engine's transaction.
+
+        ``recalled`` is (stage, picks) as read with the workflow lock; when it is
+        for another stage or there was no context, it is computed here."""
+        if self.top_k <= 0:
+            return []
+        if recalled is not None and recalled[0] == stage and isinstance(recalled[1], list):
+            return recalled[1]
+        raw = conn.conn if isinstance(conn, BatchedConnection) else conn
+        try:
+            async with raw.transaction():  # a savepoint: a failure here leaves the rest intact
+                context = await self.compute(raw, req, self.dispatch_tuning)
+        except (asyncpg.PostgresError, ValueError, KeyError) as exc:
+            log.warning("memory.recall_failed", req_number=req, stage=stage, error=repr(exc))
+            return []
+        if context is None:
+            return []
+        await self.store(conn, req, context)
+        return context.picks.get(str(stage), [])
+
+
+async def refresh_loop(
+    daemon: Daemon,
+    recaller: Recaller,
+    wake: asyncio.Event,
+    *,
+    ttl: float,
+    interval: float,
+    min_gap: float = 0.5,
+    batch: int = 50,
+) -> None:
+    """Keep live REQs' contexts fresh until the daemon stops."""
+    assert daemon.pool is not None
+    pool = daemon.pool
+    while not daemon.stopping.is_set():
+        wake.clear()
+        try:
+            done = await _refresh_some(pool, recaller, ttl, batch)
+            daemon.states.set("memory.context", "ok", "debug")
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            daemon.states.set(
+                "memory.context", "failing", "warning", cause=type(exc).__name__, error=str(exc)
+            )
+            done = 0
+        if done >= batch:
+            await asyncio.sleep(0)  # more are waiting
+            continue
+        await asyncio.sleep(min_gap)  # wake-ups come with every transition: coalesce them
+        waiters = [
+            asyncio.ensure_future(daemon.stopping.wait()),
+            asyncio.ensure_future(wake.wait()),
+        ]
+        _, pending = await asyncio.wait(
+            waiters, timeout=interval, return_when=asyncio.FIRST_COMPLETED
+        )
+        for task in pending:
+            task.cancel()
+
+
+async def _refresh_some(pool: asyncpg.Pool, recaller: Recaller, ttl: float, batch: int) -> int:
+    reqs: Sequence[asyncpg.Record] = await pool.fetch(STALE_SQL, list(LIVE), ttl, batch)
+    for row in reqs:
+        async with pool.acquire() as conn:
+            await recaller.refresh(conn, row["req_number"])
+    return len(reqs)

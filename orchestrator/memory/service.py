@@ -1,0 +1,165 @@
+"""The deliverable memory inside agogd: provider, writer, recaller and services.
+
+``install(daemon)`` (where the engine runs) builds the provider from the
+settings and registers:
+
+* a start-up check, before /readyz turns 200: the vector column's dimension
+  against the provider's (``dimension``), or a clear refusal;
+* ``memory-listen``: LISTEN ``agogd_memory``, waking the two services below
+  when a transaction wrote memories;
+* ``memory-embedder`` (unless the provider is ``none``): embeds pending rows,
+  and backfills after an outage (``embedder``);
+* ``memory-context``: per-REQ recall for assignments (``context``);
+* ``memory-retention``: pruning by age and count per kind (``prune``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import TYPE_CHECKING, Any
+
+import asyncpg
+
+from orchestrator.embeddings.base import EmbeddingProvider, EmbeddingUnavailable
+from orchestrator.logs import get_logger
+from orchestrator.memory import context, dimension, prune
+from orchestrator.memory.embedder import Embedder
+from orchestrator.memory.hooks import Bound
+from orchestrator.memory.model import PENDING_CHANNEL
+from orchestrator.memory.recall import Tuning
+from orchestrator.memory.writes import Writer
+
+if TYPE_CHECKING:
+    from orchestrator.daemon import Daemon
+    from orchestrator.settings import Settings
+
+log = get_logger("agogd.memory")
+
+
+def make_provider(settings: Settings) -> EmbeddingProvider | None:
+    from orchestrator.embeddings import make_provider as factory
+
+    return factory(settings)
+
+
+class Memory:
+    """The memory of one agogd: what the engine, the API and the services share."""
+
+    def __init__(self, settings: Settings, stages: tuple[tuple[int, str], ...]) -> None:
+        self.settings = settings
+        self.problem: str | None = None
+        try:
+            self.provider = make_provider(settings)
+        except Exception as exc:  # e.g. the local model is not installed
+            self.provider, self.problem = None, str(exc)
+        limit = settings.memory_chunk_chars
+        if self.provider is not None:
+            limit = min(limit, self.provider.max_input_chars)
+        self.writer = Writer(limit, settings.memory_max_chunks)
+        self.tuning = Tuning(
+            candidates=settings.memory_recall_candidates,
+            exact_limit=settings.memory_exact_limit,
+            ef_search=settings.memory_ef_search,
+        )
+        self.recaller = context.Recaller(stages, settings.memory_top_k, self.tuning)
+        self.context_wake = asyncio.Event()
+        self.embedder = (
+            Embedder(
+                self.provider,
+                batch=settings.memory_embed_batch,
+                interval=settings.memory_embed_interval,
+                retry_max=settings.memory_embed_retry_max,
+                on_embedded=lambda _reqs: self.context_wake.set(),
+            )
+            if self.provider is not None
+            else None
+        )
+
+    async def startup_check(self, daemon: Daemon) -> None:
+        """Refuse to start on a missing model or a dimension mismatch."""
+        from orchestrator.daemon import StartupError
+
+        if self.problem is not None:
+            raise StartupError(f"embedding provider: {self.problem}")
+        if self.embedder is None:
+            log.info(
+                "memory.embeddings_off",
+                note="AGOG_EMBEDDING_PROVIDER=none: memories are stored pending and recall"
+                " is full text only",
+            )
+            return
+        assert daemon.pool is not None
+        try:
+            async with daemon.pool.acquire() as conn:
+                await self.embedder.check_dimension(conn)
+        except dimension.DimensionMismatch as exc:
+            raise StartupError(str(exc)) from exc
+        except EmbeddingUnavailable as exc:
+            # e.g. an Ollama model whose size is unknown until it answers: the
+            # embedder checks before it writes its first vector.
+            log.info("memory.dimension_deferred", provider=self.provider_name, reason=exc.reason)
+
+    def bind(self, title: str = "", recalled: tuple[int, Any] | None = None) -> Bound:
+        """The memory for one transition of one REQ (see ``hooks``)."""
+        return Bound(self.writer, self.recaller, title, recalled)
+
+    @property
+    def provider_name(self) -> str:
+        return self.provider.name if self.provider is not None else "none"
+
+    async def listen(self, daemon: Daemon) -> None:
+        """Wake the embedder and the context service on NOTIFY agogd_memory."""
+
+        def wake(*_: object) -> None:
+            self.context_wake.set()
+            if self.embedder is not None:
+                self.embedder.wake.set()
+
+        while not daemon.stopping.is_set():
+            conn: asyncpg.Connection | None = None
+            try:
+                conn = await asyncpg.connect(daemon.settings.dsn(), timeout=5)
+                await conn.add_listener(PENDING_CHANNEL, wake)
+                wake()  # rows may have come while nobody listened
+                while not conn.is_closed() and not daemon.stopping.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(1):
+                            await daemon.stopping.wait()
+            except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+                log.debug("memory.listen_failed", error=str(exc))
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(2):
+                        await daemon.stopping.wait()
+            finally:
+                if conn is not None and not conn.is_closed():
+                    with contextlib.suppress(Exception):
+                        await conn.close()
+
+
+def install(daemon: Daemon) -> Memory:
+    settings = daemon.settings
+    pipeline = daemon.pipeline
+    stages = tuple((s.index, s.agent) for s in (*pipeline.stages, *pipeline.followups))
+    memory = Memory(settings, stages)
+    daemon.startup_checks.append(memory.startup_check)
+    daemon.add_service("memory-listen", memory.listen)
+    if memory.embedder is not None:
+        daemon.add_service("memory-embedder", memory.embedder.run)
+    daemon.add_service(
+        "memory-context",
+        lambda d: context.refresh_loop(
+            d,
+            memory.recaller,
+            memory.context_wake,
+            ttl=settings.memory_context_ttl,
+            interval=settings.memory_context_interval,
+        ),
+    )
+    daemon.add_service(
+        "memory-retention",
+        lambda d: prune.prune_loop(
+            d, settings.memory_retention, settings.memory_retention_interval
+        ),
+    )
+    return memory
