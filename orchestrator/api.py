@@ -1,111 +1,231 @@
-"""The JSON API beside /readyz: submit and inspect REQs (agogctl uses it).
+"""The JSON API beside /readyz (agogctl and the board use it).
 
-Actions need ``Authorization: Bearer <AGOG_API_TOKEN>``; without a configured
-token, actions are refused rather than left open.
+=======  ==========================  =======  ==================================
+method   path                        auth     what
+=======  ==========================  =======  ==================================
+GET      /api/reqs                   read     REQ rows with stage cells; filters
+                                              ``status``, ``stage``, ``priority``,
+                                              ``limit`` (orchestrator.api_views)
+POST     /api/reqs                   token    submit a REQ (idempotent)
+GET      /api/reqs/{req}             read     the full history of one REQ
+POST     /api/reqs/{req}/{action}    token    retry, cancel, resume, decide
+                                              (orchestrator.api_actions)
+GET      /api/streams                read     every agog_* stream: messages,
+                                              bytes, consumers and their lag
+GET      /api/events                 read     live events, server-sent
+                                              (orchestrator.api_events)
+POST     /api/infra/report           token    Miki's infrastructure report
+=======  ==========================  =======  ==================================
+
+*token*: ``Authorization: Bearer <AGOG_API_TOKEN>``; without a configured
+token, actions are refused (403) rather than left open. *read*: open, unless
+``AGOG_API_READ_AUTH`` is true; then every GET under ``/api/`` needs the
+token as well, as the header or ``?token=`` (an ``EventSource`` cannot send
+headers). /healthz, /readyz and /metrics stay open.
+
+Errors are always JSON, ``{"error": "...", "code": "..."}``: 400 malformed,
+401 missing or wrong token, 403 no token configured, 404 unknown REQ or
+route, 409 an action the REQ's state refuses, 503 NATS or Postgres away, and
+500 with a ``request_id`` (also in the log line and the ``X-Request-Id``
+header) for anything unexpected. Never a stack trace.
 """
 
 from __future__ import annotations
 
-import hmac
-import json
-from typing import TYPE_CHECKING, Any
+import re
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
+import asyncpg
 from aiohttp import web
 
-from orchestrator import intake
-from orchestrator.notices import validate_req_id
+from orchestrator import api_actions, api_events, api_views, intake
+from orchestrator.api_common import (
+    DAEMON_KEY,
+    ApiError,
+    daemon_of,
+    error_response,
+    json_ok,
+    pool_of,
+    read_object,
+    req_of,
+    require_token,
+    token_problem,
+)
+from orchestrator.logs import get_logger
 
 if TYPE_CHECKING:
     from orchestrator.daemon import Daemon
 
-DAEMON_KEY: web.AppKey[Any] = web.AppKey("daemon", object)
+__all__ = ["DAEMON_KEY", "install"]
+
+log = get_logger("agogd.api")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+REQUEST_ID_HEADER = "X-Request-Id"
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+# Postgres or NATS away: the request may well succeed later (503, not 500).
+UNAVAILABLE = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.InterfaceError,
+    ConnectionRefusedError,
+    TimeoutError,
+)
 
 
 def _error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status)
+    return error_response(status, message)
 
 
 def _authorized(request: web.Request) -> web.Response | None:
-    daemon: Daemon = request.app[DAEMON_KEY]
-    token = daemon.settings.api_token
-    if token is None:
-        return _error(403, "actions are disabled: set AGOG_API_TOKEN")
-    given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-    if not given or not hmac.compare_digest(given.encode(), token.get_secret_value().encode()):
-        return _error(401, "a valid bearer token is required")
-    return None
+    """None if the request carries the API token, else the 401/403 answer."""
+    problem = token_problem(request)
+    return error_response(problem.status, problem.message) if problem else None
 
 
+# --- middlewares -----------------------------------------------------------------
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every error as JSON; an unexpected exception is logged with a request id
+    and answered 500 with that id, never with its traceback."""
+    given = request.headers.get(REQUEST_ID_HEADER, "")
+    request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex[:16]
+    try:
+        response = await handler(request)
+    except ApiError as exc:
+        response = error_response(exc.status, exc.message, **exc.extra)
+    except web.HTTPException as exc:
+        if exc.status < 400 or not request.path.startswith("/api/"):
+            raise
+        response = error_response(exc.status, exc.reason)
+        if "Allow" in exc.headers:
+            response.headers["Allow"] = exc.headers["Allow"]
+    except UNAVAILABLE as exc:
+        log.warning(
+            "api.unavailable",
+            request_id=request_id,
+            method=request.method,
+            path=request.path,
+            error=repr(exc),
+        )
+        response = error_response(
+            503, "a dependency (Postgres or NATS) is unavailable", request_id=request_id
+        )
+    except Exception as exc:
+        log.error(
+            "api.internal_error",
+            request_id=request_id,
+            method=request.method,
+            path=request.path,
+            error=repr(exc),
+            exc_info=exc,
+        )
+        response = error_response(500, "internal error", request_id=request_id)
+    if not response.prepared:
+        response.headers[REQUEST_ID_HEADER] = request_id
+    return response
+
+
+@web.middleware
+async def read_auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """With AGOG_API_READ_AUTH, GETs under /api/ need the token too."""
+    if (
+        request.method in ("GET", "HEAD")
+        and request.path.startswith("/api/")
+        and request.path not in OPEN_PATHS
+        and daemon_of(request).settings.api_read_auth
+    ):
+        problem = token_problem(request, allow_query=True)
+        if problem is not None:
+            raise problem
+    return await handler(request)
+
+
+# --- reads -------------------------------------------------------------------------
+async def list_reqs(request: web.Request) -> web.Response:
+    """``GET /api/reqs?status=IN_PROGRESS,BLOCKED&stage=roy&priority=P0&limit=50``."""
+    daemon = daemon_of(request)
+    try:
+        filters = api_views.parse_filters(daemon.pipeline, request.query)
+    except api_views.BadFilter as exc:
+        raise ApiError(400, str(exc)) from None
+    async with pool_of(request).acquire() as conn:
+        body = await api_views.list_reqs(conn, daemon.pipeline, filters)
+    return json_ok(body)
+
+
+async def get_req(request: web.Request) -> web.Response:
+    """``GET /api/reqs/{req}[?events=N]``: the REQ and its whole history."""
+    daemon = daemon_of(request)
+    req = req_of(request)
+    raw = request.query.get("events", str(api_views.MAX_EVENTS))
+    if not raw.isdigit() or not 0 <= int(raw) <= 10 * api_views.MAX_EVENTS:
+        raise ApiError(400, f"events must be a count between 0 and {10 * api_views.MAX_EVENTS}")
+    async with pool_of(request).acquire() as conn:
+        body = await api_views.req_detail(conn, daemon.pipeline, req, int(raw))
+    if body is None:
+        raise ApiError(404, f"no workflow for {req}")
+    return json_ok(body)
+
+
+async def streams(request: web.Request) -> web.Response:
+    """``GET /api/streams``: each agog_* stream with its messages, bytes and
+    consumers (pending, ack pending, lag), as in Miki's report."""
+    from workers.infra_report import inspect_streams
+
+    daemon = daemon_of(request)
+    nats, entries = await inspect_streams(daemon.nc, daemon.pipeline)
+    if not nats.get("reachable"):
+        raise ApiError(503, f"NATS: {nats.get('error')}", nats=nats)
+    return json_ok({"nats": nats, "streams": entries})
+
+
+# --- actions -------------------------------------------------------------------------
 async def submit_req(request: web.Request) -> web.Response:
-    denied = _authorized(request)
-    if denied:
-        return denied
-    daemon: Daemon = request.app[DAEMON_KEY]
-    if daemon.pool is None:
-        return _error(503, "agogd is not ready")
+    """``POST /api/reqs``: a requirement, as on ``agog.requirements.new``."""
+    require_token(request)
+    daemon = daemon_of(request)
+    pool = pool_of(request)
     body = await request.read()
     try:
         req = intake.parse_requirement(body, daemon.settings.max_message_bytes)
     except intake.IntakeError as exc:
-        return _error(400, f"{exc.reason}: {exc.message}")
-    async with daemon.pool.acquire() as conn, conn.transaction():
+        raise ApiError(400, f"{exc.reason}: {exc.message}") from None
+    async with pool.acquire() as conn, conn.transaction():
         created = await intake.submit(conn, req, "api")
     if daemon.engine is not None:
         daemon.engine.wake_dispatcher.set()
-    return web.json_response(
+    return json_ok(
         {"req_number": req.req_number, "created": created}, status=201 if created else 200
     )
-
-
-async def get_req(request: web.Request) -> web.Response:
-    daemon: Daemon = request.app[DAEMON_KEY]
-    try:
-        req = validate_req_id(request.match_info["req"])
-    except ValueError as exc:
-        return _error(400, str(exc))
-    if daemon.pool is None:
-        return _error(503, "agogd is not ready")
-    async with daemon.pool.acquire() as conn:
-        row = await conn.fetchrow(
-            "SELECT req_number, title, priority, status, current_stage, commit_sha,"
-            " deployed_at, deployed_by, created_at, updated_at FROM workflow_state"
-            " WHERE req_number = $1",
-            req,
-        )
-        if row is None:
-            return _error(404, f"no workflow for {req}")
-        attempts = await conn.fetch(
-            "SELECT stage, agent, attempt, status, reason, started_at, deadline, finished_at"
-            " FROM stage_attempts WHERE req_number = $1 ORDER BY id",
-            req,
-        )
-    body = {**dict(row), "attempts": [dict(a) for a in attempts]}
-    return web.json_response(json.loads(json.dumps(body, default=str)))
 
 
 async def infra_report(request: web.Request) -> web.Response:
     """Build and publish Miki's infrastructure report now; returns it.
     Body (optional): ``{"feature": "nats-fix"}``."""
-    denied = _authorized(request)
-    if denied:
-        return denied
+    require_token(request)
     from workers.infra_report import DEFAULT_FEATURE, publish_report
 
-    daemon: Daemon = request.app[DAEMON_KEY]
-    body = await request.read()
-    try:
-        fields = json.loads(body) if body.strip() else {}
-    except ValueError:
-        return _error(400, "the body is not JSON")
-    feature = fields.get("feature") if isinstance(fields, dict) else None
-    if not isinstance(fields, dict) or not isinstance(feature or "", str):
-        return _error(400, 'the body is a JSON object such as {"feature": "nats-fix"}')
+    daemon = daemon_of(request)
+    fields = await read_object(request)
+    feature = fields.get("feature")
+    if not isinstance(feature or "", str):
+        raise ApiError(400, 'the body is a JSON object such as {"feature": "nats-fix"}')
     result = await publish_report(daemon, feature or DEFAULT_FEATURE, reason="api")
-    return web.json_response(json.loads(json.dumps(result, default=str)))
+    return json_ok(result)
 
 
 def install(app: web.Application, daemon: Daemon) -> None:
     app[DAEMON_KEY] = daemon
+    app.middlewares.insert(0, errors_middleware)
+    app.middlewares.append(read_auth_middleware)
+    app.router.add_get("/api/reqs", list_reqs)
     app.router.add_post("/api/reqs", submit_req)
     app.router.add_get("/api/reqs/{req}", get_req)
+    app.router.add_post("/api/reqs/{req}/{action}", api_actions.act)
+    app.router.add_get("/api/streams", streams)
+    api_events.install(app)
     app.router.add_post("/api/infra/report", infra_report)

@@ -88,6 +88,10 @@ class Settings(BaseSettings):
     api_token: SecretStr | None = Field(
         default=None, description="Bearer token required for API actions (submit, decide...)."
     )
+    api_read_auth: bool = Field(
+        default=False,
+        description="GETs under /api/ need the token too (/healthz, /readyz, /metrics stay open).",
+    )
 
     # --- agent runner (off unless agents are listed, or demo) -------------
     runner_agents: Annotated[list[str], NoDecode] = Field(
