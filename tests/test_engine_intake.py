@@ -119,7 +119,7 @@ async def test_agogctl_req_submit_and_show(nats_server: NatsServer, nc: NATS, pg
         shown = await asyncio.to_thread(_agogctl, url, "req", "show", "REQ-CLI-1")
         assert shown.returncode == 0 and "DEPLOYED" in shown.stdout and "berry" in shown.stdout
         denied = await asyncio.to_thread(_agogctl, url, "req", "submit", "REQ-CLI-2", token="wrong")
-        assert denied.returncode == 1 and "bearer token" in denied.stderr
+        assert denied.returncode == 5 and "bearer token" in denied.stderr  # unauthorized
         bad = await asyncio.to_thread(_agogctl, url, "req", "submit", "REQ-../etc")
         assert bad.returncode == 1 and "invalid_req_id" in bad.stderr
         missing = await asyncio.to_thread(_agogctl, url, "req", "show", "REQ-NOPE-1")

@@ -423,7 +423,7 @@ async def test_agogctl_infra_report(
             assert needle in text.stdout, needle
 
         denied = await asyncio.to_thread(_agogctl, url, "infra", "report", token="wrong")
-        assert denied.returncode == 1 and "bearer token" in denied.stderr
+        assert denied.returncode == 5 and "bearer token" in denied.stderr  # unauthorized
 
 
 async def _true(value: Any) -> bool:
