@@ -25,6 +25,8 @@ from typing import Any
 
 import asyncpg
 
+from orchestrator.metrics import Tally
+
 _PARAM = re.compile(r"\$(\d+)")
 # Up to this many queued writes, one CTE statement; above it, executemany.
 CTE_MAX = 24
@@ -69,6 +71,8 @@ class BatchedConnection:
         # When a list, outbox rows (msg_id, subject, payload) are collected here
         # for the caller to publish after commit, instead of waking the relay.
         self.outbox: list[tuple[str, str, str]] | None = None
+        # Metric updates of this transaction; the caller applies them after commit.
+        self.tally = Tally()
 
     @property
     def queued_args(self) -> int:
