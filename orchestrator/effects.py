@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from orchestrator import store
+from orchestrator import metrics, store
 from orchestrator.logs import get_logger
 from orchestrator.registry import Pipeline, Stage
 from orchestrator.workflow import (
@@ -111,6 +111,8 @@ class EffectRunner:
                 effect.reason or None,
                 self.deliverable,
             )
+            stage = stage_by_index(self.pipeline, effect.stage)
+            metrics.count_close(self.conn, stage.agent, stage.gate, effect.outcome)
         elif isinstance(effect, Emit):
             await self.emit(effect)
         elif isinstance(effect, Escalate):
@@ -124,6 +126,7 @@ class EffectRunner:
     async def dispatch(self, stage: Stage, attempt: int, instructions: dict[str, Any]) -> None:
         """Record the attempt and queue its assignment (the stage.started event)."""
         req = self.wf.req
+        metrics.count_dispatch(self.conn, stage.agent, attempt, instructions)
         deadline = await store.insert_attempt(
             self.conn, req, stage.index, stage.agent, attempt, stage.timeout, instructions
         )
@@ -172,7 +175,8 @@ class EffectRunner:
         stage = stage_by_index(self.pipeline, effect.stage) if effect.stage is not None else None
         name = f"{effect.kind}.{effect.name}"
         if effect.kind == "stage" and effect.name == "started":
-            return  # the assignment itself is the stage.started event
+            return  # the assignment itself is the stage.started event (counted there)
+        metrics.tally_of(self.conn).inc(metrics.TRANSITIONS, name, stage.agent if stage else "")
         if effect.kind == "stage":
             assert stage is not None
             subject = self.pipeline.subject(
@@ -220,6 +224,7 @@ class EffectRunner:
         ):
             log.info("escalation.already_sent", req_number=req, key=effect.key)
             return
+        metrics.tally_of(self.conn).inc(metrics.ESCALATIONS, effect.priority)
         target = "human" if effect.target == "human" else req
         await store.enqueue(
             self.conn,

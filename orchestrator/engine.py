@@ -20,7 +20,7 @@ import asyncpg
 from nats.aio.msg import Msg
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
-from orchestrator import intake, store
+from orchestrator import intake, metrics, store
 from orchestrator.batch import BatchedConnection
 from orchestrator.effects import EffectRunner, deployment, stage_by_index
 from orchestrator.logs import bound_context, get_logger
@@ -97,6 +97,7 @@ class Engine:
         meta = msg.metadata
         stream, seq = meta.stream, meta.sequence.stream
         await store.settle_message(conn, stream, seq, "rejected", f"{err.reason}: {err.message}")
+        metrics.tally_of(conn).inc(metrics.MESSAGES_REJECTED, err.reason)
         await store.record_event(
             conn,
             err.req,
@@ -193,6 +194,7 @@ class Engine:
                 if conn.queued_args > FLUSH_ARGS:
                     await conn.flush()
             await conn.flush()
+        conn.tally.apply()  # committed: count it
         if conn.wake_dispatcher:
             self.wake_dispatcher.set()
         if conn.outbox and self.daemon.publisher is not None:
@@ -258,6 +260,8 @@ class Engine:
                 "agent": stage.agent,
                 "deliverable": deliverable,
             }
+            if stage.index in locked.ages:
+                conn.tally.observe(metrics.STAGE_DURATION, locked.ages[stage.index], stage.agent)
             await self._commit(conn, new, effects, locked, deliverable)
             return "applied"
 
@@ -277,6 +281,11 @@ class Engine:
         await store.close_attempt(
             conn, wf.req, stage.index, attempt, outcome, notice.summary, _dump(notice)
         )
+        metrics.count_close(conn, stage.agent, stage.gate, outcome)
+        if stage.index in locked.ages:
+            metrics.tally_of(conn).observe(
+                metrics.STAGE_DURATION, locked.ages[stage.index], stage.agent
+            )
         await store.upsert_cache(conn, wf.req, stage.agent, stage.index, _dump(notice))
         await EffectRunner(self.pipeline, conn, wf).emit_stage(
             stage, "completed" if outcome == "COMPLETE" else "failed", attempt, notice.summary
@@ -378,7 +387,8 @@ class Engine:
                 new, effects = apply(self.pipeline, locked.wf, Start())
                 await self._commit(conn, new, effects, locked)
             await conn.flush()
-            return len(rows)
+        conn.tally.apply()
+        return len(rows)
 
     async def expire_deadlines(self) -> int:
         """Apply TimedOut to every RUNNING attempt past its deadline."""
@@ -419,6 +429,7 @@ class Engine:
                         )
                     await self._commit(conn, new, effects, locked)
                 await conn.flush()
+            conn.tally.apply()
             if conn.wake_dispatcher:
                 self.wake_dispatcher.set()
         return expired
@@ -430,6 +441,7 @@ class Engine:
         await store.close_attempt(
             conn, wf.req, index, attempt, "TIMED_OUT", f"{stage.agent} missed its deadline"
         )
+        metrics.count_close(conn, stage.agent, stage.gate, "TIMED_OUT")
         runner = EffectRunner(self.pipeline, conn, wf)
         await runner.emit_stage(stage, "failed", attempt, "deadline passed")
         if attempt <= stage.retries:

@@ -73,6 +73,8 @@ class Locked:
     delivered: dict[int, dict[str, Any]] = field(default_factory=dict)
     # stage index -> attempt, of the RUNNING stage attempts.
     running: dict[int, int] = field(default_factory=dict)
+    # stage index -> seconds since that RUNNING attempt started (for its duration metric).
+    ages: dict[int, float] = field(default_factory=dict)
 
 
 _LOCK_SQL = (
@@ -81,7 +83,8 @@ _LOCK_SQL = (
     "  'deliverable', json_build_object('deliverable', c.deliverable->'deliverable',"
     "  'summary', c.deliverable->'summary'))), '[]') FROM nats_deliverable_cache c"
     "  WHERE c.req_number = ws.req_number) AS delivered,"
-    " (SELECT coalesce(json_object_agg(a.stage, a.attempt ORDER BY a.attempt), '{}')"
+    " (SELECT coalesce(json_object_agg(a.stage, json_build_array(a.attempt,"
+    "  extract(epoch FROM now() - a.started_at)) ORDER BY a.attempt), '{}')"
     "  FROM stage_attempts a"
     "  WHERE a.req_number = ws.req_number AND a.status = 'RUNNING') AS running"
     " FROM workflow_state ws WHERE ws.req_number = ANY($1::varchar[])"
@@ -108,8 +111,10 @@ def _locked(row: asyncpg.Record) -> Locked:
         row["req_number"], row["status"], row["current_stage"], json.loads(row["budgets"])
     )
     delivered = {d["stage"]: d for d in json.loads(row["delivered"])}
-    running = {int(stage): attempt for stage, attempt in json.loads(row["running"]).items()}
-    return Locked(wf, row["title"], delivered, running)
+    running_rows = json.loads(row["running"]).items()
+    running = {int(stage): attempt for stage, (attempt, _) in running_rows}
+    ages = {int(stage): float(age) for stage, (_, age) in running_rows}
+    return Locked(wf, row["title"], delivered, running, ages)
 
 
 async def save_workflow(
