@@ -59,7 +59,7 @@ class Daemon:
         self._topology_dirty = asyncio.Event()
         # Late imports: the services need this daemon. The engine runs unless
         # this process is only an agent runner (`agogd runner`).
-        from orchestrator import api
+        from orchestrator import api, observe
         from orchestrator import engine as workflow_engine
         from workers import health, infra_report, runner
 
@@ -69,6 +69,7 @@ class Daemon:
         self.runner = runner.install(self)
         self.health = health.install(self)
         self.infra_reports = infra_report.install(self)
+        self.observer = observe.install(self)  # /metrics, and the board with the engine
 
     # --- public API --------------------------------------------------------
     def add_service(self, name: str, service: Service) -> None:
