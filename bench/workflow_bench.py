@@ -108,8 +108,25 @@ def answer(agent: str, req: str) -> bytes:
     return json.dumps(body).encode()
 
 
+TITLE_WORDS = (
+    "inventory stock pallet carton invoice discount label printer warehouse quote die-cut"
+    " board shipment order customer price tax report schedule delivery return"
+).split()
+
+
+def requirement(req: str, rng: random.Random, titles: bool) -> dict[str, Any]:
+    """The intake message; with ``titles``, a title and requirement lines, so that
+    the deliverable memory has text to remember and recall on."""
+    body: dict[str, Any] = {"req_number": req}
+    if titles:
+        words = rng.sample(TITLE_WORDS, 6)
+        body["title"] = " ".join(words[:3]).capitalize()
+        body["requirements"] = [f"Track {words[3]} per {words[4]}", f"Report {words[5]} totals"]
+    return body
+
+
 async def run_engine(
-    url: str, concurrent: int, total: int, think: float, prefix: str
+    url: str, concurrent: int, total: int, think: float, prefix: str, titles: bool = False
 ) -> dict[str, Any]:
     """Keep ``concurrent`` REQs in flight until ``total`` have gone through every
     stage; agents answer each assignment after a random 0 to 2 x ``think`` s."""
@@ -124,10 +141,12 @@ async def run_engine(
     order = {s.agent: s.index for s in (*PIPELINE.stages, *PIPELINE.followups)}
     tasks: set[asyncio.Future[None]] = set()
     rng = random.Random(1)
+    title_rng = random.Random(2)  # its own, so think times do not change with --titles
 
     async def submit_next() -> None:
         nonlocal submitted
-        body = json.dumps({"req_number": f"REQ-{prefix}-{submitted:05d}"}).encode()
+        req = requirement(f"REQ-{prefix}-{submitted:05d}", title_rng, titles)
+        body = json.dumps(req).encode()
         submitted += 1
         await js.publish("agog.requirements.new", body)
 
@@ -190,6 +209,12 @@ async def main() -> None:
         "--rounds", type=int, default=5, help="REQs per run = rounds x concurrent REQs"
     )
     parser.add_argument("--settle", type=float, default=0.0, help="pause between the two runs (s)")
+    parser.add_argument(
+        "--titles", action="store_true", help="REQs with titles and requirements (memory recall)"
+    )
+    parser.add_argument(
+        "--env", action="append", default=[], help="KEY=VALUE for agogd, e.g. AGOG_MEMORY_ENABLED=0"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="agogd-bench-") as tmp:
         nats_server = NatsServer(Path(tmp) / "nats").start()
@@ -206,14 +231,19 @@ async def main() -> None:
                     "AGOG_POSTGRES_DSN": pg.dsn(),
                     "AGOG_MAX_IN_FLIGHT": str(args.reqs),
                     "AGOG_DISPATCH_INTERVAL": "0.05",
+                    **dict(item.split("=", 1) for item in args.env),
                 }
             ).start()
             try:
                 daemon.wait_ready(60)
                 total = args.reqs * args.rounds
-                result = await run_engine(nats_server.url, args.reqs, total, 0.0, "SAT")
+                result = await run_engine(
+                    nats_server.url, args.reqs, total, 0.0, "SAT", args.titles
+                )
                 await asyncio.sleep(args.settle)
-                paced = await run_engine(nats_server.url, args.reqs, total, args.think, "PACED")
+                paced = await run_engine(
+                    nats_server.url, args.reqs, total, args.think, "PACED", args.titles
+                )
             finally:
                 daemon.stop()
             # A fast run that hid retries or failures would be a false figure.

@@ -301,10 +301,13 @@ async def test_pending_rows_are_backfilled_when_the_provider_comes_back(
                     ).encode(),
                 )
             await wait_status(pg_dsn, "REQ-OUT-2", "DEPLOYED")
-            pending = await daemon.pool.fetchval(
-                "SELECT count(*) FROM memories WHERE embedding_status = 'pending'"
+            # A requirement, seven stages and Tim, per REQ: all pending.
+            await _until(
+                lambda: daemon.pool.fetchval(
+                    "SELECT count(*) = 27 FROM memories WHERE embedding_status = 'pending'"
+                ),
+                what="27 pending memories",
             )
-            assert pending >= 3 * 9  # requirement, seven stages and Tim, per REQ
             assert (
                 await daemon.pool.fetchval(
                     "SELECT count(*) FROM memories WHERE embedding IS NOT NULL"

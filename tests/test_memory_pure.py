@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from orchestrator.embeddings.base import EmbeddingUnavailable
@@ -33,6 +33,7 @@ def test_split_keeps_every_character_within_the_limit(text: str, limit: int) -> 
 
 @settings(max_examples=200, deadline=None)
 @given(text=texts, limit=st.integers(min_value=64, max_value=900))
+@example(text="0" * 65, limit=64)  # a first line longer than a chunk
 def test_rows_fit_the_provider_and_give_the_text_back(text: str, limit: int) -> None:
     draft = Draft("deliverable", "roy", text, "REQ-P-1", 2)
     rows = chunking.rows_for(draft, limit, max_chunks=10_000)

@@ -62,9 +62,11 @@ def split(text: str, limit: int) -> list[str]:
     return parts
 
 
-def header_of(text: str) -> str:
+def header_of(text: str, limit: int = HEADER_MAX) -> str:
+    """The first line, as a label for later chunks (shortened with an ellipsis:
+    the line itself is whole in the first chunk)."""
     first = text.strip().split("\n", 1)[0].strip()
-    return first if len(first) <= HEADER_MAX else first[: HEADER_MAX - 1] + "…"
+    return first if len(first) <= limit else first[: limit - 1] + "…"
 
 
 def rows_for(draft: Draft, max_chars: int, max_chunks: int = 64) -> list[Row]:
@@ -82,10 +84,10 @@ def rows_for(draft: Draft, max_chars: int, max_chunks: int = 64) -> list[Row]:
     parent = parent_hash(draft.kind, draft.agent, draft.req_number, text)
     if len(text) <= max_chars:
         return [_row(draft, text, parent, parent, 0, 1, draft.metadata)]
-    header = header_of(text)
+    header = header_of(text, min(HEADER_MAX, max_chars // 4))
     # Room for "<header> (part 12/34)\n" on every chunk after the first.
     reserve = len(header) + 24
-    parts = split(text, max(32, max_chars - reserve))
+    parts = split(text, max_chars - reserve)
     total = len(parts)
     metadata = dict(draft.metadata)
     if total > max_chunks:

@@ -33,9 +33,12 @@ DEFAULT_EF_SEARCH = 40  # pgvector's own default: no SET needed
 
 @dataclass(frozen=True)
 class Tuning:
-    candidates: int = 50  # per method, before fusion
-    exact_limit: int = 20_000  # filtered rows an exact scan may read
+    """Measured on 100,000 memories (bench/memory_bench.py, docs/benchmarks.md)."""
+
+    candidates: int = 20  # per method, before fusion
+    exact_limit: int = 3000  # filtered rows an exact scan may read (about 3 us each)
     ef_search: int = 100  # HNSW candidates without a narrowing filter
+    fulltext_cap: int = 500  # most recent full-text matches ranked (about 10 us each)
 
 
 def check_query(query: str) -> str:
@@ -86,7 +89,9 @@ async def candidates(
     exact, ef = False, 0
     if vector is not None:
         exact, ef = await plan_vector(conn, filters, count, tuning)
-    statement, args = sql.candidates(filters, count, vector=vector, text=text, exact=exact)
+    statement, args = sql.candidates(
+        filters, count, vector=vector, text=text, exact=exact, fulltext_cap=tuning.fulltext_cap
+    )
     async with conn.transaction():
         if ef and ef != DEFAULT_EF_SEARCH:
             await conn.execute(f"SET LOCAL hnsw.ef_search = {int(ef)}")

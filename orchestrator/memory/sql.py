@@ -25,6 +25,11 @@ FIELDS = (
     " m.stage, m.metadata->>'title' AS title, m.content, m.created_at, m.parent_hash,"
     " m.chunk_index, m.chunk_count"
 )
+# The same columns, read from a subquery that selected FIELDS.
+OUTER = (
+    "m.id, m.agent, m.kind, m.req_number, m.stage, m.title, m.content, m.created_at,"
+    " m.parent_hash, m.chunk_index, m.chunk_count"
+)
 # The query's words OR-ed: a memory that has some of them still ranks.
 ANY_WORD = "nullif(replace(plainto_tsquery('english', {p})::text, ' & ', ' | '), '')::tsquery"
 
@@ -64,12 +69,18 @@ def candidates(
     vector: object | None,
     text: str | None,
     exact: bool = False,
+    fulltext_cap: int = 500,
 ) -> tuple[str, list[object]]:
     """One statement for the vector and/or full-text candidates.
 
     Rows: ``method`` ('v' or 'f'), the FIELDS, and ``score``: cosine
     similarity for 'v' (1 - distance), ts_rank_cd for 'f'. Each method's rows
     come best first.
+
+    Full text ranks only the ``fulltext_cap`` most recent rows that match any
+    query word: ts_rank_cd costs about 10 us a row and GIN gives no top-k, so
+    ranking every match of a common word over 100,000 memories takes a
+    quarter of a second (bench/memory_bench.py).
     """
     if vector is None and text is None:
         raise ValueError("a recall needs a vector, a text or both")
@@ -87,9 +98,11 @@ def candidates(
     if text is not None:
         q = ANY_WORD.format(p=p(text, "::text"))
         cond = where(filters, p)
+        cap = p(fulltext_cap, "::int")
         parts.append(
-            f"(SELECT 'f' AS method, {FIELDS}, ts_rank_cd(m.content_tsv, q.q, 1) AS score"
-            f" FROM memories m, (SELECT {q} AS q) AS q WHERE m.content_tsv @@ q.q{cond}"
+            f"(SELECT 'f' AS method, {OUTER}, ts_rank_cd(m.content_tsv, m.q, 1) AS score"
+            f" FROM (SELECT {FIELDS}, m.content_tsv, q.q FROM memories m, (SELECT {q} AS q) AS q"
+            f" WHERE m.content_tsv @@ q.q{cond} ORDER BY m.created_at DESC LIMIT {cap}) AS m"
             f" ORDER BY score DESC, m.created_at DESC LIMIT {n})"
         )
     return " UNION ALL ".join(parts), p.args
