@@ -369,12 +369,14 @@
       el("li", {}, el("time", { text: clock(e.created_at) }),
         `${e.kind}${e.agent ? ` · ${e.agent}` : ""}${e.attempt ? ` #${e.attempt}` : ""}${e.reason ? ` · ${e.reason}` : ""}`)));
     panel.hidden = false;
+    document.body.classList.add("history-open");
     if (scroll) panel.scrollTop = 0;
   }
 
   function closeHistory() {
     state.open = null;
     $("history").hidden = true;
+    document.body.classList.remove("history-open");
     delete $("history").dataset.req;
     for (const tr of state.rows.values()) tr.classList.remove("selected");
   }
