@@ -267,17 +267,18 @@ async def timed_post_filter(
     conn: asyncpg.Connection, q: np.ndarray, agent: str, ef: int
 ) -> tuple[float, list[str]]:
     async with conn.transaction():
-        # The index, then the filter (the planner would rather scan the filter).
-        await conn.execute(
-            f"SET LOCAL hnsw.ef_search = {ef}; SET LOCAL enable_seqscan = off;"
-            " SET LOCAL enable_bitmapscan = off"
-        )
+        # What HNSW does with a filter in pgvector 0.6: at most ef_search rows
+        # come out of the index, then the filter applies (written out, since the
+        # planner would rather scan the filter itself).
+        await conn.execute(f"SET LOCAL hnsw.ef_search = {ef}")
         t = time.perf_counter()
         rows = await conn.fetch(
-            "SELECT id::text FROM memories WHERE embedding IS NOT NULL AND agent_id = $2"
-            " ORDER BY embedding <=> $1 LIMIT 10",
+            "SELECT id::text FROM (SELECT id, agent_id, embedding <=> $1 AS d FROM memories"
+            " WHERE embedding IS NOT NULL ORDER BY embedding <=> $1 LIMIT $3) AS hnsw"
+            " WHERE agent_id = $2 ORDER BY d LIMIT 10",
             q,
             agent,
+            ef,
         )
         return time.perf_counter() - t, [r["id"] for r in rows]
 
@@ -414,7 +415,7 @@ async def main() -> None:
                     for q, a in zip(queries, agent_of, strict=True)
                 ]
                 s = summary([t for t, _ in runs], [i for _, i in runs], truth_f)
-                print(line("exact scan of the filtered rows (B-tree), for comparison", s, base_f))
+                print(line("exact scan of the filtered rows (B-tree)", s, base_f))
                 runs = [
                     await timed_post_filter(conn, q, a, 40)
                     for q, a in zip(queries, agent_of, strict=True)

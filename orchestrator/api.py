@@ -15,6 +15,8 @@ GET      /api/streams                read     every agog_* stream: messages,
 GET      /api/events                 read     live events, server-sent
                                               (orchestrator.api_events)
 POST     /api/infra/report           token    Miki's infrastructure report
+GET      /api/memory/search          read     hybrid recall over the deliverable
+                                              memory (orchestrator.api_memory)
 =======  ==========================  =======  ==================================
 
 *token*: ``Authorization: Bearer <AGOG_API_TOKEN>``; without a configured
@@ -40,7 +42,7 @@ from typing import TYPE_CHECKING
 import asyncpg
 from aiohttp import web
 
-from orchestrator import api_actions, api_events, api_views, intake
+from orchestrator import api_actions, api_events, api_memory, api_views, intake
 from orchestrator.api_common import (
     DAEMON_KEY,
     ApiError,
@@ -195,7 +197,7 @@ async def submit_req(request: web.Request) -> web.Response:
     except intake.IntakeError as exc:
         raise ApiError(400, f"{exc.reason}: {exc.message}") from None
     async with pool.acquire() as conn, conn.transaction():
-        created = await intake.submit(conn, req, "api")
+        created = await intake.submit(conn, req, "api", daemon.memory)
     if daemon.engine is not None:
         daemon.engine.wake_dispatcher.set()
     return json_ok(
@@ -229,3 +231,4 @@ def install(app: web.Application, daemon: Daemon) -> None:
     app.router.add_get("/api/streams", streams)
     api_events.install(app)
     app.router.add_post("/api/infra/report", infra_report)
+    api_memory.install(app)

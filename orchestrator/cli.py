@@ -113,6 +113,51 @@ def runner(agents: str | None, demo: bool) -> None:
     sys.exit(run_daemon(settings_or_exit(**overrides), engine=False))
 
 
+@main.group()
+def memory() -> None:
+    """The deliverable memory: embeddings and recall."""
+
+
+@memory.command("reembed")
+@click.option("--yes", is_flag=True, help="Do it without asking.")
+def memory_reembed(yes: bool) -> None:
+    """Re-embed every memory with the configured provider.
+
+    Stop agogd first. It clears the stored embeddings, marks every memory
+    pending, re-types the vector column to the provider's dimension and
+    records the provider; agogd then embeds the memories again in the
+    background (recall is full text until they are done). Needed after a
+    change of embedding model or dimension: agogd refuses to start otherwise.
+    """
+    from orchestrator.embeddings.base import EmbeddingUnavailable
+    from orchestrator.memory import admin
+    from orchestrator.memory.service import make_provider
+
+    settings = settings_or_exit()
+    try:
+        provider = make_provider(settings)
+    except Exception as exc:  # e.g. the local model is not installed
+        fail_config(f"embedding provider: {exc}")
+    if provider is None:
+        fail_config("AGOG_EMBEDDING_PROVIDER is none: there is nothing to embed with")
+    if not yes:
+        click.confirm(
+            f"Clear every stored embedding and re-embed with {provider.name}?", abort=True
+        )
+    logs.configure(settings.log_level, settings.log_format)
+    try:
+        done = asyncio.run(admin.reembed(settings, provider))
+    except EmbeddingUnavailable as exc:
+        click.echo(f"agogd: cannot learn the provider's dimension: {exc.reason}", err=True)
+        sys.exit(1)
+    finally:
+        asyncio.run(provider.close())
+    click.echo(
+        f"{done.pending} memories are pending; the vector column is now vector({done.dimension})"
+        f" for {done.provider}. Start agogd: it embeds them in the background."
+    )
+
+
 @main.command("check-config")
 def check_config() -> None:
     """Validate settings and the pipeline file, then exit."""

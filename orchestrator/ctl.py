@@ -580,3 +580,9 @@ def infra_report(ctx: click.Context, feature: str, token: str | None, as_json: b
 
         click.echo(render_text(body))
     sys.exit(EXIT_OK if body.get("published") and body.get("verdict") == "ok" else EXIT_FAILED)
+
+
+# --- memory (orchestrator.ctl_memory) ------------------------------------------------
+from orchestrator.ctl_memory import memory  # noqa: E402
+
+main.add_command(memory)

@@ -36,6 +36,8 @@ def render(body: dict[str, Any]) -> list[str]:
             )
             if x
         )
+        if item.get("title"):
+            where += f' "{item["title"]}"'
         content = " ".join(str(item.get("content") or "").split())
         if len(content) > EXCERPT:
             content = content[: EXCERPT - 1] + "…"

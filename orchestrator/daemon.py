@@ -56,13 +56,17 @@ class Daemon:
         self.stopping = asyncio.Event()
         self.services: dict[str, Service] = {"health-monitor": health_monitor}
         self.ready_hooks: list[ReadyHook] = []
+        # Run after migrations, before /readyz turns 200; a StartupError stops agogd.
+        self.startup_checks: list[ReadyHook] = []
         self._topology_dirty = asyncio.Event()
         # Late imports: the services need this daemon. The engine runs unless
         # this process is only an agent runner (`agogd runner`).
         from orchestrator import api, observe
         from orchestrator import engine as workflow_engine
+        from orchestrator.memory import service as memory_service
         from workers import health, infra_report, runner
 
+        self.memory = memory_service.install(self) if engine and settings.memory_enabled else None
         self.engine = workflow_engine.install(self) if engine else None
         if self.engine is not None:
             api.install(self.http.app, self)
@@ -134,6 +138,8 @@ class Daemon:
         self.readiness.migrations = True
         log.info("migrations.current", applied_now=applied)
         self.pool = await db.create_pool(self.settings)
+        for check in self.startup_checks:
+            await check(self)
         self.readiness.postgres = True
         self.nc = await nats_conn.connect(
             self.settings,

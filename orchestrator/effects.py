@@ -7,7 +7,7 @@ retried publish can never start a stage twice.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from orchestrator import metrics, store
 from orchestrator.logs import get_logger
@@ -23,6 +23,9 @@ from orchestrator.workflow import (
     MarkDeployed,
     Workflow,
 )
+
+if TYPE_CHECKING:
+    from orchestrator.memory.hooks import Bound
 
 log = get_logger(__name__)
 
@@ -80,8 +83,11 @@ class EffectRunner:
         title: str = "",
         deliverable: dict[str, Any] | None = None,
         delivered: dict[int, dict[str, Any]] | None = None,
+        memory: Bound | None = None,
     ) -> None:
         self.pipeline, self.conn, self.wf, self.title = pipeline, conn, wf, title
+        # Deliverable memory: assignments' recalled memories, escalations remembered.
+        self.memory = memory
         # The notice that closes an attempt is stored on that attempt's row.
         self.deliverable = deliverable
         # Cached deliverables by stage (from the lock query), for assignments.
@@ -131,6 +137,9 @@ class EffectRunner:
             self.conn, req, stage.index, stage.agent, attempt, stage.timeout, instructions
         )
         previous = [self.delivered[i] for i in sorted(self.delivered) if i < stage.index]
+        memories = []
+        if self.memory is not None:
+            memories = await self.memory.assignment(self.conn, req, stage.index)
         payload = event_payload(
             self.pipeline,
             req,
@@ -142,7 +151,7 @@ class EffectRunner:
                 "timeout": stage.timeout,
                 "deliverableSubject": self.pipeline.deliverable_subject(stage, req),
                 "instructions": instructions,
-                "memories": [],
+                "memories": memories,
                 "contextData": {
                     "featureTitle": self.title,
                     "previousStages": [_previous(self.pipeline, r, req) for r in previous],
@@ -225,6 +234,12 @@ class EffectRunner:
             log.info("escalation.already_sent", req_number=req, key=effect.key)
             return
         metrics.tally_of(self.conn).inc(metrics.ESCALATIONS, effect.priority)
+        if self.memory is not None:
+            index = self.wf.stage
+            agent = stage_by_index(self.pipeline, index).agent if index is not None else None
+            await self.memory.escalation(
+                self.conn, req, agent, index, effect.priority, effect.reason
+            )
         target = "human" if effect.target == "human" else req
         await store.enqueue(
             self.conn,

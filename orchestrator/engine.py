@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -20,10 +19,11 @@ import asyncpg
 from nats.aio.msg import Msg
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
-from orchestrator import intake, metrics, store
+from orchestrator import intake, metrics, store, strict_json
 from orchestrator.batch import BatchedConnection
 from orchestrator.effects import EffectRunner, deployment, stage_by_index
 from orchestrator.logs import bound_context, get_logger
+from orchestrator.memory import capture
 from orchestrator.notices import (
     CompletionNotice,
     NoticeError,
@@ -85,6 +85,8 @@ class Engine:
         self.daemon = daemon
         self.pipeline: Pipeline = daemon.pipeline
         self.settings = daemon.settings
+        # Deliverable memory (orchestrator.memory): rows and recall, no network call.
+        self.memory = getattr(daemon, "memory", None)
         self.wake_dispatcher = asyncio.Event()
 
     @property
@@ -263,6 +265,17 @@ class Engine:
             if stage.index in locked.ages:
                 conn.tally.observe(metrics.STAGE_DURATION, locked.ages[stage.index], stage.agent)
             await self._commit(conn, new, effects, locked, deliverable)
+            if self.memory is not None:
+                await self.memory.bind(locked.title).notice(
+                    conn,
+                    wf.req,
+                    stage.agent,
+                    stage.name,
+                    stage.index,
+                    stage.gate,
+                    deliverable,
+                    capture.closed_outcome(effects, stage.index),
+                )
             return "applied"
 
     async def _followup(
@@ -270,9 +283,18 @@ class Engine:
     ) -> str:
         """Tim's documentation: recorded; its failure never undoes the deployment."""
         wf = locked.wf
-        attempt = locked.running.get(stage.index)
-        if attempt is None:
-            log.info("followup.ignored", reason="no running attempt", stage=stage.index)
+        # Read afresh, not locked.running: when the lock query waited for a
+        # replica applying a copy of this notice, its snapshot predates that
+        # commit and still shows the attempt RUNNING (a second apply).
+        attempt = await conn.fetchval(
+            "SELECT attempt FROM stage_attempts WHERE req_number = $1 AND stage = $2"
+            " AND status = 'RUNNING' ORDER BY attempt DESC LIMIT 1",
+            wf.req,
+            stage.index,
+        )
+        if attempt is None or notice.attempt not in (None, attempt):
+            reason = "no running attempt" if attempt is None else f"attempt {attempt} runs"
+            log.info("followup.ignored", reason=reason, stage=stage.index)
             return "ignored"
         if notice.status == "IN_PROGRESS":
             await store.extend_deadline(conn, wf.req, stage.index, attempt, stage.timeout)
@@ -290,6 +312,11 @@ class Engine:
         await EffectRunner(self.pipeline, conn, wf).emit_stage(
             stage, "completed" if outcome == "COMPLETE" else "failed", attempt, notice.summary
         )
+        if self.memory is not None:
+            body = _dump(notice)
+            await self.memory.bind(locked.title).notice(
+                conn, wf.req, stage.agent, stage.name, stage.index, stage.gate, body, outcome
+            )
         return "applied"
 
     async def _commit(
@@ -301,7 +328,10 @@ class Engine:
         deliverable: dict[str, Any] | None = None,
     ) -> None:
         await store.save_workflow(conn, new, deployment(effects))
-        runner = EffectRunner(self.pipeline, conn, new, locked.title, deliverable, locked.delivered)
+        memory = self.memory.bind(locked.title, locked.recalled) if self.memory else None
+        runner = EffectRunner(
+            self.pipeline, conn, new, locked.title, deliverable, locked.delivered, memory
+        )
         await runner.run(effects)
         if new.status != "IN_PROGRESS":
             conn.wake_dispatcher = True  # a slot may have opened, once this commits
@@ -312,7 +342,7 @@ class Engine:
             req = intake.parse_requirement(msg.data, self.settings.max_message_bytes)
         except intake.IntakeError as exc:
             raise Rejected(exc.reason, exc.message) from None
-        created = await intake.submit(conn, req, "nats")
+        created = await intake.submit(conn, req, "nats", self.memory)
         log.info(
             "intake.received",
             req_number=req.req_number,
@@ -345,6 +375,16 @@ class Engine:
             msg.data.decode(),
         )
         await self._commit(conn, new, effects, locked)
+        if self.memory is not None:
+            await self.memory.bind(locked.title).decision(
+                conn,
+                req,
+                decision_msg.decision,
+                decision_msg.reasoning,
+                decision_msg.instructions,
+                locked.wf.status,
+                locked.wf.stage,
+            )
         log.info("decision.applied", req_number=req, decision=decision_msg.decision)
         return "applied"
 
@@ -582,11 +622,16 @@ def _last_token_req(msg: Msg) -> str | None:
 
 
 def _attempt_of(data: bytes) -> int | None:
+    # strict_json: deep nesting is a ValueError, not a RecursionError escaping
+    # the handler; an attempt beyond Postgres's int would fail the batch too.
+    # Either way the heartbeat was nak'd and redelivered in a loop.
     try:
-        value = json.loads(data or b"{}").get("attempt")
+        value = strict_json.loads(data or b"{}").get("attempt")
     except (ValueError, AttributeError):
         return None
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+    if isinstance(value, int) and not isinstance(value, bool) and -(2**31) <= value < 2**31:
+        return value
+    return None
 
 
 # --- services -------------------------------------------------------------------

@@ -7,12 +7,16 @@ gives one workflow.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from orchestrator import store, strict_json
+from orchestrator.memory import capture
 from orchestrator.notices import validate_req_id
+
+if TYPE_CHECKING:
+    from orchestrator.memory.service import Memory
 
 _PRIORITY = re.compile(r"^\s*[Pp]?([0-3])\s*$")
 _PRIORITY_WORDS = {"critical": 0, "urgent": 0, "high": 1, "medium": 2, "normal": 2, "low": 3}
@@ -115,8 +119,11 @@ def parse_requirement(data: bytes, max_bytes: int) -> Requirement:
         raise IntakeError(reason, f"{where}: {first.get('msg', 'invalid')}") from None
 
 
-async def submit(conn: store.Conn, req: Requirement, source: str) -> bool:
-    """Create the workflow if it is new (inside the caller's transaction)."""
+async def submit(
+    conn: store.Conn, req: Requirement, source: str, memory: Memory | None = None
+) -> bool:
+    """Create the workflow if it is new (inside the caller's transaction); with
+    ``memory``, the requirement's text is remembered in the same transaction."""
     created = await store.insert_requirement(
         conn,
         req.req_number,
@@ -134,4 +141,7 @@ async def submit(conn: store.Conn, req: Requirement, source: str) -> bool:
             reason=f"from {source}",
             detail={"priority": req.priority},
         )
+        if memory is not None:
+            draft = capture.requirement(req.req_number, req.title, req.requirements, req.owner)
+            await memory.writer.remember(conn, [draft])
     return created

@@ -130,7 +130,12 @@ class Publisher:
                         " WHERE msg_id = ANY($1::text[]) AND published_at IS NULL",
                         done,
                     )
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except (
+                OSError,
+                asyncpg.PostgresError,
+                asyncpg.InterfaceError,
+                asyncpg.InternalClientError,  # a connection Postgres shut down under us
+            ) as exc:
                 log.warning("outbox.mark_failed", rows=len(done), error=repr(exc))
                 self._done[:0] = done
                 await asyncio.sleep(1)
@@ -161,6 +166,7 @@ async def relay(daemon: Daemon) -> None:
             TimeoutError,
             asyncpg.PostgresError,
             asyncpg.InterfaceError,
+            asyncpg.InternalClientError,  # a connection Postgres shut down under us
         ) as exc:
             daemon.states.set(
                 "outbox", "stalled", "warning", cause=type(exc).__name__, error=str(exc)

@@ -9,7 +9,7 @@ lock. What was last read and last written is kept in Postgres, not memory.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
@@ -32,6 +32,8 @@ FILE_STATUS = {
     "CANCELLED": "CANCELLED",
 }
 STARTABLE = frozenset({"NEW", "PENDING"})
+# Serializes OWNER_REQUESTS.md mirror passes across replicas (pg_try_advisory_lock).
+MIRROR_LOCK = 0x61676F77  # "agow"
 
 
 async def ingest(daemon: Daemon, file: OwnerRequestsFile) -> int:
@@ -48,13 +50,13 @@ async def ingest(daemon: Daemon, file: OwnerRequestsFile) -> int:
     created = 0
     for entry in changed_entries(seen, entries):
         async with daemon.pool.acquire() as conn, conn.transaction():
-            created += await _ingest_one(conn, entry)
+            created += await _ingest_one(conn, entry, daemon.memory)
     if created and daemon.engine is not None:
         daemon.engine.wake_dispatcher.set()
     return created
 
 
-async def _ingest_one(conn: asyncpg.Connection, entry: OwnerRequest) -> int:
+async def _ingest_one(conn: asyncpg.Connection, entry: OwnerRequest, memory: Any = None) -> int:
     created = 0
     if entry.status in STARTABLE:
         req = intake.Requirement(
@@ -64,7 +66,7 @@ async def _ingest_one(conn: asyncpg.Connection, entry: OwnerRequest) -> int:
             owner=entry.owner,
             requirements=list(entry.requirements),
         )
-        created = int(await intake.submit(conn, req, "owner_requests"))
+        created = int(await intake.submit(conn, req, "owner_requests", memory))
         if not created:  # an edit of a REQ that has not started yet
             await conn.execute(
                 "UPDATE workflow_state SET title = $2, priority = $3, updated_at = now()"
@@ -85,14 +87,40 @@ async def _ingest_one(conn: asyncpg.Connection, entry: OwnerRequest) -> int:
 
 
 async def mirror(daemon: Daemon, file: OwnerRequestsFile) -> int:
-    """Write changed statuses into the file; returns how many rows were mirrored."""
+    """Write changed statuses into the file; returns how many rows were mirrored.
+
+    One replica mirrors at a time (a session advisory lock; the others skip
+    the pass), and each status is read again right before it is written, so a
+    replica that read a status before it changed can never write it over the
+    newer one another replica wrote (the file would stay stale for good).
+    """
     assert daemon.pool is not None
     async with daemon.pool.acquire() as conn:
-        rows = await conn.fetch(
+        if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", MIRROR_LOCK):
+            return 0
+        try:
+            return await _mirror_locked(conn, file)
+        finally:
+            try:
+                await conn.execute("SELECT pg_advisory_unlock($1)", MIRROR_LOCK)
+            except BaseException:
+                conn.terminate()  # never hand a session that may hold the lock back
+                raise
+
+
+async def _mirror_locked(conn: asyncpg.Connection, file: OwnerRequestsFile) -> int:
+    pending = await conn.fetch(
+        "SELECT req_number FROM workflow_state"
+        " WHERE mirrored_status IS DISTINCT FROM status ORDER BY updated_at LIMIT 100"
+    )
+    for candidate in pending:
+        row = await conn.fetchrow(
             "SELECT req_number, status, commit_sha, deployed_at, deployed_by FROM workflow_state"
-            " WHERE mirrored_status IS DISTINCT FROM status ORDER BY updated_at LIMIT 100"
+            " WHERE req_number = $1",
+            candidate["req_number"],
         )
-    for row in rows:
+        if row is None:
+            continue
         status = FILE_STATUS.get(row["status"], row["status"])
         extra: dict[str, str] = {}
         if row["status"] == "COMPLETE" and row["commit_sha"]:
@@ -105,16 +133,14 @@ async def mirror(daemon: Daemon, file: OwnerRequestsFile) -> int:
             }
             extra = {k: v for k, v in extra.items() if v}
         written = await asyncio.to_thread(file.update_status, row["req_number"], status, extra)
-        async with daemon.pool.acquire() as conn:
-            await conn.execute(
-                "UPDATE workflow_state SET mirrored_status = $2 WHERE req_number = $1"
-                " AND status = $2",
-                row["req_number"],
-                row["status"],
-            )
+        await conn.execute(
+            "UPDATE workflow_state SET mirrored_status = $2 WHERE req_number = $1 AND status = $2",
+            row["req_number"],
+            row["status"],
+        )
         if written:
             log.info("owner_requests.mirrored", req_number=row["req_number"], status=status)
-    return len(rows)
+    return len(pending)
 
 
 async def watch(daemon: Daemon) -> None:
@@ -129,7 +155,8 @@ async def watch(daemon: Daemon) -> None:
             while await mirror(daemon, file) >= 100:
                 pass
             daemon.states.set("owner_requests", "ok", "debug")
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, ValueError) as exc:
+        except Exception as exc:  # any kind (asyncpg's InternalClientError in a Postgres
+            # restart, a file that kept changing...): one bad pass must not stop agogd
             daemon.states.set(
                 "owner_requests",
                 "failing",

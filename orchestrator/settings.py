@@ -15,6 +15,8 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from orchestrator import registry
+from orchestrator.memory.retention import Rule as MemoryRetention
+from orchestrator.memory.retention import check_kinds
 
 ENV_PREFIX = "AGOG_"
 
@@ -54,6 +56,24 @@ class Settings(BaseSettings):
     # --- other services --------------------------------------------------
     docker_url: str = "unix:///var/run/docker.sock"
     ollama_url: str = "http://127.0.0.1:11434"
+
+    # --- embeddings (deliverable memory) -----------------------------------
+    embedding_provider: Literal["ollama", "local", "none"] = Field(
+        default="ollama",
+        description="ollama (HTTP, AGOG_OLLAMA_URL), local (all-MiniLM-L6-v2 in-process, "
+        "offline; the embeddings-local extra) or none (full-text recall only).",
+    )
+    embedding_model: str = Field(
+        default="nomic-embed-text",
+        min_length=1,
+        description="Ollama embedding model; the local provider always runs all-MiniLM-L6-v2.",
+    )
+    embedding_timeout: float = Field(
+        default=30.0, gt=0, description="Seconds per embedding request to Ollama."
+    )
+    embedding_retries: int = Field(
+        default=2, ge=0, le=10, description="Retries after a connection error or 5xx answer."
+    )
 
     # --- pipeline and schema ---------------------------------------------------
     pipeline_file: Path | None = None
@@ -185,6 +205,58 @@ class Settings(BaseSettings):
         default="", description="Tag template for a deployed REQ, e.g. 'release-{req}' ('' = none)."
     )
 
+    # --- deliverable memory (recall for agents; see orchestrator/memory) ----
+    memory_enabled: bool = Field(
+        default=True,
+        description="Remember deliverables and decisions, and give assignments their memories.",
+    )
+    memory_top_k: int = Field(
+        default=5, ge=0, le=50, description="Memories in each stage assignment (0: none)."
+    )
+    memory_chunk_chars: int = Field(
+        default=2000,
+        ge=200,
+        description="Longest memory row; longer texts are chunked (at most the provider's"
+        " own limit).",
+    )
+    memory_max_chunks: int = Field(
+        default=64, ge=1, description="Chunks kept of one memory (beyond: a warning and a mark)."
+    )
+    memory_embed_batch: int = Field(default=32, ge=1, le=1024, description="Rows per embed call.")
+    memory_embed_interval: float = Field(
+        default=5.0, gt=0, description="Seconds between backfill passes (NOTIFY wakes it sooner)."
+    )
+    memory_embed_retry_max: float = Field(
+        default=300.0, gt=0, description="Longest back-off, in seconds, while the provider is down."
+    )
+    memory_context_ttl: float = Field(
+        default=300.0, gt=0, description="Seconds before a live REQ's recalled memories are redone."
+    )
+    memory_context_interval: float = Field(
+        default=2.0, gt=0, description="Seconds between checks for REQs whose recall is due."
+    )
+    memory_recall_candidates: int = Field(
+        default=20, ge=10, le=1000, description="Candidates per method before fusion."
+    )
+    memory_exact_limit: int = Field(
+        default=3000,
+        ge=0,
+        description="Filtered rows up to which vector recall scans exactly instead of HNSW.",
+    )
+    memory_ef_search: int = Field(
+        default=100, ge=10, le=1000, description="HNSW ef_search for unfiltered recall."
+    )
+    memory_fulltext_cap: int = Field(
+        default=500, ge=50, description="Most recent full-text matches that are ranked."
+    )
+    memory_retention: dict[str, MemoryRetention] = Field(
+        default_factory=dict,
+        description='JSON of kind -> {"max_age_days": N, "max_count": N}; "*" for every kind.',
+    )
+    memory_retention_interval: float = Field(
+        default=3600.0, gt=0, description="Seconds between retention passes."
+    )
+
     # --- HTTP, lifecycle, logging ----------------------------------------
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8090, ge=0, le=65535)
@@ -262,6 +334,12 @@ class Settings(BaseSettings):
         for agent, seconds in value.items():
             if seconds <= 0:
                 raise ValueError(f"timeout for {agent} must be positive")
+        return value
+
+    @field_validator("memory_retention")
+    @classmethod
+    def _check_retention(cls, value: dict[str, MemoryRetention]) -> dict[str, MemoryRetention]:
+        check_kinds(value)
         return value
 
     @model_validator(mode="after")

@@ -75,6 +75,9 @@ class Locked:
     running: dict[int, int] = field(default_factory=dict)
     # stage index -> seconds since that RUNNING attempt started (for its duration metric).
     ages: dict[int, float] = field(default_factory=dict)
+    # (next stage index, the memories recalled for it) from memory_context;
+    # None when the REQ has no context yet (orchestrator.memory.context).
+    recalled: tuple[int, Any] | None = None
 
 
 _LOCK_SQL = (
@@ -86,7 +89,9 @@ _LOCK_SQL = (
     " (SELECT coalesce(json_object_agg(a.stage, json_build_array(a.attempt,"
     "  extract(epoch FROM now() - a.started_at)) ORDER BY a.attempt), '{}')"
     "  FROM stage_attempts a"
-    "  WHERE a.req_number = ws.req_number AND a.status = 'RUNNING') AS running"
+    "  WHERE a.req_number = ws.req_number AND a.status = 'RUNNING') AS running,"
+    " (SELECT mc.picks -> (coalesce(ws.current_stage, -1) + 1)::text FROM memory_context mc"
+    "  WHERE mc.req_number = ws.req_number) AS recalled"
     " FROM workflow_state ws WHERE ws.req_number = ANY($1::varchar[])"
     " ORDER BY ws.req_number FOR UPDATE OF ws"
 )
@@ -114,7 +119,11 @@ def _locked(row: asyncpg.Record) -> Locked:
     running_rows = json.loads(row["running"]).items()
     running = {int(stage): attempt for stage, (attempt, _) in running_rows}
     ages = {int(stage): float(age) for stage, (_, age) in running_rows}
-    return Locked(wf, row["title"], delivered, running, ages)
+    recalled = None
+    if row["recalled"] is not None:
+        nxt = (row["current_stage"] if row["current_stage"] is not None else -1) + 1
+        recalled = (nxt, json.loads(row["recalled"]))
+    return Locked(wf, row["title"], delivered, running, ages, recalled=recalled)
 
 
 async def save_workflow(

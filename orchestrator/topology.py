@@ -9,6 +9,7 @@ deleted silently.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from nats.aio.client import Client as NATS
+from nats.errors import NoRespondersError
 from nats.js import JetStreamContext
 from nats.js.api import (
     AckPolicy,
@@ -27,7 +29,7 @@ from nats.js.api import (
     StreamConfig,
     StreamInfo,
 )
-from nats.js.errors import APIError, BadRequestError, NotFoundError
+from nats.js.errors import APIError, BadRequestError, NotFoundError, ServiceUnavailableError
 
 from orchestrator.logs import get_logger
 from orchestrator.registry import ConsumerSpec, Pipeline, StreamSpec
@@ -35,6 +37,11 @@ from orchestrator.registry import ConsumerSpec, Pipeline, StreamSpec
 log = get_logger(__name__)
 
 STREAM_NAME_IN_USE = 10058
+# JetStream busy rather than refusing: a request timed out (R3 streams being
+# placed while replicas start together on a loaded cluster, a leader
+# election), or it is not up yet. The whole pass is idempotent: try it again.
+BUSY = (TimeoutError, NoRespondersError, ServiceUnavailableError)
+BUSY_TRIES = 5
 # The stream settings agogd owns (besides subjects); others are left as they are.
 LIMIT_FIELDS = (
     "storage",
@@ -134,7 +141,22 @@ class Reconciler:
         self.consumer_backfill = consumer_backfill
 
     async def reconcile(self) -> dict[str, str]:
-        """Reconcile everything; returns what happened to each stream."""
+        """Reconcile everything; returns what happened to each stream. A busy
+        JetStream is given a few tries, then it is a TopologyError."""
+        for attempt in range(1, BUSY_TRIES + 1):
+            try:
+                return await self._reconcile_once()
+            except BUSY as exc:
+                if attempt == BUSY_TRIES:
+                    raise TopologyError(
+                        f"JetStream did not answer the topology reconcile ({attempt} tries,"
+                        f" last: {type(exc).__name__} {exc})"
+                    ) from exc
+                log.warning("topology.busy", attempt=attempt, error=repr(exc))
+                await asyncio.sleep(0.5 * 2**attempt)
+        raise AssertionError("unreachable")
+
+    async def _reconcile_once(self) -> dict[str, str]:
         started = time.perf_counter()
         outcome = {spec.name: await self.reconcile_stream(spec) for spec in self.pipeline.streams}
         for consumer in self.pipeline.consumers:

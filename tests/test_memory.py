@@ -323,7 +323,12 @@ async def test_pending_rows_are_backfilled_when_the_provider_comes_back(
                 await _until(
                     lambda: _none_pending(daemon.pool), what="the backfill to embed every row"
                 )
-                restored = [e for e in logs if e["event"] == "memory.embeddings_restored"]
+
+                async def restored_logged() -> list[dict[str, Any]]:
+                    # Logged once the pass that embedded the rows returns.
+                    return [e for e in logs if e["event"] == "memory.embeddings_restored"]
+
+                restored = await _until(restored_logged, what="memory.embeddings_restored")
                 assert len(restored) == 1 and restored[0]["failed_calls"] >= 2
             finally:
                 await server.stop()

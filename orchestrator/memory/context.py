@@ -49,11 +49,13 @@ SOURCE_SQL = (
     "  ORDER BY m.chunk_index LIMIT 1) AS vector"
     " FROM workflow_state ws WHERE ws.req_number = $1"
 )
+# A provisional context (computed by a dispatch, with a small budget) is dated
+# -infinity, so that the memory service redoes it at once with its own.
 STORE_SQL = (
     "INSERT INTO memory_context (req_number, picks, mode, candidates, computed_at)"
-    " VALUES ($1, $2::jsonb, $3, $4, now()) ON CONFLICT (req_number) DO UPDATE"
-    " SET picks = EXCLUDED.picks, mode = EXCLUDED.mode, candidates = EXCLUDED.candidates,"
-    " computed_at = now()"
+    " VALUES ($1, $2::jsonb, $3, $4, CASE WHEN $5::bool THEN '-infinity' ELSE now() END)"
+    " ON CONFLICT (req_number) DO UPDATE SET picks = EXCLUDED.picks, mode = EXCLUDED.mode,"
+    " candidates = EXCLUDED.candidates, computed_at = EXCLUDED.computed_at"
 )
 STALE_SQL = (
     "SELECT ws.req_number FROM workflow_state ws"
@@ -81,20 +83,37 @@ class Recaller:
     stages: tuple[tuple[int, str], ...]  # (index, agent) of every stage and follow-up
     top_k: int = 5
     tuning: Tuning = field(default_factory=Tuning)
-    # When a dispatch computes the context itself: candidates per method kept
-    # within HNSW's default ef_search, so that path needs no SET round trip.
-    dispatch_tuning: Tuning = field(default_factory=lambda: Tuning(candidates=40, ef_search=40))
+    # When a dispatch computes the context itself (it holds the REQ's lock, and
+    # at admission the dispatcher's): a small budget, candidates within HNSW's
+    # default ef_search (no SET round trip) and few full-text rows ranked. The
+    # result is provisional: the memory service redoes it with its own.
+    dispatch_tuning: Tuning = field(
+        default_factory=lambda: Tuning(candidates=20, ef_search=40, fulltext_cap=100)
+    )
 
-    async def compute(self, conn: asyncpg.Connection, req: str, tuning: Tuning) -> Context | None:
-        """The REQ's context from the database alone; None if the REQ is unknown."""
+    async def source(self, conn: asyncpg.Connection, req: str) -> tuple[Any, str | None] | None:
+        """(stored requirement vector or None, query text or None); None if no REQ."""
         row = await conn.fetchrow(SOURCE_SQL, req)
         if row is None:
             return None
         requirement = json.loads(row["requirement"]) if row["requirement"] else {}
-        text = capture.query_text(row["title"] or "", requirement) or None
-        vector = row["vector"]
+        return row["vector"], capture.query_text(row["title"] or "", requirement) or None
+
+    def empty(self) -> Context:
+        return Context({str(i): [] for i, _ in self.stages}, "none", 0)
+
+    async def compute(self, conn: asyncpg.Connection, req: str, tuning: Tuning) -> Context | None:
+        """The REQ's context from the database alone; None if the REQ is unknown."""
+        found = await self.source(conn, req)
+        if found is None:
+            return None
+        return await self.recall(conn, req, *found, tuning)
+
+    async def recall(
+        self, conn: asyncpg.Connection, req: str, vector: Any, text: str | None, tuning: Tuning
+    ) -> Context:
         if vector is None and text is None:
-            return Context({str(i): [] for i, _ in self.stages}, "none", 0)
+            return self.empty()
         by_vector, by_text = await candidates(
             conn,
             Filters(exclude_req=req),
@@ -108,10 +127,15 @@ class Recaller:
         items = [h.as_item() for h in hits]
         return Context(policy.picks_by_stage(items, self.stages, self.top_k), mode, len(items))
 
-    async def store(self, conn: Any, req: str, context: Context) -> None:
+    async def store(self, conn: Any, req: str, context: Context, provisional: bool = False) -> None:
         """Upsert (queued, in the engine's transaction)."""
         await conn.execute(
-            STORE_SQL, req, json.dumps(context.picks, default=str), context.mode, context.candidates
+            STORE_SQL,
+            req,
+            json.dumps(context.picks, default=str),
+            context.mode,
+            context.candidates,
+            provisional,
         )
 
     async def refresh(self, conn: asyncpg.Connection, req: str) -> Context | None:
@@ -136,15 +160,20 @@ class Recaller:
         if recalled is not None and recalled[0] == stage and isinstance(recalled[1], list):
             return recalled[1]
         raw = conn.conn if isinstance(conn, BatchedConnection) else conn
+        found = await self.source(raw, req)
+        if found is None:
+            return []
+        vector, text = found
+        if vector is None and text is None:  # nothing to recall on: say so for good
+            await self.store(conn, req, self.empty())
+            return []
         try:
             async with raw.transaction():  # a savepoint: a failure here leaves the rest intact
-                context = await self.compute(raw, req, self.dispatch_tuning)
+                context = await self.recall(raw, req, vector, text, self.dispatch_tuning)
         except (asyncpg.PostgresError, ValueError, KeyError) as exc:
             log.warning("memory.recall_failed", req_number=req, stage=stage, error=repr(exc))
             return []
-        if context is None:
-            return []
-        await self.store(conn, req, context)
+        await self.store(conn, req, context, provisional=True)
         return context.picks.get(str(stage), [])
 
 
@@ -166,7 +195,12 @@ async def refresh_loop(
         try:
             done = await _refresh_some(pool, recaller, ttl, batch)
             daemon.states.set("memory.context", "ok", "debug")
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except (
+            OSError,
+            asyncpg.PostgresError,
+            asyncpg.InterfaceError,
+            asyncpg.InternalClientError,  # a connection Postgres shut down under us
+        ) as exc:
             daemon.states.set(
                 "memory.context", "failing", "warning", cause=type(exc).__name__, error=str(exc)
             )

@@ -195,7 +195,12 @@ class Embedder:
             self.refused = str(exc)
             log.error("memory.embeddings_refused", provider=self.provider.name, error=str(exc))
             return self.retry_max
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except (
+            OSError,
+            asyncpg.PostgresError,
+            asyncpg.InterfaceError,
+            asyncpg.InternalClientError,  # a connection Postgres shut down under us
+        ) as exc:
             daemon.states.set(
                 "memory.embedder", "failing", "warning", cause=type(exc).__name__, error=str(exc)
             )
@@ -216,5 +221,7 @@ class Embedder:
 
 
 async def _update_gauge(pool: asyncpg.Pool) -> None:
-    with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+    with contextlib.suppress(
+        OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError
+    ):
         metrics.MEMORY_PENDING.set(await pool.fetchval(PENDING_SQL))

@@ -69,7 +69,12 @@ async def prune_loop(
         try:
             await prune(daemon.pool, rules)
             daemon.states.set("memory.retention", "ok", "debug")
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except (
+            OSError,
+            asyncpg.PostgresError,
+            asyncpg.InterfaceError,
+            asyncpg.InternalClientError,  # a connection Postgres shut down under us
+        ) as exc:
             daemon.states.set(
                 "memory.retention", "failing", "warning", cause=type(exc).__name__, error=str(exc)
             )

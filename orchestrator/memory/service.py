@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
@@ -61,8 +62,12 @@ class Memory:
             candidates=settings.memory_recall_candidates,
             exact_limit=settings.memory_exact_limit,
             ef_search=settings.memory_ef_search,
+            fulltext_cap=settings.memory_fulltext_cap,
         )
-        self.recaller = context.Recaller(stages, settings.memory_top_k, self.tuning)
+        # Recall for assignments runs in the background: more candidates, so
+        # that every stage's policy finds its kinds among them.
+        wide = replace(self.tuning, candidates=max(60, self.tuning.candidates))
+        self.recaller = context.Recaller(stages, settings.memory_top_k, wide)
         self.context_wake = asyncio.Event()
         self.embedder = (
             Embedder(
@@ -126,7 +131,13 @@ class Memory:
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(1):
                             await daemon.stopping.wait()
-            except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+            except (
+                OSError,
+                TimeoutError,
+                asyncpg.PostgresError,
+                asyncpg.InterfaceError,
+                asyncpg.InternalClientError,  # a connection Postgres shut down under us
+            ) as exc:
                 log.debug("memory.listen_failed", error=str(exc))
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(2):
