@@ -1,0 +1,164 @@
+"""Bugs the chaos soak (bench/chaos_soak.py, docs/chaos.md) found, one test each
+(the races between replicas are in tests/test_chaos_races.py).
+
+Replicas starting together on a fresh three-node cluster exited with a
+traceback when a JetStream API request timed out while R3 streams were being
+placed: the topology reconcile now gives a busy JetStream a few tries.
+
+A Postgres restart stopped whole replicas: a pooled connection that gets the
+server's "terminating connection" while idle fails its next query with
+asyncpg's InternalClientError ("cannot switch to state 12; another operation
+(2) is in progress"), which the outbox relay and marker and the memory
+services did not expect: the service crashed, and agogd with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+from typing import Any
+
+import asyncpg
+import nats
+import pytest
+from nats.aio.client import Client as NATS
+
+from orchestrator import outbox, registry
+from orchestrator.embedded import NatsServer
+from orchestrator.memory import prune
+from orchestrator.memory.embedder import Embedder
+from orchestrator.state_log import StateLog
+from orchestrator.topology import Reconciler
+
+
+def _shut_down() -> asyncpg.InternalClientError:
+    return asyncpg.InternalClientError(
+        "cannot switch to state 12; another operation (2) is in progress"
+    )
+
+
+def _daemon(**settings: Any) -> SimpleNamespace:
+    return SimpleNamespace(
+        pool=object(),
+        nc=SimpleNamespace(jetstream=lambda: object()),
+        settings=SimpleNamespace(**settings),
+        states=StateLog(),
+        stopping=asyncio.Event(),
+        publisher=None,
+    )
+
+
+async def test_outbox_relay_survives_a_connection_postgres_shut_down(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    daemon = _daemon(outbox_poll_interval=0.01)
+    calls = 0
+
+    async def publish_batch(_pool: Any, _js: Any) -> int:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise _shut_down()
+        daemon.stopping.set()
+        return 0
+
+    async def listen(_daemon: Any, _wake: Any) -> None:
+        return None
+
+    monkeypatch.setattr(outbox, "publish_batch", publish_batch)
+    monkeypatch.setattr(outbox, "_listen", listen)
+    await asyncio.wait_for(outbox.relay(daemon), 10)  # type: ignore[arg-type]
+    assert calls == 2
+
+
+class _Pool:
+    """A pool whose first connection was shut down under it."""
+
+    def __init__(self) -> None:
+        self.acquired = 0
+        self.marked: list[list[str]] = []
+
+    def acquire(self) -> Any:
+        self.acquired += 1
+        if self.acquired == 1:
+            raise _shut_down()
+        pool = self
+
+        class _Conn:
+            async def __aenter__(self) -> _Conn:
+                return self
+
+            async def __aexit__(self, *_: object) -> None:
+                return None
+
+            def transaction(self) -> _Conn:
+                return self
+
+            async def execute(self, sql: str, *args: Any) -> None:
+                if args:
+                    pool.marked.append(list(args[0]))
+
+        return _Conn()
+
+
+async def test_outbox_marker_keeps_its_rows_when_postgres_shut_down_its_connection() -> None:
+    pool = _Pool()
+    daemon = _daemon()
+    publisher = outbox.Publisher(pool, object())  # type: ignore[arg-type]
+    publisher._done = ["evt:1"]
+    marker = asyncio.create_task(publisher.mark(daemon))  # type: ignore[arg-type]
+    for _ in range(100):
+        if pool.marked:
+            break
+        await asyncio.sleep(0.05)
+    daemon.stopping.set()
+    await asyncio.wait_for(marker, 10)
+    assert pool.marked == [["evt:1"]]  # retried, not lost with a crashed marker
+
+
+async def test_memory_retention_and_embedder_survive_a_connection_postgres_shut_down(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    daemon = _daemon()
+    calls = 0
+
+    async def prune_rows(*_: Any) -> int:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise _shut_down()
+        daemon.stopping.set()
+        return 0
+
+    monkeypatch.setattr(prune, "prune", prune_rows)
+    await asyncio.wait_for(prune.prune_loop(daemon, {}, interval=0.01, first=0.01), 10)  # type: ignore[arg-type]
+    assert calls == 2
+
+    embedder = Embedder(SimpleNamespace(name="test"), interval=0.5)  # type: ignore[arg-type]
+
+    async def drain(_pool: Any) -> int:
+        raise _shut_down()
+
+    monkeypatch.setattr(embedder, "drain", drain)
+    assert await embedder._pass(daemon, object()) == 0.5  # type: ignore[arg-type]
+
+
+async def test_topology_reconcile_gives_a_busy_jetstream_another_try(
+    nats_server: NatsServer, nc: NATS
+) -> None:
+    reconciler = Reconciler(nc, registry.load())
+    real = reconciler.js.stream_info
+    calls = 0
+
+    async def stream_info(name: str, *args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 2:  # as a request did while R3 streams were being placed
+            raise nats.errors.TimeoutError
+        return await real(name, *args, **kwargs)
+
+    reconciler.js.stream_info = stream_info  # type: ignore[method-assign]
+    outcome = await asyncio.wait_for(reconciler.reconcile(), 30)
+    assert set(outcome.values()) <= {"created", "unchanged"} and calls > 2
+    for spec in registry.load().streams:
+        assert (await real(spec.name)).config.name == spec.name
