@@ -91,11 +91,17 @@ def dev(data_dir: Path | None, demo: bool) -> None:
     notices to NATS (or for AGOG_RUNNER_AGENTS).
     """
     from orchestrator.dev import run_dev
+    from orchestrator.embeddings import local
 
     overrides: dict[str, Any] = {"data_dir": data_dir} if data_dir else {}
     if demo:
         overrides["demo"] = True
-    sys.exit(run_dev(settings_or_exit(**overrides)))
+    settings = settings_or_exit(**overrides)
+    if "embedding_provider" not in settings.model_fields_set and local.available():
+        # No external service in dev: the offline model, when installed, embeds
+        # the memories (the daemon's default, Ollama, is not running here).
+        settings = settings.model_copy(update={"embedding_provider": "local"})
+    sys.exit(run_dev(settings))
 
 
 @main.command()

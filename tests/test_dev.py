@@ -56,6 +56,9 @@ async def test_dev_runs_on_embedded_servers_and_keeps_data(tmp_path: Path) -> No
         finally:
             await nc.close()
         assert live == {s.name: list(s.subjects) for s in registry.load().streams}
+        # No Ollama here: dev embeds memories with the installed offline model.
+        config = d.wait_event("memory.embedding_config")
+        assert config["provider"] == "local:all-MiniLM-L6-v2", config
 
         proc = await asyncio.create_subprocess_exec(
             str(_bin_dir() / "psql"),

@@ -72,6 +72,16 @@ def default_model_dir() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "model"
 
 
+def available() -> bool:
+    """Whether the model and its libraries are installed (nothing is loaded)."""
+    try:
+        default_model_dir()
+        _require_libraries()
+    except LocalModelMissing:
+        return False
+    return True
+
+
 def _require_libraries() -> None:
     missing = [
         dist
