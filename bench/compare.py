@@ -322,7 +322,7 @@ async def profile(url: str, dsn: str, work: Path) -> list[tuple[str, float]]:
         assert d.proc is not None
         spy_proc = await asyncio.create_subprocess_exec(
             spy, "record", "--pid", str(d.proc.pid), "--format", "raw", "--output", str(out),
-            "--rate", "200", "--nonblocking",
+            "--rate", "200", "--nonblocking", "--full-filenames",
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )  # fmt: skip
@@ -395,7 +395,19 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smaller runs, for a smoke test")
     parser.add_argument("--profile", action="store_true", help="also profile with py-spy")
+    parser.add_argument("--profile-only", action="store_true", help="only the py-spy profile")
     args = parser.parse_args()
+    if args.profile_only:
+        with tempfile.TemporaryDirectory(prefix="agogd-profile-") as tmp:
+            work = Path(tmp)
+            nats_server = NatsServer(work / "nats").start()
+            pg = PostgresServer(work / "pg", durable=True).start()
+            try:
+                print_profile(await profile(nats_server.url, pg.dsn(), work))
+            finally:
+                nats_server.stop()
+                pg.stop()
+        return
     total = 100 if args.quick else 400
     rec = 200 if args.quick else 1000
     foot = 1000 if args.quick else 10000
@@ -467,6 +479,10 @@ def report(
         f" {feet['idle_cpu_percent']:.1f}%; RSS with {feet['in_flight']} REQs in flight"
         f" {feet['loaded_rss_mb']:.0f} MB"
     )
+    print_profile(prof)
+
+
+def print_profile(prof: list[tuple[str, float]]) -> None:
     if prof:
         print("profile of the saturated run (share of py-spy samples):")
         print("   self = time in that package's own code; in = agogd functions on the stack")

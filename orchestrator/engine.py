@@ -107,6 +107,9 @@ class Engine:
             reason=f"{err.reason}: {err.message}",
             detail={"subject": msg.subject, "stream": stream, "seq": seq},
         )
+        # jsonb cannot hold NUL: one in a bad payload failed the rejection's own
+        # write, and the message was redelivered in a loop instead.
+        excerpt = msg.data[:2048].decode("utf-8", "replace").replace("\x00", "\ufffd")
         await store.enqueue(
             conn,
             self.pipeline.subjects["rejection"],
@@ -119,7 +122,7 @@ class Engine:
                 "stream_seq": seq,
                 "req_number": err.req,
                 "timestamp": store.now_iso(),
-                "payload_excerpt": msg.data[:2048].decode("utf-8", "replace"),
+                "payload_excerpt": excerpt,
             },
             f"reject:{stream}:{seq}",
         )
@@ -375,6 +378,10 @@ class Engine:
             msg.data.decode(),
         )
         await self._commit(conn, new, effects, locked)
+        resolution = decision_msg.decision
+        if decision_msg.reasoning:
+            resolution += f": {decision_msg.reasoning}"
+        await store.resolve_escalations(conn, req, resolution)
         if self.memory is not None:
             await self.memory.bind(locked.title).decision(
                 conn,

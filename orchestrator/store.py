@@ -369,3 +369,13 @@ async def insert_escalation(
         dumps(payload),
     )
     return row is not None
+
+
+async def resolve_escalations(conn: Conn, req: str, resolution: str) -> None:
+    """A decision on a REQ answers its open escalations: mark them resolved."""
+    await conn.execute(
+        "UPDATE escalations SET resolved_at = now(), resolution = $2"
+        " WHERE req_number = $1 AND resolved_at IS NULL",
+        req,
+        resolution[:500],
+    )

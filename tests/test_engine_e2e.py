@@ -138,6 +138,16 @@ async def test_blocked_escalates_once_and_decision_resumes(
         )
         await wait_status(pg_dsn, "REQ-BLK-1", "DEPLOYED")
     assert len(escalations) == 1
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        rows = await conn.fetch(
+            "SELECT resolved_at, resolution FROM escalations WHERE req_number = 'REQ-BLK-1'"
+        )
+    finally:
+        await conn.close()
+    # The decision answered the escalation.
+    assert len(rows) == 1 and rows[0]["resolved_at"] is not None
+    assert rows[0]["resolution"] == "RETRY: owner found"
 
 
 async def test_timeout_retries_then_escalates(
