@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import sys
 import tempfile
@@ -30,6 +31,8 @@ import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
+
+import asyncpg
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -50,8 +53,58 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def postgres_pids() -> list[int]:
+    """Every live postgres process (the postmaster and its backends)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().strip() in ("postgres", "postmaster"):
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def cpu_of(pids: list[int]) -> float:
+    """CPU seconds of the processes still alive (a backend may have exited)."""
+    total = 0.0
+    for pid in pids:
+        try:
+            total += cpu_seconds(pid)
+        except OSError:
+            continue
+    return total
+
+
+async def sample_waits(dsn: str, waits: Counter[str]) -> None:
+    """What agogd's Postgres sessions are doing, sampled every 20 ms: running
+    a query, waiting for a lock, or waiting for agogd (idle in transaction)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        while True:
+            rows = await conn.fetch(
+                "SELECT state, wait_event_type, wait_event, left(query, 70) AS query"
+                " FROM pg_stat_activity"
+                " WHERE application_name LIKE 'agogd%' AND pid <> pg_backend_pid()"
+            )
+            for r in rows:
+                if r["state"] == "active":
+                    if r["wait_event_type"] == "Lock":
+                        waits["lock wait"] += 1
+                        waits[f"lock wait ({r['wait_event']}): {r['query']}"] += 1
+                    else:
+                        waits["running"] += 1
+                elif r["state"] == "idle in transaction":
+                    waits["in transaction, waiting for agogd"] += 1
+            waits["samples"] += 1
+            await asyncio.sleep(0.02)
+    finally:
+        await conn.close()
+
+
 async def one_count(
-    base: Path, replicas: int, reqs: int, rounds: int
+    base: Path, replicas: int, reqs: int, rounds: int, extra: dict[str, str]
 ) -> tuple[dict[str, Any], dict[str, float], Counter[str]]:
     """One replica count on fresh servers: the saturated run's figures, CPU
     seconds per process kind, and the replicas' warnings and errors."""
@@ -64,6 +117,7 @@ async def one_count(
             "AGOG_POSTGRES_DSN": pg.dsn(),
             "AGOG_MAX_IN_FLIGHT": str(reqs),
             "AGOG_DISPATCH_INTERVAL": "0.05",
+            **extra,
         }
         for _ in range(replicas):
             daemons.append(DaemonProcess(env).start())
@@ -72,12 +126,22 @@ async def one_count(
         pids = {"agogd": [d.proc.pid for d in daemons if d.proc is not None]}
         if nats_server.proc is not None:
             pids["nats-server"] = [nats_server.proc.pid]
-        before = {k: sum(cpu_seconds(p) for p in v) for k, v in pids.items()}
-        started = time.perf_counter()
-        result = await run_engine(nats_server.url, reqs, reqs * rounds, 0.0, f"R{replicas}")
+        pids["postgres"] = postgres_pids()
+        before = {k: cpu_of(v) for k, v in pids.items()}
+        started, client_cpu = time.perf_counter(), time.process_time()
+        waits: Counter[str] = Counter()
+        sampler = asyncio.create_task(sample_waits(pg.dsn(), waits))
+        try:
+            result = await run_engine(nats_server.url, reqs, reqs * rounds, 0.0, f"R{replicas}")
+        finally:
+            sampler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sampler
         wall = time.perf_counter() - started
-        cpu = {k: sum(cpu_seconds(p) for p in v) - before[k] for k, v in pids.items()}
+        cpu = {k: cpu_of(v) - before[k] for k, v in pids.items()}
+        cpu["bench agents"] = time.process_time() - client_cpu
         cpu["wall"] = wall
+        result["waits"] = waits
         troubles: Counter[str] = Counter()
         for daemon in daemons:
             for e in daemon.events:
@@ -96,7 +160,11 @@ async def main() -> None:
     parser.add_argument("--reqs", type=int, default=100, help="REQs kept in flight")
     parser.add_argument("--rounds", type=int, default=3, help="REQs per count = rounds x reqs")
     parser.add_argument("--replicas", default="1,2,3", help="replica counts, comma-separated")
+    parser.add_argument(
+        "--env", action="append", default=[], help="KEY=VALUE for agogd, e.g. AGOG_MEMORY_ENABLED=0"
+    )
     args = parser.parse_args()
+    extra = dict(item.split("=", 1) for item in args.env)
     counts = [int(x) for x in args.replicas.split(",")]
     with tempfile.TemporaryDirectory(prefix="agogd-scale-") as tmp:
         base = Path(tmp)
@@ -111,7 +179,7 @@ async def main() -> None:
         finally:
             nats_server.stop()
             pg.stop()
-        results = {n: await one_count(base, n, args.reqs, args.rounds) for n in counts}
+        results = {n: await one_count(base, n, args.reqs, args.rounds, extra) for n in counts}
     floor_sum = sum(floors.values())
     print(
         f"cores: {os.cpu_count()}; REQs in flight: {args.reqs}; REQs per count:"
@@ -128,6 +196,15 @@ async def main() -> None:
             f" stage advance p50 {r['p50'] * 1000:6.1f} ms p99 {r['p99'] * 1000:6.1f} ms;"
             f" CPU {used}; warnings/errors: {dict(troubles) or 'none'}"
         )
+        w = r["waits"]
+        n = max(w.pop("samples", 1), 1)
+        detail = {k: v for k, v in w.items() if k.startswith("lock wait (")}
+        print(
+            "    agogd's Postgres sessions, on average: "
+            + ", ".join(f"{v / n:.2f} {k}" for k, v in sorted(w.items()) if k not in detail)
+        )
+        for k, v in sorted(detail.items(), key=lambda kv: -kv[1])[:3]:
+            print(f"      {v / n:.2f} {k}")
 
 
 if __name__ == "__main__":

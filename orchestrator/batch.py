@@ -73,6 +73,11 @@ class BatchedConnection:
         self.outbox: list[tuple[str, str, str]] | None = None
         # Metric updates of this transaction; the caller applies them after commit.
         self.tally = Tally()
+        # Channels the caller wakes in its own process after commit instead of
+        # a NOTIFY: a NOTIFY takes a database-wide lock at commit, which would
+        # serialize every replica's commits. Collected in ``woken``.
+        self.local_channels: frozenset[str] = frozenset()
+        self.woken: set[str] = set()
 
     @property
     def queued_args(self) -> int:
@@ -88,7 +93,10 @@ class BatchedConnection:
         self._count += len(args)
 
     def notify_on_flush(self, channel: str) -> None:
-        self._notify.add(channel)
+        if channel in self.local_channels:
+            self.woken.add(channel)
+        else:
+            self._notify.add(channel)
 
     async def flush(self) -> None:
         queue, notify = self._queue, self._notify

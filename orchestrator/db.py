@@ -73,6 +73,8 @@ async def create_pool(settings: Settings) -> asyncpg.Pool:
         reset=_keep_session,
         timeout=10,
         command_timeout=60,
+        # Operators see agogd's sessions by name in pg_stat_activity.
+        server_settings={"application_name": "agogd"},
     )
     assert pool is not None
     return pool

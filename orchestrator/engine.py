@@ -55,6 +55,7 @@ Outcome = Literal["ack", "term", "nak"]
 # protocol allows 32,767 per statement).
 FLUSH_ARGS = 8000
 DISPATCH_LOCK = 0x61676F68  # serializes admission of PENDING REQs across replicas
+DISPATCH_RETRY = 0.05  # seconds before a replica that found the admission busy looks again
 
 
 class Rejected(Exception):
@@ -165,6 +166,8 @@ class Engine:
         async with self.pool.acquire() as raw, raw.transaction():
             conn = BatchedConnection(raw)
             conn.outbox = []  # published right after commit: no relay hop
+            if self.memory is not None:  # new memories wake this replica's embedder
+                conn.local_channels = self.memory.local_channels
             fresh = set(keys)
             if handler.claim:
                 claims = [
@@ -202,6 +205,8 @@ class Engine:
         conn.tally.apply()  # committed: count it
         if conn.wake_dispatcher:
             self.wake_dispatcher.set()
+        if conn.woken and self.memory is not None:
+            self.memory.wake()
         if conn.outbox and self.daemon.publisher is not None:
             await self.daemon.publisher.publish(conn.outbox)
         return outcomes
@@ -375,7 +380,10 @@ class Engine:
             req,
             decision_msg.decision,
             decision_msg.reasoning,
-            msg.data.decode(),
+            # The document as parsed, not the raw bytes: a BOM, UTF-16 or a
+            # duplicate key hiding a NUL passed the parser but not jsonb, and
+            # the decision was redelivered in a loop.
+            store.dumps(strict_json.loads(msg.data)),
         )
         await self._commit(conn, new, effects, locked)
         resolution = decision_msg.decision
@@ -413,10 +421,18 @@ class Engine:
 
     # --- dispatcher and deadlines --------------------------------------------------
     async def dispatch_pending(self) -> int:
-        """Admit PENDING REQs by priority while fewer than max_in_flight run."""
+        """Admit PENDING REQs by priority while fewer than max_in_flight run.
+
+        One replica admits at a time. The others do not queue up behind it
+        (each waiting would hold a connection and a transaction): they look
+        again shortly, since the pass under way may have counted the REQs in
+        flight before the one that woke them finished.
+        """
         async with self.pool.acquire() as raw, raw.transaction():
             conn = BatchedConnection(raw)
-            await raw.execute("SELECT pg_advisory_xact_lock($1)", DISPATCH_LOCK)
+            if not await raw.fetchval("SELECT pg_try_advisory_xact_lock($1)", DISPATCH_LOCK):
+                asyncio.get_running_loop().call_later(DISPATCH_RETRY, self.wake_dispatcher.set)
+                return 0
             running = await conn.fetchval(
                 "SELECT count(*) FROM workflow_state WHERE status = 'IN_PROGRESS'"
             )

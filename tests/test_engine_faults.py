@@ -112,16 +112,30 @@ async def test_two_replicas_share_the_work_without_double_transitions(
 ) -> None:
     await ScriptedAgents(nc).start()
     reqs = [f"REQ-REPL-{i:02d}" for i in range(20)]
-    replicas = [DaemonProcess(_env(nats_server, pg_dsn)).start() for _ in range(2)]
+    # AGOG_MAX_IN_FLIGHT is for the whole cluster, not per replica.
+    env = {**_env(nats_server, pg_dsn), "AGOG_MAX_IN_FLIGHT": "3"}
+    replicas = [DaemonProcess(env).start() for _ in range(2)]
+    in_flight: list[int] = []
+    watcher = await asyncpg.connect(pg_dsn)
     try:
         for d in replicas:
             d.wait_ready(60)
         for req in reqs:
             await submit(nc, req)
-        await _wait_all_deployed(pg_dsn, len(reqs), 120)
+        deadline = time.monotonic() + 120
+        while (await _statuses(pg_dsn))["DEPLOYED"] < len(reqs):
+            assert time.monotonic() < deadline, await _statuses(pg_dsn)
+            in_flight.append(
+                await watcher.fetchval(
+                    "SELECT count(*) FROM workflow_state WHERE status = 'IN_PROGRESS'"
+                )
+            )
+            await asyncio.sleep(0.01)
     finally:
+        await watcher.close()
         for d in replicas:
             d.stop()
+    assert max(in_flight) == 3, Counter(in_flight)
     conn = await asyncpg.connect(pg_dsn)
     try:
         attempts = await conn.fetch("SELECT req_number, stage, attempt FROM stage_attempts")

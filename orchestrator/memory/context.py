@@ -57,16 +57,22 @@ STORE_SQL = (
     " ON CONFLICT (req_number) DO UPDATE SET picks = EXCLUDED.picks, mode = EXCLUDED.mode,"
     " candidates = EXCLUDED.candidates, computed_at = EXCLUDED.computed_at"
 )
-STALE_SQL = (
-    "SELECT ws.req_number FROM workflow_state ws"
-    " LEFT JOIN memory_context mc ON mc.req_number = ws.req_number"
+_STALE_FROM = (
+    " FROM workflow_state ws LEFT JOIN memory_context mc ON mc.req_number = ws.req_number"
     " WHERE ws.status = ANY($1::text[]) AND (mc.req_number IS NULL"
     "  OR mc.computed_at < now() - make_interval(secs => $2)"
     "  OR (mc.mode IN ('fulltext', 'none') AND EXISTS (SELECT 1 FROM memories m"
     "   WHERE m.req_number = ws.req_number AND m.memory_type = 'requirement'"
     "   AND m.embedding_status = 'done')))"
-    " ORDER BY mc.computed_at NULLS FIRST, ws.created_at LIMIT $3"
 )
+STALE_SQL = (
+    "SELECT ws.req_number"
+    + _STALE_FROM
+    + " ORDER BY mc.computed_at NULLS FIRST, ws.created_at LIMIT $3"
+)
+STILL_STALE_SQL = "SELECT EXISTS (SELECT 1" + _STALE_FROM + " AND ws.req_number = $3)"
+# With hashtext(REQ), a transaction-scoped advisory lock per REQ's refresh.
+CONTEXT_LOCK = 0x616D6378  # "amcx"
 
 
 @dataclass(frozen=True)
@@ -223,6 +229,14 @@ async def refresh_loop(
 async def _refresh_some(pool: asyncpg.Pool, recaller: Recaller, ttl: float, batch: int) -> int:
     reqs: Sequence[asyncpg.Record] = await pool.fetch(STALE_SQL, list(LIVE), ttl, batch)
     for row in reqs:
-        async with pool.acquire() as conn:
-            await recaller.refresh(conn, row["req_number"])
+        req = row["req_number"]
+        async with pool.acquire() as conn, conn.transaction():
+            # Replicas see the same stale REQs: one refreshes each, the others
+            # skip it, and none redoes one that another has just refreshed.
+            if not await conn.fetchval(
+                "SELECT pg_try_advisory_xact_lock($1, hashtext($2))", CONTEXT_LOCK, req
+            ):
+                continue
+            if await conn.fetchval(STILL_STALE_SQL, list(LIVE), ttl, req):
+                await recaller.refresh(conn, req)
     return len(reqs)

@@ -113,13 +113,21 @@ class Memory:
     def provider_name(self) -> str:
         return self.provider.name if self.provider is not None else "none"
 
+    # The engine wakes this process's services itself after its commits (no
+    # NOTIFY on the hot path); other writers (the API, OWNER_REQUESTS.md) NOTIFY.
+    local_channels = frozenset({PENDING_CHANNEL})
+
+    def wake(self) -> None:
+        """New memories were committed: embed them and refresh contexts now."""
+        self.context_wake.set()
+        if self.embedder is not None:
+            self.embedder.wake.set()
+
     async def listen(self, daemon: Daemon) -> None:
         """Wake the embedder and the context service on NOTIFY agogd_memory."""
 
         def wake(*_: object) -> None:
-            self.context_wake.set()
-            if self.embedder is not None:
-                self.embedder.wake.set()
+            self.wake()
 
         while not daemon.stopping.is_set():
             conn: asyncpg.Connection | None = None
