@@ -164,7 +164,8 @@ async def get_req(request: web.Request) -> web.Response:
     daemon = daemon_of(request)
     req = req_of(request)
     raw = request.query.get("events", str(api_views.MAX_EVENTS))
-    if not raw.isdigit() or not 0 <= int(raw) <= 10 * api_views.MAX_EVENTS:
+    # isdecimal, not isdigit: int() refuses "²", and the ValueError was a 500.
+    if not raw.isdecimal() or not 0 <= int(raw) <= 10 * api_views.MAX_EVENTS:
         raise ApiError(400, f"events must be a count between 0 and {10 * api_views.MAX_EVENTS}")
     async with pool_of(request).acquire() as conn:
         body = await api_views.req_detail(conn, daemon.pipeline, req, int(raw))

@@ -75,7 +75,7 @@ from typing import Any
 
 from aiohttp import web
 
-from orchestrator import store
+from orchestrator import store, strict_json
 from orchestrator.api_common import ApiError, daemon_of
 from orchestrator.api_views import REWORK_REASONS
 from orchestrator.notices import validate_req_id
@@ -140,8 +140,10 @@ def event_type(subject: str, payload: dict[str, Any]) -> str:
 def to_event(subject: str, data: bytes) -> dict[str, Any]:
     """One NATS message as the SSE event's data (see the module docstring)."""
     try:
-        payload = json.loads(data) if data else {}
-    except (ValueError, UnicodeDecodeError):
+        # strict_json: deep nesting is a ValueError, not a RecursionError that
+        # escaped this NATS callback and lost the event (and any NaN is refused).
+        payload = strict_json.loads(data) if data else {}
+    except ValueError:
         payload = {}
     if not isinstance(payload, dict):
         payload = {}

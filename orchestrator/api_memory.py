@@ -26,6 +26,9 @@ def _names(raw: str) -> tuple[str, ...]:
 
 def parse(query: web.MultiDictProxy[str]) -> tuple[str, Filters, int, str]:
     """(text, filters, limit, mode) from the query string, else ApiError(400)."""
+    # Postgres text cannot hold NUL: a query with one was a 500, not a 400.
+    if any("\x00" in value for value in query.values()):
+        raise ApiError(400, "the query string holds a NUL character")
     text = query.get("q", "")
     kinds = _names(query.get("kind", ""))
     unknown = [k for k in kinds if k not in KINDS]

@@ -72,7 +72,8 @@ def find_stage(pipeline: Pipeline, value: object) -> Stage:
     """A stage by index, agent or name (``2``, ``roy``, ``Backend``)."""
     text = str(value).strip()
     for stage in all_stages(pipeline):
-        if text.isdigit() and int(text) == stage.index:
+        # isdecimal, not isdigit: int() refuses "²", and the ValueError was a 500.
+        if text.isdecimal() and int(text) == stage.index:
             return stage
         if text.lower() in (stage.agent.lower(), stage.name.lower()):
             return stage

@@ -446,7 +446,7 @@ def req_decide(
     """Make a strategic decision: APPROVE, REQUEST_CHANGES, RETRY, CANCEL or
     ESCALATE_HUMAN."""
     restart: int | str | None = restart_stage
-    if restart_stage is not None and restart_stage.isdigit():
+    if restart_stage is not None and restart_stage.isdecimal():
         restart = int(restart_stage)
     fields = {
         "decision": decision.upper(),

@@ -145,6 +145,10 @@ class Engine:
         replica, a bug, Postgres away), it is rolled back and each message is
         retried in a transaction of its own, so only the bad one is held back.
         """
+        for msg in msgs:
+            # nats-server takes a NUL in a subject, Postgres text does not: its
+            # claim failed every try (a redelivery loop). Read as U+FFFD instead.
+            msg.subject = msg.subject.replace("\x00", "\ufffd")
         try:
             return await self._batch_tx(msgs, handler)
         except Exception as exc:

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from orchestrator import store, strict_json
 from orchestrator.memory import capture
-from orchestrator.notices import validate_req_id
+from orchestrator.notices import NoticeError, check_storable, validate_req_id
 
 if TYPE_CHECKING:
     from orchestrator.memory.service import Memory
@@ -99,6 +99,13 @@ def json_object(data: bytes, max_bytes: int, what: str) -> dict[str, Any]:
         raise IntakeError("invalid_json", str(exc)) from None
     if not isinstance(raw, dict):
         raise IntakeError("wrong_schema", f"{what} is a JSON object")
+    # Refuse here what Postgres (or the JSON dump) cannot hold: NUL, a lone
+    # surrogate (not_utf8), nesting past 32. Found later, it failed the whole
+    # batch and the message was redelivered in a loop instead of rejected once.
+    try:
+        check_storable(raw)
+    except NoticeError as exc:
+        raise IntakeError(exc.reason, exc.message) from None
     return raw
 
 

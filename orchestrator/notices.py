@@ -346,6 +346,15 @@ class CompletionNotice(BaseModel):
             raise ValueError("expected a number, not true/false")
         return value
 
+    @field_validator("attempt")
+    @classmethod
+    def _attempt_fits(cls, value: int | None) -> int | None:
+        # Stored in an int column: a bigger one failed the batch after the
+        # parser took it, and the notice was redelivered in a loop.
+        if value is not None and not -(2**31) <= value < 2**31:
+            raise ValueError(f"attempt {value} is out of range")
+        return value
+
     @property
     def qa_passed(self) -> bool:
         """QA passed: COMPLETE, no failed tests, and tests_passed not false (nor 0 with failures).
@@ -486,7 +495,7 @@ def _load_payload(text: str) -> dict[str, Any]:
     return value
 
 
-def _check_storable(payload: dict[str, Any]) -> None:
+def check_storable(payload: dict[str, Any]) -> None:
     """Refuse what Postgres jsonb cannot hold (NUL, lone surrogates) or absurd nesting."""
     stack: list[tuple[Any, int]] = [(payload, 1)]
     while stack:
@@ -537,7 +546,7 @@ def parse_notice(
     only used to fill, never compared.
     """
     payload = _load_payload(_decode(data, max_bytes))
-    _check_storable(payload)
+    check_storable(payload)
     if subject_agent and _first_present(payload, _AGENT_KEYS) is None:
         payload["agent"] = subject_agent
     if subject_req and _first_present(payload, _REQ_KEYS) is None:
