@@ -91,10 +91,14 @@ class Publisher:
     def __init__(self, pool: asyncpg.Pool, js: JetStreamContext) -> None:
         self.pool, self.js = pool, js
         self._done: list[str] = []
+        # Rows whose publish failed (the NATS node went away): their claim is
+        # lifted so that the relay retries them at once, not after 10 s.
+        self._failed: list[str] = []
         self._wake = asyncio.Event()
+        self.relay_wake: asyncio.Event | None = None
 
     async def publish(self, rows: list[tuple[str, str, str]]) -> None:
-        """Publish in order; a row that fails stays for the relay (after its claim)."""
+        """Publish in order; a row that fails is handed to the relay."""
         results = await asyncio.gather(
             *(
                 self.js.publish(
@@ -107,6 +111,7 @@ class Publisher:
         for (msg_id, _, _), result in zip(rows, results, strict=True):
             if isinstance(result, BaseException):
                 log.warning("outbox.direct_publish_failed", msg_id=msg_id, error=repr(result))
+                self._failed.append(msg_id)
             else:
                 self._done.append(msg_id)
         self._wake.set()
@@ -114,22 +119,32 @@ class Publisher:
     async def mark(self, daemon: Daemon) -> None:
         """Record published rows until the daemon stops (a lost mark only means
         a re-publish under the same Nats-Msg-Id, which JetStream drops)."""
-        while not daemon.stopping.is_set() or self._done:
-            if not self._done:
+        while not daemon.stopping.is_set() or self._done or self._failed:
+            if not self._done and not self._failed:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(1):
                         await self._wake.wait()
                 continue
             done, self._done = self._done, []
+            failed, self._failed = self._failed, []
             try:
                 async with self.pool.acquire() as conn, conn.transaction():
                     await conn.execute("SET LOCAL synchronous_commit = off")
-                    await conn.execute(
-                        "UPDATE outbox SET published_at = now(), attempts = attempts + 1"
-                        " WHERE msg_id = ANY($1::text[]) AND published_at IS NULL",
-                        done,
-                    )
+                    if done:
+                        await conn.execute(
+                            "UPDATE outbox SET published_at = now(), attempts = attempts + 1"
+                            " WHERE msg_id = ANY($1::text[]) AND published_at IS NULL",
+                            done,
+                        )
+                    if failed:
+                        await conn.execute(
+                            "UPDATE outbox SET claimed_until = NULL"
+                            " WHERE msg_id = ANY($1::text[]) AND published_at IS NULL",
+                            failed,
+                        )
+                if failed and self.relay_wake is not None:
+                    self.relay_wake.set()
             except (
                 OSError,
                 asyncpg.PostgresError,
@@ -138,6 +153,7 @@ class Publisher:
             ) as exc:
                 log.warning("outbox.mark_failed", rows=len(done), error=repr(exc))
                 self._done[:0] = done
+                self._failed[:0] = failed
                 await asyncio.sleep(1)
 
 
@@ -150,8 +166,9 @@ async def relay(daemon: Daemon) -> None:
     assert daemon.pool is not None and daemon.nc is not None
     js = daemon.nc.jetstream()
     daemon.publisher = Publisher(daemon.pool, js)
-    marker = asyncio.ensure_future(daemon.publisher.mark(daemon))
     wake = asyncio.Event()
+    daemon.publisher.relay_wake = wake
+    marker = asyncio.ensure_future(daemon.publisher.mark(daemon))
     listener: asyncpg.Connection | None = None
     interval = daemon.settings.outbox_poll_interval
     while True:

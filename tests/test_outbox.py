@@ -79,3 +79,37 @@ async def test_direct_publication_is_marked_and_deduplicated(
         await asyncio.wait_for(marker, 10)
         await pool.close()
     assert [m["n"] for m in await _stored(nc)] == [0, 1, 2, 3, 4]
+
+
+async def test_a_failed_direct_publish_goes_to_the_relay_at_once(
+    pg_conn: asyncpg.Connection, pg_dsn: str, nc: NATS
+) -> None:
+    """A publish that fails (no stream answers: a NATS node died under it) lifts
+    the row's claim and wakes the relay, instead of waiting out the claim."""
+    await _setup(pg_conn, nc)
+    rows = [("lost", "nostream.1", json.dumps({"n": 1}))]
+    await pg_conn.execute(
+        "INSERT INTO outbox (msg_id, subject, payload, claimed_until)"
+        " VALUES ($1, $2, $3::jsonb, now() + interval '1 hour')",
+        *rows[0],
+    )
+    pool = await asyncpg.create_pool(pg_dsn, min_size=1, max_size=2)
+
+    class Stub:
+        stopping = asyncio.Event()
+
+    publisher = Publisher(pool, nc.jetstream())
+    publisher.relay_wake = asyncio.Event()
+    marker = asyncio.ensure_future(publisher.mark(Stub()))  # type: ignore[arg-type]
+    try:
+        await publisher.publish(rows)  # no stream takes nostream.>: a failure
+        await asyncio.wait_for(publisher.relay_wake.wait(), 10)
+        claim = await pg_conn.fetchval("SELECT claimed_until FROM outbox WHERE msg_id = 'lost'")
+        assert claim is None  # the relay may take it now
+        await nc.jetstream().add_stream(StreamConfig(name="late", subjects=["nostream.>"]))
+        assert await publish_batch(pool, nc.jetstream()) == 1
+    finally:
+        Stub.stopping.set()
+        await asyncio.wait_for(marker, 10)
+        await pool.close()
+    assert await pg_conn.fetchval("SELECT published_at FROM outbox WHERE msg_id = 'lost'")
