@@ -222,13 +222,20 @@ def status(
     query += [("status", s) for s in statuses] + [("stage", s) for s in stages]
     query += [("priority", p) for p in priorities]
     code, body = _call(url, "GET", "/api/reqs?" + urllib.parse.urlencode(query), token=token)
+    _show(code, body, as_json, lambda paint: ctl_render.status_grid(body, paint))
+
+
+def _show(
+    code: int, body: dict[str, Any], as_json: bool, render: Callable[[Painter], list[str]]
+) -> None:
+    """An API answer: the error (with its exit code), the JSON, or the rendering."""
     if code >= 300:
         _fail(code, body, as_json)
     if as_json:
         click.echo(json.dumps(body, indent=2))
         return
     paint = _painter()
-    _echo_lines(ctl_render.status_grid(body, paint), paint)
+    _echo_lines(render(paint), paint)
 
 
 # --- req -----------------------------------------------------------------------------
@@ -293,13 +300,7 @@ def req_show(
     url, token = _target(ctx, token)
     path = f"/api/reqs/{urllib.parse.quote(req_number, safe='')}"
     code, body = _call(url, "GET", path, token=token)
-    if code >= 300:
-        _fail(code, body, as_json)
-    if as_json:
-        click.echo(json.dumps(body, indent=2))
-        return
-    paint = _painter()
-    _echo_lines(ctl_render.req_detail(body, paint, events), paint)
+    _show(code, body, as_json, lambda paint: ctl_render.req_detail(body, paint, events))
 
 
 def _act(
@@ -466,13 +467,7 @@ def streams(ctx: click.Context, token: str | None, as_json: bool) -> None:
     """Every agog_* stream: messages, bytes, and each consumer's lag."""
     url, token = _target(ctx, token)
     code, body = _call(url, "GET", "/api/streams", token=token)
-    if code >= 300:
-        _fail(code, body, as_json)
-    if as_json:
-        click.echo(json.dumps(body, indent=2))
-        return
-    paint = _painter()
-    _echo_lines(ctl_render.streams_table(body, paint), paint)
+    _show(code, body, as_json, lambda paint: ctl_render.streams_table(body, paint))
 
 
 # --- tail ----------------------------------------------------------------------------

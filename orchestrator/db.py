@@ -64,6 +64,18 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     are transaction-scoped, LISTEN has its own connection)."""
 
 
+# What a passing database outage raises: the server away or restarting
+# (OSError, PostgresError, InterfaceError), and asyncpg's InternalClientError
+# on a pooled connection that Postgres shut down while it was idle. A
+# background service catches these, reports its state and tries again.
+DB_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+)
+
+
 async def create_pool(settings: Settings) -> asyncpg.Pool:
     pool = await asyncpg.create_pool(
         settings.dsn(),

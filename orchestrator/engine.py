@@ -673,13 +673,7 @@ async def consume(daemon: Daemon, stream: str, engine: Engine, handler: Handler)
     try:
         while not daemon.stopping.is_set():
             msgs = await feed.next_batch(timeout=1)
-            if feed.stale or feed.last_status:
-                # Server restarted, or the consumer is gone with a wiped server:
-                # the feed re-requests; the topology reconcile recreates it.
-                daemon.states.set(
-                    name, "waiting", "warning", cause=feed.last_status or "no heartbeat"
-                )
-                feed.last_status = None
+            feed.report(daemon.states, name)
             if not msgs:
                 continue
             daemon.states.set(name, "consuming", "debug")

@@ -27,9 +27,7 @@ import time
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING
 
-import asyncpg
-
-from orchestrator import http_server, metrics
+from orchestrator import db, http_server, metrics
 from orchestrator.logs import get_logger
 from orchestrator.workflow import Status
 
@@ -99,7 +97,7 @@ class Observer:
                     reqs = await conn.fetch(_REQS_SQL)
                     running = await conn.fetch(_RUNNING_SQL)
                     outbox = await conn.fetchrow(_OUTBOX_SQL)
-            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except (TimeoutError, *db.DB_ERRORS) as exc:
                 metrics.SCRAPE_ERRORS.labels("postgres").inc()
                 log.debug("metrics.postgres_failed", error=repr(exc))
                 return  # the last values stay

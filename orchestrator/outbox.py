@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import asyncpg
 from nats.js import JetStreamContext
 
+from orchestrator import db
 from orchestrator.logs import get_logger
 from orchestrator.store import OUTBOX_CHANNEL
 
@@ -145,12 +146,7 @@ class Publisher:
                         )
                 if failed and self.relay_wake is not None:
                     self.relay_wake.set()
-            except (
-                OSError,
-                asyncpg.PostgresError,
-                asyncpg.InterfaceError,
-                asyncpg.InternalClientError,  # a connection Postgres shut down under us
-            ) as exc:
+            except db.DB_ERRORS as exc:
                 log.warning("outbox.mark_failed", rows=len(done), error=repr(exc))
                 self._done[:0] = done
                 self._failed[:0] = failed
@@ -177,14 +173,7 @@ async def relay(daemon: Daemon) -> None:
         try:
             published = await publish_batch(daemon.pool, js)
             daemon.states.set("outbox", "flowing")
-        except (
-            OutboxPublishError,
-            OSError,
-            TimeoutError,
-            asyncpg.PostgresError,
-            asyncpg.InterfaceError,
-            asyncpg.InternalClientError,  # a connection Postgres shut down under us
-        ) as exc:
+        except (OutboxPublishError, TimeoutError, *db.DB_ERRORS) as exc:
             daemon.states.set(
                 "outbox", "stalled", "warning", cause=type(exc).__name__, error=str(exc)
             )

@@ -27,6 +27,7 @@ from nats.aio.subscription import Subscription
 from nats.errors import Error as NatsError
 
 from orchestrator.logs import get_logger
+from orchestrator.state_log import StateLog
 
 log = get_logger(__name__)
 
@@ -82,6 +83,14 @@ class PullFeed:
         return (
             self._current is not None and time.monotonic() - self._heard > 2 * self._heartbeat + 0.5
         )
+
+    def report(self, states: StateLog, name: str) -> None:
+        """Put a lost pull request (a server restart) or a status (the consumer
+        is gone with a wiped server) in the daemon's state log. The feed
+        re-requests by itself; the topology reconcile recreates a consumer."""
+        if self.stale or self.last_status:
+            states.set(name, "waiting", "warning", cause=self.last_status or "no heartbeat")
+            self.last_status = None
 
     async def next_batch(self, timeout: float) -> list[Msg]:
         """Up to ``batch`` arrived messages, waiting up to ``timeout`` for the first."""

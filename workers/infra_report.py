@@ -1221,11 +1221,7 @@ class ReportRequests:
         try:
             while not daemon.stopping.is_set():
                 msgs = await feed.next_batch(timeout=1)
-                if feed.stale or feed.last_status:
-                    daemon.states.set(
-                        name, "waiting", "warning", cause=feed.last_status or "no heartbeat"
-                    )
-                    feed.last_status = None
+                feed.report(daemon.states, name)
                 for msg in msgs:
                     try:
                         await self.handle(msg)

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
+from orchestrator import db
 from orchestrator.batch import BatchedConnection
 from orchestrator.logs import get_logger
 from orchestrator.memory import capture, policy
@@ -201,12 +202,7 @@ async def refresh_loop(
         try:
             done = await _refresh_some(pool, recaller, ttl, batch)
             daemon.states.set("memory.context", "ok", "debug")
-        except (
-            OSError,
-            asyncpg.PostgresError,
-            asyncpg.InterfaceError,
-            asyncpg.InternalClientError,  # a connection Postgres shut down under us
-        ) as exc:
+        except db.DB_ERRORS as exc:
             daemon.states.set(
                 "memory.context", "failing", "warning", cause=type(exc).__name__, error=str(exc)
             )

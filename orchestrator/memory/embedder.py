@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import asyncpg
 
-from orchestrator import metrics
+from orchestrator import db, metrics
 from orchestrator.embeddings.base import EmbeddingProvider, EmbeddingUnavailable
 from orchestrator.logs import get_logger
 from orchestrator.memory import chunking, dimension, vectors
@@ -195,12 +195,7 @@ class Embedder:
             self.refused = str(exc)
             log.error("memory.embeddings_refused", provider=self.provider.name, error=str(exc))
             return self.retry_max
-        except (
-            OSError,
-            asyncpg.PostgresError,
-            asyncpg.InterfaceError,
-            asyncpg.InternalClientError,  # a connection Postgres shut down under us
-        ) as exc:
+        except db.DB_ERRORS as exc:
             daemon.states.set(
                 "memory.embedder", "failing", "warning", cause=type(exc).__name__, error=str(exc)
             )
@@ -221,7 +216,5 @@ class Embedder:
 
 
 async def _update_gauge(pool: asyncpg.Pool) -> None:
-    with contextlib.suppress(
-        OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError
-    ):
+    with contextlib.suppress(*db.DB_ERRORS):
         metrics.MEMORY_PENDING.set(await pool.fetchval(PENDING_SQL))

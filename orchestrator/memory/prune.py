@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import asyncpg
 
+from orchestrator import db
 from orchestrator.logs import get_logger
 from orchestrator.memory import retention
 
@@ -69,12 +70,7 @@ async def prune_loop(
         try:
             await prune(daemon.pool, rules)
             daemon.states.set("memory.retention", "ok", "debug")
-        except (
-            OSError,
-            asyncpg.PostgresError,
-            asyncpg.InterfaceError,
-            asyncpg.InternalClientError,  # a connection Postgres shut down under us
-        ) as exc:
+        except db.DB_ERRORS as exc:
             daemon.states.set(
                 "memory.retention", "failing", "warning", cause=type(exc).__name__, error=str(exc)
             )

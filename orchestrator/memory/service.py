@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
+from orchestrator import db
 from orchestrator.embeddings.base import EmbeddingProvider, EmbeddingUnavailable
 from orchestrator.logs import get_logger
 from orchestrator.memory import context, dimension, prune
@@ -139,13 +140,7 @@ class Memory:
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(1):
                             await daemon.stopping.wait()
-            except (
-                OSError,
-                TimeoutError,
-                asyncpg.PostgresError,
-                asyncpg.InterfaceError,
-                asyncpg.InternalClientError,  # a connection Postgres shut down under us
-            ) as exc:
+            except (TimeoutError, *db.DB_ERRORS) as exc:
                 log.debug("memory.listen_failed", error=str(exc))
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(2):
