@@ -49,8 +49,8 @@ eventType                                    status
                                              ``failed``
 ``stage.blocked``                            ``blocked``
 ``workflow.started``, ``workflow.resumed``   ``IN_PROGRESS``
-``workflow.completed``                       ``finished`` (COMPLETE or DEPLOYED:
-                                             ``GET /api/reqs/{req}`` tells which)
+``workflow.completed``                       ``DEPLOYED`` or ``COMPLETE`` (its
+                                             ``reason``), else ``finished``
 ``workflow.cancelled``                       ``CANCELLED``
 ``escalation`` (``priority``, ``reason``)    ``ESCALATED``
 ``decision`` (``decision``, ``reasoning``)   ``decided``
@@ -169,6 +169,8 @@ def to_event(subject: str, data: bytes) -> dict[str, Any]:
     }
     if kind == "stage.failed" and event["reason"] in REWORK_REASONS:
         event["status"] = "rejected"
+    if kind == "workflow.completed" and event["reason"] in ("COMPLETE", "DEPLOYED"):
+        event["status"] = event["reason"]
     if kind == "escalation" and event["stage_index"] is None and isinstance(event["stage"], int):
         event["stage_index"], event["stage"] = event["stage"], None
     for key, value in payload.items():

@@ -291,7 +291,7 @@ def _advance(
                 ev.deployed_at if deployed else None,
                 deployed,
             ),
-            Emit("workflow", "completed"),
+            Emit("workflow", "completed", reason=done.status),
         ]
         effects += [DispatchFollowup(f.agent) for f in pipeline.followups_after(stage.agent)]
         return done, effects

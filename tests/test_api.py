@@ -648,7 +648,7 @@ async def test_live_events_over_sse(nats_server: NatsServer, nc: NATS, pg_dsn: s
             started = filtered.named("stage.started")[0]
             assert "instructions" not in started and "contextData" not in started
             assert started["deliverableSubject"] == "agog.deliverables.cynthia.research.REQ-SSE-1"
-            assert filtered.named("workflow.completed")[0]["status"] == "finished"
+            assert filtered.named("workflow.completed")[0]["status"] == "DEPLOYED"
             # The other client saw both REQs, and the heartbeat it asked for.
             assert {d["req_number"] for _, d in unfiltered.events[1:]} >= {"REQ-SSE-1", "REQ-SSE-2"}
             [beat] = unfiltered.named("stage.heartbeat")
