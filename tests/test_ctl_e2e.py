@@ -258,7 +258,7 @@ async def test_tail_follows_live_events(nats_server: NatsServer, nc: NATS, pg_ds
         done = [line.split() for line in tail.out if "stage.completed" in line]
         assert [parts[3].split("/")[1].split("#")[0] for parts in done] == [*SEVEN, "tim"]
         assert all(parts[4] == "done" for parts in done)
-        assert any("workflow.completed" in line and "finished" in line for line in tail.out)
+        assert any("workflow.completed" in line and "DEPLOYED" in line for line in tail.out)
 
         # --json --count: one object per line, and an exit once enough came in.
         counted = Tail(url, "--req", "REQ-TAIL-3", "--json", "--count", "3")
