@@ -58,6 +58,8 @@ EVENT_STYLE = {
     "blocked": "bold yellow",
     "IN_PROGRESS": "blue",
     "finished": "bold green",
+    "COMPLETE": "green",
+    "DEPLOYED": "bold green",
     "CANCELLED": "dim",
     "ESCALATED": "bold red",
     "decided": "magenta",
