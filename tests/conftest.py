@@ -17,12 +17,23 @@ from pathlib import Path
 import asyncpg
 import nats
 import pytest
+import structlog
 from nats.aio.client import Client as NATS
 
 from orchestrator.embedded import NatsServer, PostgresServer
 from orchestrator.embedded.engine import ContainerEngine
 
 _db_counter = itertools.count()
+
+
+@pytest.fixture(autouse=True)
+def _isolated_log_config() -> Iterator[None]:
+    """Each test starts with the log configuration the previous one found: a
+    test that configures level ``warning`` must not hide the info lines that a
+    later test's ``capture_logs`` waits for."""
+    saved = structlog.get_config()
+    yield
+    structlog.configure(**saved)
 
 
 @pytest.fixture(scope="session")
