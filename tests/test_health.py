@@ -9,13 +9,16 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiodocker
+import asyncpg
 import pytest
 from nats.aio.client import Client as NATS
 
+from orchestrator import migrate
 from orchestrator.embedded import NatsServer
 from orchestrator.embedded.engine import BUSYBOX_IMAGE, ContainerEngine
 from tests.agents import collect, running_agogd, settings_for
 from workers.heal_policy import HealPolicy
+from workers.heal_store import HealStore
 from workers.health import PROJECT_LABEL, HealthWatcher
 
 PROJECT = "agogtest"
@@ -24,7 +27,9 @@ PROJECT = "agogtest"
 class Watch:
     """A running HealthWatcher and what it emitted."""
 
-    def __init__(self, engine: ContainerEngine, policy: HealPolicy) -> None:
+    def __init__(
+        self, engine: ContainerEngine, policy: HealPolicy, store: HealStore | None = None
+    ) -> None:
         self.emitted: list[tuple[str, dict[str, Any]]] = []
         self.stopping = asyncio.Event()
 
@@ -32,7 +37,13 @@ class Watch:
             self.emitted.append((name, details))
 
         self.watcher = HealthWatcher(
-            engine.url, [PROJECT], policy, emit, reconcile_interval=0.3, probe_timeout=5
+            engine.url,
+            [PROJECT],
+            policy,
+            emit,
+            reconcile_interval=0.3,
+            probe_timeout=5,
+            store=store,
         )
         self.task = asyncio.ensure_future(self.watcher.run(self.stopping))
 
@@ -154,6 +165,49 @@ async def test_a_crash_loop_backs_off_then_escalates_once(
         assert len(watch.named("container.restarted", name)) == 2  # the budget
     finally:
         await watch.stop()
+
+
+async def test_replicas_share_one_restart_history_that_outlives_them(
+    container_engine: ContainerEngine, docker: aiodocker.Docker, pg_dsn: str
+) -> None:
+    """Two watchers on one engine (two replicas) heal a crash loop as one:
+    the budget's restarts and one escalation in all. A watcher started
+    afterwards (agogd restarted) finds the budget spent and does nothing."""
+    pool = await asyncpg.create_pool(pg_dsn, min_size=1, max_size=4)
+    assert pool is not None
+    async with pool.acquire() as conn:
+        await migrate.apply(conn)
+    name = await run_container(docker, ["sh", "-c", "exit 3"])
+    policy = HealPolicy(budget=2, window=600, backoff_base=0.2)
+    store = HealStore(lambda: pool)
+    pair = [Watch(container_engine, policy, store) for _ in range(2)]
+    later: Watch | None = None
+    try:
+
+        async def escalated() -> bool:
+            return any(w.named("container.escalated", name) for w in pair)
+
+        await eventually(escalated, 30)
+        await asyncio.sleep(1.5)  # more deaths and reconciles by both
+        for w in pair:
+            await w.stop()
+        restarts = sum(len(w.named("container.restarted", name)) for w in pair)
+        escalations = sum(len(w.named("container.escalated", name)) for w in pair)
+        assert (restarts, escalations) == (2, 1)
+
+        later = Watch(container_engine, policy, store)
+        await asyncio.sleep(1.5)  # several reconciles of the dead container
+        assert later.emitted == []
+        assert (await state(docker, name))["Status"] == "exited"
+        row = await pool.fetchrow(
+            "SELECT container, cardinality(restarts) AS n, escalated_at FROM heal_records"
+        )
+        assert (row["container"], row["n"]) == (name, 2) and row["escalated_at"] is not None
+    finally:
+        for w in [*pair, *([later] if later else [])]:
+            if not w.stopping.is_set():
+                await w.stop()
+        await pool.close()
 
 
 async def test_a_container_outside_the_projects_is_untouched(

@@ -25,9 +25,11 @@ import aiohttp
 from nats.errors import Error as NatsError
 
 from orchestrator import store
+from orchestrator.db import DB_ERRORS
 from orchestrator.logs import get_logger
 from orchestrator.metrics import CONTAINER_RESTARTS
 from workers.heal_policy import ContainerRecord, HealPolicy, decide, on_probe
+from workers.heal_store import HealStore
 
 if TYPE_CHECKING:
     from orchestrator.daemon import Daemon
@@ -53,10 +55,14 @@ class HealthWatcher:
         *,
         reconcile_interval: float = 10.0,
         probe_timeout: float = 10.0,
+        store: HealStore | None = None,
     ) -> None:
         self.docker_url, self.projects, self.policy = docker_url, set(projects), policy
         self.emit = emit
         self.reconcile_interval, self.probe_timeout = reconcile_interval, probe_timeout
+        # The restart history lives in Postgres (``store``); these records hold
+        # the probe counts, and the history while Postgres cannot be reached.
+        self.store = store
         self.records: dict[str, ContainerRecord] = {}
         self.locks: dict[str, asyncio.Lock] = {}
         self.connected = False
@@ -161,14 +167,45 @@ class HealthWatcher:
         reason: str,
         exit_code: int | None,
     ) -> None:
-        # The event and the reconcile may both see one death: one at a time,
-        # and a container that is running again by now needs nothing.
+        # The event and the reconcile may both see one death, and so may
+        # another replica: one at a time (a lock here, the record's row lock in
+        # Postgres), and a container that is running again by now needs nothing.
         async with self.locks.setdefault(container_id, asyncio.Lock()):
-            if reason != "unhealthy":
-                info = await docker.containers.container(container_id).show()
-                if (info.get("State") or {}).get("Running"):
+            if self.store is not None:
+                acted = False
+                try:
+                    async with self.store.locked(container_id, name) as record:
+                        acted = True
+                        await self._heal(docker, container_id, name, reason, exit_code, record)
                     return
-            await self._act(docker, container_id, name, reason, exit_code)
+                except DB_ERRORS as exc:
+                    if acted:  # healed; only the history's save failed
+                        log.warning("health.history_not_saved", container=name, error=repr(exc))
+                        return
+                    log.warning(
+                        "health.history_unavailable",
+                        container=name,
+                        error=repr(exc),
+                        note="healing with this process's own restart history",
+                    )
+            record = self.records.setdefault(container_id, ContainerRecord())
+            await self._heal(docker, container_id, name, reason, exit_code, record)
+
+    async def _heal(
+        self,
+        docker: aiodocker.Docker,
+        container_id: str,
+        name: str,
+        reason: str,
+        exit_code: int | None,
+        record: ContainerRecord,
+    ) -> None:
+        if reason != "unhealthy":
+            info = await docker.containers.container(container_id).show()
+            if (info.get("State") or {}).get("Running"):
+                return
+        if await self._act(docker, container_id, name, reason, exit_code, record) == "restart":
+            self.records.setdefault(container_id, ContainerRecord()).failed_probes = 0
 
     async def _act(
         self,
@@ -177,9 +214,10 @@ class HealthWatcher:
         name: str,
         reason: str,
         exit_code: int | None,
-    ) -> None:
-        record = self.records.setdefault(container_id, ContainerRecord())
-        decision = decide(self.policy, record, time.monotonic())
+        record: ContainerRecord,
+    ) -> str:
+        # Wall-clock time: the history is shared by processes and restarts.
+        decision = decide(self.policy, record, time.time())
         details = {
             "container": name,
             "container_id": container_id[:12],
@@ -208,6 +246,7 @@ class HealthWatcher:
             )
         elif decision == "wait":
             log.info("health.backing_off", **details)
+        return decision
 
 
 async def probe_health(
@@ -290,6 +329,7 @@ def install(daemon: Daemon) -> HealthWatcher | None:
         policy,
         emit,
         reconcile_interval=settings.heal_reconcile_interval,
+        store=HealStore(lambda: daemon.pool),
     )
     daemon.add_service("health-watch", lambda d: watcher.run(d.stopping))
     return watcher
