@@ -26,7 +26,7 @@ import os
 import re
 import stat
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -526,23 +526,39 @@ class OwnerRequestsFile:
         self, req_number: str, status: str, extra: Mapping[str, str] | None = None
     ) -> bool:
         """Write req_number's status (and extra lines); False if absent or already so."""
-        _check_args(status, extra)  # bad arguments raise even when the file is missing
+        return req_number in self.update_statuses([(req_number, status, extra)])
+
+    def update_statuses(
+        self, updates: Sequence[tuple[str, str, Mapping[str, str] | None]]
+    ) -> set[str]:
+        """Write several REQs' statuses (and extra lines) in one rewrite of the
+        file; returns the REQs whose lines changed (absent or already so: not).
+
+        One rewrite per batch, not per REQ: a big file is rewritten, fsynced
+        and renamed once for a burst of status changes."""
+        for _, status, extra in updates:
+            _check_args(status, extra)  # bad arguments raise even when the file is missing
         target = Path(os.path.realpath(self.path))  # keep a symlinked file a symlink
         with self.locked():
             for _ in range(self.ATTEMPTS):
                 try:
                     before = os.stat(target)
                 except FileNotFoundError:
-                    return False
-                text = target.read_bytes().decode("utf-8")
-                try:
-                    new = set_status(text, req_number, status, extra)
-                except KeyError:
-                    return False
+                    return set()
+                text = new = target.read_bytes().decode("utf-8")
+                changed: set[str] = set()
+                for req_number, status, extra in updates:
+                    try:
+                        after = set_status(new, req_number, status, extra)
+                    except KeyError:
+                        continue
+                    if after != new:
+                        changed.add(req_number)
+                        new = after
                 if new == text:
-                    return False
+                    return set()
                 if self._replace(target, new, before):
-                    return True
+                    return changed
             raise RuntimeError(f"{self.path} kept changing while agogd tried to update it")
 
     @staticmethod

@@ -9,6 +9,7 @@ lock. What was last read and last written is kept in Postgres, not memory.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
@@ -109,38 +110,40 @@ async def mirror(daemon: Daemon, file: OwnerRequestsFile) -> int:
 
 
 async def _mirror_locked(conn: asyncpg.Connection, file: OwnerRequestsFile) -> int:
-    pending = await conn.fetch(
-        "SELECT req_number FROM workflow_state"
+    # Read right before the file is written (under the mirror lock), so a
+    # status read earlier can never overwrite a newer one.
+    rows = await conn.fetch(
+        "SELECT req_number, status, commit_sha, deployed_at, deployed_by FROM workflow_state"
         " WHERE mirrored_status IS DISTINCT FROM status ORDER BY updated_at LIMIT 100"
     )
-    for candidate in pending:
-        row = await conn.fetchrow(
-            "SELECT req_number, status, commit_sha, deployed_at, deployed_by FROM workflow_state"
-            " WHERE req_number = $1",
-            candidate["req_number"],
-        )
-        if row is None:
-            continue
-        status = FILE_STATUS.get(row["status"], row["status"])
-        extra: dict[str, str] = {}
-        if row["status"] == "COMPLETE" and row["commit_sha"]:
-            extra = {"Commit": row["commit_sha"]}
-        if row["status"] == "DEPLOYED":
-            extra = {
-                "Deployed At": row["deployed_at"].isoformat() if row["deployed_at"] else "",
-                "Commit": row["commit_sha"] or "",
-                "Deployed By": row["deployed_by"] or "",
-            }
-            extra = {k: v for k, v in extra.items() if v}
-        written = await asyncio.to_thread(file.update_status, row["req_number"], status, extra)
-        await conn.execute(
-            "UPDATE workflow_state SET mirrored_status = $2 WHERE req_number = $1 AND status = $2",
-            row["req_number"],
-            row["status"],
-        )
-        if written:
-            log.info("owner_requests.mirrored", req_number=row["req_number"], status=status)
-    return len(pending)
+    if not rows:
+        return 0
+    updates = [(row["req_number"], *file_status(row)) for row in rows]
+    written = await asyncio.to_thread(file.update_statuses, updates)
+    await conn.executemany(
+        "UPDATE workflow_state SET mirrored_status = $2 WHERE req_number = $1 AND status = $2",
+        [(row["req_number"], row["status"]) for row in rows],
+    )
+    for req, status, _ in updates:
+        if req in written:
+            log.info("owner_requests.mirrored", req_number=req, status=status)
+    return len(rows)
+
+
+def file_status(row: Mapping[str, Any]) -> tuple[str, dict[str, str]]:
+    """The file's status for a workflow row, and the lines that go with it."""
+    status = FILE_STATUS.get(row["status"], row["status"])
+    extra: dict[str, str] = {}
+    if row["status"] == "COMPLETE" and row["commit_sha"]:
+        extra = {"Commit": row["commit_sha"]}
+    if row["status"] == "DEPLOYED":
+        extra = {
+            "Deployed At": row["deployed_at"].isoformat() if row["deployed_at"] else "",
+            "Commit": row["commit_sha"] or "",
+            "Deployed By": row["deployed_by"] or "",
+        }
+        extra = {k: v for k, v in extra.items() if v}
+    return status, extra
 
 
 async def watch(daemon: Daemon) -> None:

@@ -126,10 +126,10 @@ class _HeldFile(OwnerRequestsFile):
         super().__init__(path)
         self.entered, self.release = threading.Event(), threading.Event()
 
-    def update_status(self, req_number: str, status: str, extra: Any = None) -> bool:
+    def update_statuses(self, updates: Any) -> set[str]:
         self.entered.set()
         assert self.release.wait(10)
-        return super().update_status(req_number, status, extra)
+        return super().update_statuses(updates)
 
 
 async def _migrated(dsn: str) -> None:

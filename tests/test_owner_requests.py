@@ -480,6 +480,30 @@ def test_file_read_missing_and_present(tmp_path: Path) -> None:
     assert f.read() == parse(REFERENCE)
 
 
+def test_update_statuses_is_one_rewrite_equal_to_one_by_one(tmp_path: Path) -> None:
+    """A burst of status changes is one atomic replace of the file (one new
+    inode), with the same text as the updates applied one at a time."""
+    updates = [
+        ("REQ-SALES-002", "IN_PROGRESS", None),
+        ("REQ-ABSENT", "DEPLOYED", None),
+        ("REQ-SALES-002", "DEPLOYED", {"Commit": "abc1234", "Deployed By": "berry"}),
+    ]
+    ids = [e.req_number for e in parse(REFERENCE)]
+    updates += [(req, "COMPLETE", {"Commit": "f00"}) for req in ids if req != "REQ-SALES-002"]
+    one_by_one = OwnerRequestsFile(tmp_path / "a.md")
+    one_by_one.path.write_text(REFERENCE)
+    for req, status, extra in updates:
+        one_by_one.update_status(req, status, extra)
+    batch = OwnerRequestsFile(tmp_path / "b.md")
+    batch.path.write_text(REFERENCE)
+    inode = batch.path.stat().st_ino
+    changed = batch.update_statuses(updates)
+    assert changed == set(ids)
+    assert batch.path.read_text() == one_by_one.path.read_text()
+    assert batch.path.stat().st_ino != inode  # replaced, once: nothing left to change
+    assert batch.update_statuses(updates[2:]) == set()
+
+
 def test_update_status_writes_and_is_idempotent(tmp_path: Path) -> None:
     path = tmp_path / "OWNER_REQUESTS.md"
     path.write_bytes(REFERENCE.replace("\n", "\r\n").encode())
