@@ -18,6 +18,7 @@ import json
 import re
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import aiodocker
@@ -41,6 +42,16 @@ Emit = Callable[[str, dict[str, Any]], Awaitable[None]]  # (event name, details)
 PUBLISH_ERRORS = (NatsError, OSError, TimeoutError)
 _SAFE = re.compile(r"[^A-Za-z0-9_-]")
 ENGINE_ERRORS = (aiodocker.DockerError, aiohttp.ClientError, OSError, asyncio.TimeoutError)
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A watched container found dead or unhealthy."""
+
+    container_id: str
+    name: str
+    reason: str  # died, not running, unhealthy
+    exit_code: int | None
 
 
 class HealthWatcher:
@@ -167,6 +178,7 @@ class HealthWatcher:
         reason: str,
         exit_code: int | None,
     ) -> None:
+        failure = Failure(container_id, name, reason, exit_code)
         # The event and the reconcile may both see one death, and so may
         # another replica: one at a time (a lock here, the record's row lock in
         # Postgres), and a container that is running again by now needs nothing.
@@ -176,7 +188,7 @@ class HealthWatcher:
                 try:
                     async with self.store.locked(container_id, name) as record:
                         acted = True
-                        await self._heal(docker, container_id, name, reason, exit_code, record)
+                        await self._heal(docker, failure, record)
                     return
                 except DB_ERRORS as exc:
                     if acted:  # healed; only the history's save failed
@@ -189,33 +201,27 @@ class HealthWatcher:
                         note="healing with this process's own restart history",
                     )
             record = self.records.setdefault(container_id, ContainerRecord())
-            await self._heal(docker, container_id, name, reason, exit_code, record)
+            await self._heal(docker, failure, record)
 
     async def _heal(
-        self,
-        docker: aiodocker.Docker,
-        container_id: str,
-        name: str,
-        reason: str,
-        exit_code: int | None,
-        record: ContainerRecord,
+        self, docker: aiodocker.Docker, failure: Failure, record: ContainerRecord
     ) -> None:
-        if reason != "unhealthy":
-            info = await docker.containers.container(container_id).show()
+        if failure.reason != "unhealthy":
+            info = await docker.containers.container(failure.container_id).show()
             if (info.get("State") or {}).get("Running"):
                 return
-        if await self._act(docker, container_id, name, reason, exit_code, record) == "restart":
-            self.records.setdefault(container_id, ContainerRecord()).failed_probes = 0
+        if await self._act(docker, failure, record) == "restart":
+            self.records.setdefault(failure.container_id, ContainerRecord()).failed_probes = 0
 
     async def _act(
-        self,
-        docker: aiodocker.Docker,
-        container_id: str,
-        name: str,
-        reason: str,
-        exit_code: int | None,
-        record: ContainerRecord,
+        self, docker: aiodocker.Docker, failure: Failure, record: ContainerRecord
     ) -> str:
+        container_id, name, reason, exit_code = (
+            failure.container_id,
+            failure.name,
+            failure.reason,
+            failure.exit_code,
+        )
         # Wall-clock time: the history is shared by processes and restarts.
         decision = decide(self.policy, record, time.time())
         details = {
