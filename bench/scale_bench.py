@@ -37,6 +37,7 @@ import asyncpg
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.compare import cpu_seconds  # noqa: E402
 from bench.workflow_bench import (  # noqa: E402
     floor_pg_commit,
     floor_publish_ack,
@@ -45,12 +46,6 @@ from bench.workflow_bench import (  # noqa: E402
 )
 from orchestrator.embedded import NatsServer, PostgresServer  # noqa: E402
 from tests.daemon_proc import DaemonProcess  # noqa: E402
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a live process (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def postgres_pids() -> list[int]:
