@@ -185,21 +185,30 @@ class HealthWatcher:
         async with self.locks.setdefault(container_id, asyncio.Lock()):
             if self.store is not None:
                 acted = False
+                engine_error: BaseException | None = None
                 try:
                     async with self.store.locked(container_id, name) as record:
                         acted = True
-                        await self._heal(docker, failure, record)
-                    return
+                        try:
+                            await self._heal(docker, failure, record)
+                        except ENGINE_ERRORS as exc:
+                            # The engine's failure, not the history's (both can be
+                            # OSErrors): keep the history, then let run() reconnect.
+                            engine_error = exc
                 except DB_ERRORS as exc:
-                    if acted:  # healed; only the history's save failed
+                    if not acted:
+                        log.warning(
+                            "health.history_unavailable",
+                            container=name,
+                            error=repr(exc),
+                            note="healing with this process's own restart history",
+                        )
+                    else:  # healed; only the history's save failed
                         log.warning("health.history_not_saved", container=name, error=repr(exc))
-                        return
-                    log.warning(
-                        "health.history_unavailable",
-                        container=name,
-                        error=repr(exc),
-                        note="healing with this process's own restart history",
-                    )
+                if engine_error is not None:
+                    raise engine_error
+                if acted:
+                    return
             record = self.records.setdefault(container_id, ContainerRecord())
             await self._heal(docker, failure, record)
 
