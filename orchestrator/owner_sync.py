@@ -20,6 +20,7 @@ from orchestrator.owner_requests import OwnerRequest, OwnerRequestsFile, changed
 
 if TYPE_CHECKING:
     from orchestrator.daemon import Daemon
+    from orchestrator.memory.service import Memory
 
 log = get_logger("agogd.owner_requests")
 
@@ -57,7 +58,9 @@ async def ingest(daemon: Daemon, file: OwnerRequestsFile) -> int:
     return created
 
 
-async def _ingest_one(conn: asyncpg.Connection, entry: OwnerRequest, memory: Any = None) -> int:
+async def _ingest_one(
+    conn: asyncpg.Connection, entry: OwnerRequest, memory: Memory | None = None
+) -> int:
     created = 0
     if entry.status in STARTABLE:
         req = intake.Requirement(
@@ -91,9 +94,10 @@ async def mirror(daemon: Daemon, file: OwnerRequestsFile) -> int:
     """Write changed statuses into the file; returns how many rows were mirrored.
 
     One replica mirrors at a time (a session advisory lock; the others skip
-    the pass), and each status is read again right before it is written, so a
-    replica that read a status before it changed can never write it over the
-    newer one another replica wrote (the file would stay stale for good).
+    the pass), and the statuses are read under that lock right before the
+    file is written, so a replica that read a status before it changed can
+    never write it over the newer one another replica wrote (the file would
+    stay stale for good).
     """
     assert daemon.pool is not None
     async with daemon.pool.acquire() as conn:
