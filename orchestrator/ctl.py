@@ -341,6 +341,16 @@ def _act(
         )
 
 
+def _reason_option(func: F) -> F:
+    return click.option("--reason", default="", help="Why (recorded with the decision).")(func)
+
+
+def _instructions_option(func: F) -> F:
+    return click.option(
+        "--instructions", default=None, help="For the agent: text or a JSON object."
+    )(func)
+
+
 def _wait_option(func: F) -> F:
     return click.option(
         "--wait",
@@ -365,8 +375,8 @@ def _instructions(value: str | None) -> str | dict[str, Any] | None:
 @req.command("retry")
 @click.argument("req_number")
 @click.option("--stage", default=None, help="An earlier stage to restart from (index or agent).")
-@click.option("--reason", default="", help="Why (recorded with the decision).")
-@click.option("--instructions", default=None, help="For the agent: text or a JSON object.")
+@_reason_option
+@_instructions_option
 @_wait_option
 @_token_option
 @_json_option
@@ -388,7 +398,7 @@ def req_retry(
 
 @req.command("cancel")
 @click.argument("req_number")
-@click.option("--reason", default="", help="Why (recorded with the decision).")
+@_reason_option
 @_wait_option
 @_token_option
 @_json_option
@@ -402,8 +412,8 @@ def req_cancel(
 
 @req.command("resume")
 @click.argument("req_number")
-@click.option("--reason", default="", help="Why (recorded with the decision).")
-@click.option("--instructions", default=None, help="For the agent: text or a JSON object.")
+@_reason_option
+@_instructions_option
 @_wait_option
 @_token_option
 @_json_option
@@ -428,7 +438,7 @@ def req_resume(
 @click.argument("decision", type=click.Choice(DECISIONS, case_sensitive=False))
 @click.option("--restart-stage", default=None, help="REQUEST_CHANGES: the stage to go back to.")
 @click.option("--reason", default="", help="The decision's reasoning.")
-@click.option("--instructions", default=None, help="For the agent: text or a JSON object.")
+@_instructions_option
 @_wait_option
 @_token_option
 @_json_option
