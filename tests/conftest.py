@@ -18,12 +18,19 @@ import asyncpg
 import nats
 import pytest
 import structlog
+from hypothesis import HealthCheck, settings
 from nats.aio.client import Client as NATS
 
 from orchestrator.embedded import NatsServer, PostgresServer
 from orchestrator.embedded.engine import ContainerEngine
 
 _db_counter = itertools.count()
+
+# `pytest --hypothesis-profile=soak` runs every property test with many more
+# examples: the way to hunt rare edge cases before CI meets them by chance.
+settings.register_profile(
+    "soak", max_examples=5000, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 
 
 @pytest.fixture(autouse=True)
