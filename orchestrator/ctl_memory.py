@@ -16,6 +16,8 @@ def render(body: dict[str, Any]) -> list[str]:
     """The human form: the mode, then one ranked block per result."""
     head = f"mode: {body.get('mode')}  provider: {body.get('provider')}"
     head += f"  results: {body.get('count', 0)}"
+    if body.get("min_similarity"):
+        head += f"  min cosine: {body['min_similarity']}"
     lines = [head]
     if body.get("note"):
         lines.append(f"note: {body['note']}")
@@ -65,6 +67,12 @@ def memory() -> None:
     help="auto: hybrid when the query can be embedded, else full text.",
 )
 @click.option(
+    "--min-similarity",
+    type=click.FloatRange(-1, 1),
+    default=None,
+    help="Drop vector matches below this cosine similarity (default: the daemon's cut).",
+)
+@click.option(
     "--token", envvar="AGOG_API_TOKEN", default=None, help="API token (for AGOG_API_READ_AUTH)."
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the raw JSON.")
@@ -78,6 +86,7 @@ def search(
     max_age_days: float | None,
     limit: int,
     mode: str,
+    min_similarity: float | None,
     token: str | None,
     as_json: bool,
 ) -> None:
@@ -94,6 +103,8 @@ def search(
         query["req"] = req
     if max_age_days is not None:
         query["max_age_days"] = max_age_days
+    if min_similarity is not None:
+        query["min_similarity"] = min_similarity
     path = "/api/memory/search?" + urllib.parse.urlencode(query)
     status, body = ctl._call(url, "GET", path, token=token or ctl.local_token(url), timeout=60)
     if status >= 300:

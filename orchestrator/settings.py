@@ -249,6 +249,13 @@ class Settings(BaseSettings):
     memory_fulltext_cap: int = Field(
         default=500, ge=50, description="Most recent full-text matches that are ranked."
     )
+    memory_min_similarity: float | None = Field(
+        default=None,
+        ge=-1.0,
+        le=1.0,
+        description="Cosine similarity below which a vector match is not recalled (unset: the"
+        " provider's measured cut, 0.3 for the local model, else none).",
+    )
     memory_retention: dict[str, MemoryRetention] = Field(
         default_factory=dict,
         description='JSON of kind -> {"max_age_days": N, "max_count": N}; "*" for every kind.',

@@ -487,7 +487,7 @@ async def test_api_answers_every_generated_call_with_json_never_a_500(
         + draw_many(
             get_with(
                 "/api/memory/search",
-                ["q", "agent", "kind", "req", "max_age_days", "limit", "mode"],
+                ["q", "agent", "kind", "req", "max_age_days", "limit", "mode", "min_similarity"],
                 memory_expect,
             ),
             500,

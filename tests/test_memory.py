@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import asyncpg
 import pytest
 from aiohttp import web
@@ -28,7 +29,8 @@ from orchestrator.embeddings import LocalEmbeddings, OllamaEmbeddings
 from orchestrator.memory import admin, dimension, prune, retention, sql
 from orchestrator.memory.embedder import Embedder
 from orchestrator.memory.model import Draft, Filters, QueryError
-from orchestrator.memory.recall import recall
+from orchestrator.memory.recall import Tuning, recall
+from orchestrator.memory.service import min_similarity_for
 from orchestrator.memory.writes import Writer
 from tests.agents import ScriptedAgents, happy, notice, running_agogd, settings_for, wait_status
 from workers.prompt import build_prompt
@@ -127,6 +129,25 @@ async def test_semantic_recall_finds_a_paraphrase_with_no_shared_word(
     assert top.fulltext_rank is None and top.vector_rank == 1
     assert top.similarity is not None and top.similarity > 0.5
     assert all(h.similarity is None or h.similarity < top.similarity for h in result.hits[1:])
+
+
+async def test_vector_matches_below_the_similarity_cut_are_not_recalled(
+    pool: asyncpg.Pool, local: LocalEmbeddings
+) -> None:
+    await _remember(pool, _drafts([INVOICE, *OTHERS]))
+    await (await _embedder(pool, local)).drain(pool)
+    cut = min_similarity_for(local.name)
+    assert cut == 0.2
+    async with pool.acquire() as conn:
+        uncut = await recall(conn, PARAPHRASE, provider=local, mode="vector")
+        kept = await recall(conn, PARAPHRASE, provider=local, tuning=Tuning(min_similarity=cut))
+        none = await recall(conn, PARAPHRASE, provider=local, tuning=Tuning(min_similarity=0.99))
+    # Without a cut, vector recall lists the unrelated memories too.
+    assert sum(1 for h in uncut.hits if (h.similarity or 0) < cut) >= 3
+    assert kept.hits[0].fields["content"] == INVOICE
+    assert all(h.similarity is not None and h.similarity >= cut for h in kept.hits)
+    assert len(kept.hits) <= len(uncut.hits) - 3
+    assert none.hits == []
 
 
 async def test_full_text_when_there_is_no_provider_or_it_is_down(
@@ -506,6 +527,18 @@ async def test_a_later_req_gets_the_earlier_reqs_memories(
         assert " deliverable roy REQ-INV-" in out
         code, _, err = await agogctl(url, "memory", "search", "the of and")
         assert code == 1 and "no searchable words" in err
+        # The daemon's cut is the local model's; a search may ask for its own.
+        code, out, err = await agogctl(url, "memory", "search", "stock ledger", "--json")
+        assert code == 0 and json.loads(out)["min_similarity"] == 0.2, err
+        code, out, err = await agogctl(
+            url, "memory", "search", "rainbow unicorn", "--min-similarity", "0.95", "--json"
+        )
+        assert code == 0 and json.loads(out)["results"] == [], out
+        code, _, err = await agogctl(url, "memory", "search", "stock", "--min-similarity", "2")
+        assert code == 2 and "-1<=x<=1" in err.replace(" ", ""), err
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{url}/api/memory/search?q=stock&min_similarity=nan") as r:
+                assert r.status == 400 and "between -1 and 1" in (await r.json())["error"]
     await agents.stop()
 
     by = {(a["req_number"], a["agent"], a["attempt"]): a for a in agents.assignments}

@@ -72,6 +72,8 @@ STALE_SQL = (
     + " ORDER BY mc.computed_at NULLS FIRST, ws.created_at LIMIT $3"
 )
 STILL_STALE_SQL = "SELECT EXISTS (SELECT 1" + _STALE_FROM + " AND ws.req_number = $3)"
+# A dispatch's own recall (see Recaller.dispatch_tuning).
+DISPATCH_TUNING = Tuning(candidates=20, ef_search=40, fulltext_cap=100)
 # With hashtext(REQ), a transaction-scoped advisory lock per REQ's refresh.
 CONTEXT_LOCK = 0x616D6378  # "amcx"
 
@@ -94,9 +96,7 @@ class Recaller:
     # at admission the dispatcher's): a small budget, candidates within HNSW's
     # default ef_search (no SET round trip) and few full-text rows ranked. The
     # result is provisional: the memory service redoes it with its own.
-    dispatch_tuning: Tuning = field(
-        default_factory=lambda: Tuning(candidates=20, ef_search=40, fulltext_cap=100)
-    )
+    dispatch_tuning: Tuning = field(default_factory=lambda: DISPATCH_TUNING)
 
     async def source(self, conn: asyncpg.Connection, req: str) -> tuple[Any, str | None] | None:
         """(stored requirement vector or None, query text or None); None if no REQ."""

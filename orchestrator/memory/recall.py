@@ -39,6 +39,9 @@ class Tuning:
     exact_limit: int = 3000  # filtered rows an exact scan may read (about 3 us each)
     ef_search: int = 100  # HNSW candidates without a narrowing filter
     fulltext_cap: int = 500  # most recent full-text matches ranked (about 10 us each)
+    # Vector candidates below this cosine similarity are dropped before fusion
+    # (0: none are). The right cut depends on the model: see docs/memory.md.
+    min_similarity: float = 0.0
 
 
 def check_query(query: str) -> str:
@@ -98,11 +101,11 @@ async def candidates(
         rows = await conn.fetch(statement, *args)
     found: dict[str, list[Candidate]] = {"v": [], "f": []}
     for row in rows:
+        method, score = row["method"], float(row["score"])
+        if method == "v" and score < tuning.min_similarity:
+            continue  # rows come best first: ranks of the kept ones are unchanged
         fields = _fields(row)
-        method = row["method"]
-        found[method].append(
-            Candidate(fields["id"], len(found[method]) + 1, float(row["score"]), fields)
-        )
+        found[method].append(Candidate(fields["id"], len(found[method]) + 1, score, fields))
     return found["v"], found["f"]
 
 

@@ -45,6 +45,17 @@ def make_provider(settings: Settings) -> EmbeddingProvider | None:
     return factory(settings)
 
 
+# The cosine similarity below which a model's vector matches are noise, as
+# measured (docs/benchmarks.md, "Memory: the similarity cut"). A model not
+# listed gets no cut: its scale is unknown (nomic-embed-text's unrelated
+# texts score far higher than MiniLM's).
+MIN_SIMILARITY = {"local:all-MiniLM-L6-v2": 0.2}
+
+
+def min_similarity_for(provider_name: str) -> float:
+    return MIN_SIMILARITY.get(provider_name, 0.0)
+
+
 class Memory:
     """The memory of one agogd: what the engine, the API and the services share."""
 
@@ -59,16 +70,25 @@ class Memory:
         if self.provider is not None:
             limit = min(limit, self.provider.max_input_chars)
         self.writer = Writer(limit, settings.memory_max_chunks)
+        cut = settings.memory_min_similarity
+        if cut is None:
+            cut = min_similarity_for(self.provider.name if self.provider else "")
         self.tuning = Tuning(
             candidates=settings.memory_recall_candidates,
             exact_limit=settings.memory_exact_limit,
             ef_search=settings.memory_ef_search,
             fulltext_cap=settings.memory_fulltext_cap,
+            min_similarity=cut,
         )
         # Recall for assignments runs in the background: more candidates, so
         # that every stage's policy finds its kinds among them.
         wide = replace(self.tuning, candidates=max(60, self.tuning.candidates))
-        self.recaller = context.Recaller(stages, settings.memory_top_k, wide)
+        self.recaller = context.Recaller(
+            stages,
+            settings.memory_top_k,
+            wide,
+            replace(context.DISPATCH_TUNING, min_similarity=cut),
+        )
         self.context_wake = asyncio.Event()
         self.embedder = (
             Embedder(
