@@ -21,7 +21,6 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-import asyncpg
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -32,6 +31,7 @@ from orchestrator.logs import bound_context, get_logger
 from orchestrator.notices import NoticeError, extract_json, parse_notice, validate_req_id
 from orchestrator.pull import PullFeed
 from orchestrator.registry import Stage
+from workers import runner_store
 from workers.berry import NativeBerry
 from workers.commands import agent_argv, agent_env, native_agents, runner_stages
 from workers.prompt import build_prompt
@@ -165,93 +165,30 @@ class Runner:
             keepalive.cancel()
 
     async def _run(self, msg: Msg, stage: Stage, assignment: dict[str, Any]) -> str:
-        req, attempt = assignment["req_number"], assignment["attempt"]
         pool = self.daemon.pool
         assert pool is not None
-        current = await pool.fetchrow(
-            "SELECT status, deadline FROM stage_attempts"
-            " WHERE req_number = $1 AND stage = $2 AND attempt = $3",
-            req,
-            stage.index,
-            attempt,
-        )
-        if current is None or current["status"] != "RUNNING":
-            log.info("runner.assignment_stale", status=current["status"] if current else None)
+        run = runner_store.Run(assignment["req_number"], stage.index, assignment["attempt"])
+        current = await runner_store.attempt_state(pool, run)
+        if current is None or current[0] != "RUNNING":
+            log.info("runner.assignment_stale", status=current[0] if current else None)
             return "ack"
-        claim = await self._claim(pool, req, stage, attempt)
+        claim = await runner_store.claim(pool, run, stage.agent, self.name, self._lease_seconds())
         if claim == "running":
             log.info("runner.already_running", reason="a live claim holds this attempt")
             return "nak"
         if claim == "published":
             log.info("runner.already_published")
             return "ack"
-        notice = await self._stored_notice(pool, req, stage, attempt)
+        if claim == "taken_over":
+            log.warning("runner.taking_over", reason="the lease ran out")
+        # A notice made before a crash but not yet published: send it, don't re-run.
+        notice = await runner_store.stored_notice(pool, run)
         if notice is None:
-            notice = await self._spawn(stage, assignment, current["deadline"])
-            await pool.execute(
-                "UPDATE runner_runs SET outcome = $4, reason = $5, exit_code = $6,"
-                " notice = $7::jsonb, finished_at = now()"
-                " WHERE req_number = $1 AND stage = $2 AND attempt = $3",
-                req,
-                stage.index,
-                attempt,
-                notice["status"],
-                notice.get("reason"),
-                notice.get("exit_code"),
-                json.dumps(notice),
-            )
-        await self._publish(stage, req, attempt, notice)
-        await pool.execute(
-            "UPDATE runner_runs SET status = 'published', lease_until = now()"
-            " WHERE req_number = $1 AND stage = $2 AND attempt = $3",
-            req,
-            stage.index,
-            attempt,
-        )
+            notice = await self._spawn(stage, assignment, current[1])
+            await runner_store.record_notice(pool, run, notice)
+        await self._publish(stage, run.req, run.attempt, notice)
+        await runner_store.mark_published(pool, run)
         return "ack"
-
-    async def _claim(self, pool: asyncpg.Pool, req: str, stage: Stage, attempt: int) -> str:
-        """'claimed', or why not: 'running' (a live lease) or 'published'."""
-        lease = self._lease_seconds()
-        row = await pool.fetchrow(
-            "INSERT INTO runner_runs (req_number, stage, attempt, agent, status, runner,"
-            " lease_until) VALUES ($1, $2, $3, $4, 'running', $5,"
-            " now() + make_interval(secs => $6))"
-            " ON CONFLICT (req_number, stage, attempt) DO UPDATE SET runner = EXCLUDED.runner,"
-            " lease_until = EXCLUDED.lease_until, runs = runner_runs.runs + 1"
-            " WHERE runner_runs.status = 'running' AND runner_runs.lease_until < now()"
-            " RETURNING runs",
-            req,
-            stage.index,
-            attempt,
-            stage.agent,
-            self.name,
-            lease,
-        )
-        if row is not None:
-            if row["runs"] > 1:
-                log.warning("runner.taking_over", runs=row["runs"], reason="the lease ran out")
-            return "claimed"
-        status = await pool.fetchval(
-            "SELECT status FROM runner_runs WHERE req_number = $1 AND stage = $2 AND attempt = $3",
-            req,
-            stage.index,
-            attempt,
-        )
-        return "published" if status == "published" else "running"
-
-    async def _stored_notice(
-        self, pool: asyncpg.Pool, req: str, stage: Stage, attempt: int
-    ) -> dict[str, Any] | None:
-        """A notice made before a crash but not yet published: send it, don't re-run."""
-        raw = await pool.fetchval(
-            "SELECT notice::text FROM runner_runs"
-            " WHERE req_number = $1 AND stage = $2 AND attempt = $3",
-            req,
-            stage.index,
-            attempt,
-        )
-        return json.loads(raw) if raw else None
 
     def _lease_seconds(self) -> float:
         return self.settings.runner_heartbeat_interval * 3 + self.settings.runner_kill_grace
@@ -262,28 +199,13 @@ class Runner:
         req, attempt = assignment["req_number"], assignment["attempt"]
         pool = self.daemon.pool
         assert pool is not None
-        rows = await pool.fetch(
-            "SELECT stage, agent, deliverable FROM nats_deliverable_cache"
-            " WHERE req_number = $1 AND stage < $2 ORDER BY stage",
-            req,
-            stage.index,
-        )
-        previous = [
-            {"stage": r["stage"], "agent": r["agent"], "deliverable": json.loads(r["deliverable"])}
-            for r in rows
-        ]
+        run = runner_store.Run(req, stage.index, attempt)
+        previous = await runner_store.previous_deliverables(pool, run)
         cancel = asyncio.Event()
         self.cancels.setdefault(req, set()).add(cancel)
 
         async def heartbeat() -> None:
-            await pool.execute(
-                "UPDATE runner_runs SET lease_until = now() + make_interval(secs => $4)"
-                " WHERE req_number = $1 AND stage = $2 AND attempt = $3",
-                req,
-                stage.index,
-                attempt,
-                self._lease_seconds(),
-            )
+            await runner_store.renew(pool, run, self._lease_seconds())
             assert self.daemon.nc is not None
             await self.daemon.nc.publish(
                 self.pipeline.subject("heartbeat", agent=stage.agent, req=req),
