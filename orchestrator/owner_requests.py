@@ -416,22 +416,59 @@ def set_status(
     heading's blank line. Raises KeyError if the REQ is not in the file and
     ValueError for multi-line values or extra names agogd does not own.
     """
-    status, extras = _check_args(status, extra)
+    new, changed = set_statuses(text, [(req_number, status, extra)])
+    if req_number not in changed and new == text:
+        _check_present(text, req_number)
+    return new
+
+
+def _check_present(text: str, req_number: str) -> None:
+    lines = _split(text.removeprefix(_BOM))
+    if not any(first and e.req == req_number for e, first in _valid_entries(lines)):
+        raise KeyError(req_number)
+
+
+def set_statuses(
+    text: str, updates: Sequence[tuple[str, str, Mapping[str, str] | None]]
+) -> tuple[str, set[str]]:
+    """Several REQs' status updates, as ``set_status`` does one, with the file
+    parsed once: (new text, the REQs whose lines changed). REQs not in the
+    file are skipped; a REQ given twice gets the later status and both sets
+    of extra lines (the later value wins). Bad arguments raise ValueError."""
+    merged: dict[str, tuple[str, dict[str, str]]] = {}
+    for req_number, status, extra in updates:
+        status, extras = _check_args(status, extra)
+        previous = merged.get(req_number, ("", {}))[1]
+        merged[req_number] = (status, {**previous, **dict(extras)})
     bom = _BOM if text.startswith(_BOM) else ""
     lines = _split(text.removeprefix(_BOM))
-    entry = next((e for e, first in _valid_entries(lines) if first and e.req == req_number), None)
-    if entry is None:
-        raise KeyError(req_number)
+    entries = {e.req: e for e, first in _valid_entries(lines) if first and e.req in merged}
     nl = _newline(text)
+    changed: set[str] = set()
+    # Bottom up: lines inserted into one entry never move the entries above it.
+    for entry in sorted(entries.values(), key=lambda e: e.heading, reverse=True):
+        status, extras = merged[entry.req]
+        if _apply(lines, entry, status, list(extras.items()), nl):
+            changed.add(entry.req)
+    return (bom + _join(lines), changed) if changed else (text, changed)
+
+
+def _apply(
+    lines: list[_Line], entry: _Entry, status: str, extras: list[tuple[str, str]], nl: str
+) -> bool:
+    """Write one entry's Status and extra lines in place; True if anything changed."""
     existing: dict[str, tuple[int, re.Match[str]]] = {}
     for idx, name, f in entry.fields:
         existing.setdefault(name, (idx, f))
+    changed = False
 
     def rewrite(idx: int, f: re.Match[str], value: str) -> None:
+        nonlocal changed
         prefix = f["prefix"]
         if not f["value"] and not prefix[-1:].isspace():
             prefix += " "  # `**Commit**:` was empty: write `**Commit**: abc`
         lines[idx].content = prefix + value
+        changed = True
 
     inserts: list[str] = []
     if _STATUS in existing:
@@ -462,7 +499,8 @@ def set_status(
         new = [_Line(content, nl) for content in inserts]
         new[-1].ending = ending or ""
         lines[anchor + 1 : anchor + 1] = new
-    return bom + _join(lines)
+        changed = True
+    return changed
 
 
 # --------------------------------------------------------------------------- the file
@@ -545,17 +583,9 @@ class OwnerRequestsFile:
                     before = os.stat(target)
                 except FileNotFoundError:
                     return set()
-                text = new = target.read_bytes().decode("utf-8")
-                changed: set[str] = set()
-                for req_number, status, extra in updates:
-                    try:
-                        after = set_status(new, req_number, status, extra)
-                    except KeyError:
-                        continue
-                    if after != new:
-                        changed.add(req_number)
-                        new = after
-                if new == text:
+                text = target.read_bytes().decode("utf-8")
+                new, changed = set_statuses(text, updates)
+                if not changed:
                     return set()
                 if self._replace(target, new, before):
                     return changed

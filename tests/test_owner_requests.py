@@ -22,6 +22,7 @@ from orchestrator.owner_requests import (
     parse,
     parse_report,
     set_status,
+    set_statuses,
 )
 
 REFERENCE = """\
@@ -468,6 +469,42 @@ def test_property_set_status_changes_only_the_target(
     ]
 
 
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    _files(),
+    st.lists(st.tuples(st.integers(0, 4), st.sampled_from(_STATUSES), _EXTRAS), max_size=8),
+)
+def test_property_one_batch_equals_the_updates_one_by_one(
+    file: tuple[str, list[str]], updates: list[tuple[int, str, dict[str, str]]]
+) -> None:
+    text, ids = file
+    batch = [(ids[i % len(ids)], status, extra) for i, status, extra in updates]
+    batch.append(("REQ-NOT-IN-FILE", "BLOCKED", None))
+    together, changed = set_statuses(text, batch)
+    one_by_one = text
+    for req, status, extra in batch[:-1]:
+        one_by_one = set_status(one_by_one, req, status, extra)
+    if len({req for req, _, _ in batch}) == len(batch):  # each REQ once: the same bytes
+        assert together == one_by_one
+    else:  # a REQ twice: the same entries (inserted lines may come in another order,
+        # and a status already so in another case is left as the human wrote it)
+
+        def seen(text: str) -> list[tuple[str, str, dict[str, str], str]]:
+            return [
+                (
+                    r.req_number,
+                    r.status,
+                    {k: v for k, v in r.fields.items() if k != "Status"},
+                    r.content_hash,
+                )
+                for r in parse(text)
+            ]
+
+        assert seen(together) == seen(one_by_one)
+    assert (together == text) == (not changed)
+    assert changed <= {req for req, _, _ in batch[:-1]}  # never the REQ not in the file
+
+
 # ------------------------------------------------------------------------ the file
 
 
@@ -582,16 +619,16 @@ def test_human_save_during_update_is_reread_not_overwritten(
 ) -> None:
     path = tmp_path / "OWNER_REQUESTS.md"
     path.write_text(REFERENCE)
-    real_set_status = owner_requests.set_status
+    real_set_statuses = owner_requests.set_statuses
     calls: list[int] = []
 
-    def set_status_while_human_saves(text: str, *args: object, **kwargs: object) -> str:
+    def set_statuses_while_human_saves(text: str, *args: object) -> tuple[str, set[str]]:
         calls.append(1)
         if len(calls) == 1:  # the human saves after agogd read the file
             path.write_text(REFERENCE + "\n### REQ-HUMAN-2: typed meanwhile\n")
-        return real_set_status(text, *args, **kwargs)  # type: ignore[arg-type]
+        return real_set_statuses(text, *args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(owner_requests, "set_status", set_status_while_human_saves)
+    monkeypatch.setattr(owner_requests, "set_statuses", set_statuses_while_human_saves)
     assert OwnerRequestsFile(path).update_status("REQ-XXX-YYY", "BLOCKED") is True
     assert len(calls) == 2
     reqs = _by_id(path.read_text())
