@@ -113,13 +113,21 @@ async def mirror(daemon: Daemon, file: OwnerRequestsFile) -> int:
                 raise
 
 
+_ROW = "SELECT req_number, status, commit_sha, deployed_at, deployed_by FROM workflow_state"
+MIRROR_BATCH = 100
+
+
 async def _mirror_locked(conn: asyncpg.Connection, file: OwnerRequestsFile) -> int:
     # Read right before the file is written (under the mirror lock), so a
     # status read earlier can never overwrite a newer one.
-    rows = await conn.fetch(
-        "SELECT req_number, status, commit_sha, deployed_at, deployed_by FROM workflow_state"
-        " WHERE mirrored_status IS DISTINCT FROM status ORDER BY updated_at LIMIT 100"
+    rows = list(
+        await conn.fetch(
+            _ROW + " WHERE mirrored_status IS DISTINCT FROM status ORDER BY updated_at LIMIT $1",
+            MIRROR_BATCH,
+        )
     )
+    if len(rows) < MIRROR_BATCH:
+        rows += await _drifted(conn, file, MIRROR_BATCH - len(rows))
     if not rows:
         return 0
     updates = [(row["req_number"], *file_status(row)) for row in rows]
@@ -132,6 +140,38 @@ async def _mirror_locked(conn: asyncpg.Connection, file: OwnerRequestsFile) -> i
         if req in written:
             log.info("owner_requests.mirrored", req_number=req, status=status)
     return len(rows)
+
+
+async def _drifted(
+    conn: asyncpg.Connection, file: OwnerRequestsFile, limit: int
+) -> list[asyncpg.Record]:
+    """Rows whose status the file no longer shows, though it was written: a
+    hand edit, or an editor saving an old buffer over agogd's line. The file
+    is a view of Postgres, so the mirror writes the status back, and says so
+    (to act on a REQ, use agogctl or a decision)."""
+    entries = {e.req_number: e for e in await asyncio.to_thread(file.read)}
+    if not entries:
+        return []
+    rows = await conn.fetch(
+        _ROW + " WHERE req_number = ANY($1::text[]) AND mirrored_status = status",
+        list(entries),
+    )
+    drifted = []
+    for row in rows:
+        shown, wanted = entries[row["req_number"]].status, file_status(row)[0]
+        if shown != wanted:
+            log.warning(
+                "owner_requests.status_restored",
+                req_number=row["req_number"],
+                file_status=shown,
+                status=wanted,
+                reason="OWNER_REQUESTS.md shows Postgres's status; a hand edit does not change"
+                " the workflow (use agogctl req cancel|retry|resume|decide)",
+            )
+            drifted.append(row)
+            if len(drifted) >= limit:
+                break
+    return drifted
 
 
 def file_status(row: Mapping[str, Any]) -> tuple[str, dict[str, str]]:
@@ -159,7 +199,7 @@ async def watch(daemon: Daemon) -> None:
     while not daemon.stopping.is_set():
         try:
             await ingest(daemon, file)
-            while await mirror(daemon, file) >= 100:
+            while await mirror(daemon, file) >= MIRROR_BATCH:
                 pass
             daemon.states.set("owner_requests", "ok", "debug")
         except Exception as exc:  # any kind (asyncpg's InternalClientError in a Postgres

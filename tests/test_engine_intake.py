@@ -11,6 +11,7 @@ from pathlib import Path
 
 import asyncpg
 from nats.aio.client import Client as NATS
+from structlog.testing import capture_logs
 
 from orchestrator.embedded import NatsServer
 from orchestrator.owner_requests import parse
@@ -38,6 +39,15 @@ Some notes a human keeps at the top.
 - Not now
 ---
 """
+
+
+async def _until_file_says(path: Path, req: str, status: str) -> None:
+    for _ in range(100):
+        entries = {e.req_number: e for e in parse(await asyncio.to_thread(path.read_text))}
+        if entries[req].status == status:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"OWNER_REQUESTS.md never showed {req} as {status}")
 
 
 def _agogctl(url: str, *args: str, token: str | None = "test-token") -> subprocess.CompletedProcess:
@@ -74,11 +84,22 @@ async def test_owner_requests_file_is_intake_and_view(
                 "**Requirements**:\n- Print GS1 labels\n---\n"
             )
         await wait_status(pg_dsn, "REQ-LATE-7", "DEPLOYED")
-        for _ in range(100):
-            entries = {e.req_number: e for e in parse(path.read_text())}
-            if entries["REQ-LATE-7"].status == "DEPLOYED":
-                break
-            await asyncio.sleep(0.1)
+        await _until_file_says(path, "REQ-LATE-7", "DEPLOYED")
+        # An editor saves an old buffer over agogd's line (or a human edits the
+        # status): the file is a view of Postgres, so the status comes back.
+        with capture_logs() as logs:
+            text = path.read_text()
+            at = text.index("### REQ-LATE-7")
+            path.write_text(
+                text[:at] + text[at:].replace("**Status**: DEPLOYED", "**Status**: IN_PROGRESS", 1)
+            )
+            assert parse(path.read_text())[-1].status == "IN_PROGRESS"
+            await _until_file_says(path, "REQ-LATE-7", "DEPLOYED")
+        restored = [e for e in logs if e["event"] == "owner_requests.status_restored"]
+        assert [(e["req_number"], e["file_status"], e["status"]) for e in restored] == [
+            ("REQ-LATE-7", "IN_PROGRESS", "DEPLOYED")
+        ]
+        assert "agogctl" in restored[0]["reason"]
     entries = {e.req_number: e for e in parse(path.read_text())}
     assert entries[req].status == "DEPLOYED"
     assert entries[req].fields["Commit"] == "abc1234"

@@ -517,6 +517,20 @@ def test_file_read_missing_and_present(tmp_path: Path) -> None:
     assert f.read() == parse(REFERENCE)
 
 
+def test_a_reread_sees_every_change_even_of_the_same_size_at_once(tmp_path: Path) -> None:
+    f = OwnerRequestsFile(tmp_path / "OWNER_REQUESTS.md")
+    f.path.write_text(REFERENCE)
+    first = f.read()
+    first.clear()  # the caller's list, not the cache
+    assert f.read() == parse(REFERENCE)
+    edited = REFERENCE.replace("**Priority**: P1", "**Priority**: P3", 1)
+    assert len(edited) == len(REFERENCE) and edited != REFERENCE
+    f.path.write_text(edited)  # same size, same inode, within the same clock tick
+    assert f.read() == parse(edited)
+    f.path.unlink()
+    assert f.read() == []
+
+
 def test_update_statuses_is_one_rewrite_equal_to_one_by_one(tmp_path: Path) -> None:
     """A burst of status changes is one atomic replace of the file (one new
     inode), with the same text as the updates applied one at a time."""
