@@ -530,6 +530,11 @@ class OwnerRequestsFile:
         # hashing them takes ~1 ms. A cache only: never the truth.
         self._parsed: tuple[bytes, tuple[list[OwnerRequest], list[str]]] | None = None
 
+    @property
+    def digest(self) -> bytes | None:
+        """Digest of the content the last read parsed (None before any read)."""
+        return self._parsed[0] if self._parsed is not None else None
+
     def __repr__(self) -> str:
         return f"OwnerRequestsFile({str(self.path)!r})"
 

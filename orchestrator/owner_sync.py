@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
@@ -113,6 +114,9 @@ async def mirror(daemon: Daemon, file: OwnerRequestsFile) -> int:
                 raise
 
 
+# Per file, the digest of the content last found to show Postgres's statuses
+# (a cache: an agogd restart just checks once more).
+_checked: dict[Path, bytes | None] = {}
 _ROW = "SELECT req_number, status, commit_sha, deployed_at, deployed_by FROM workflow_state"
 MIRROR_BATCH = 100
 
@@ -150,8 +154,8 @@ async def _drifted(
     is a view of Postgres, so the mirror writes the status back, and says so
     (to act on a REQ, use agogctl or a decision)."""
     entries = {e.req_number: e for e in await asyncio.to_thread(file.read)}
-    if not entries:
-        return []
+    if not entries or file.digest == _checked.get(file.path):
+        return []  # statuses drift only when the file changes: this content matched
     rows = await conn.fetch(
         _ROW + " WHERE req_number = ANY($1::text[]) AND mirrored_status = status",
         list(entries),
@@ -171,6 +175,8 @@ async def _drifted(
             drifted.append(row)
             if len(drifted) >= limit:
                 break
+    if not drifted:
+        _checked[file.path] = file.digest
     return drifted
 
 
