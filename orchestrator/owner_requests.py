@@ -529,6 +529,9 @@ class OwnerRequestsFile:
         # the file every pass, and parsing 5,000 entries takes ~150 ms while
         # hashing them takes ~1 ms. A cache only: never the truth.
         self._parsed: tuple[bytes, tuple[list[OwnerRequest], list[str]]] | None = None
+        # What a reader has done with which content, by purpose (owner_sync:
+        # "ingested", "checked"): work a pass can skip while the bytes stay.
+        self.handled: dict[str, bytes | None] = {}
 
     @property
     def digest(self) -> bytes | None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
@@ -43,6 +42,8 @@ async def ingest(daemon: Daemon, file: OwnerRequestsFile) -> int:
     """Submit new or changed startable entries; returns how many were new workflows."""
     assert daemon.pool is not None
     entries, problems = await asyncio.to_thread(file.read_report)
+    if file.digest is not None and file.digest == file.handled.get("ingested"):
+        return 0  # this content is in already: no need to read every seen hash again
     for problem in problems:
         daemon.states.set(f"owner_requests.{problem}", "problem", "warning", problem=problem)
     async with daemon.pool.acquire() as conn:
@@ -54,6 +55,7 @@ async def ingest(daemon: Daemon, file: OwnerRequestsFile) -> int:
     for entry in changed_entries(seen, entries):
         async with daemon.pool.acquire() as conn, conn.transaction():
             created += await _ingest_one(conn, entry, daemon.memory)
+    file.handled["ingested"] = file.digest
     if created and daemon.engine is not None:
         daemon.engine.wake_dispatcher.set()
     return created
@@ -114,9 +116,6 @@ async def mirror(daemon: Daemon, file: OwnerRequestsFile) -> int:
                 raise
 
 
-# Per file, the digest of the content last found to show Postgres's statuses
-# (a cache: an agogd restart just checks once more).
-_checked: dict[Path, bytes | None] = {}
 _ROW = "SELECT req_number, status, commit_sha, deployed_at, deployed_by FROM workflow_state"
 MIRROR_BATCH = 100
 
@@ -154,7 +153,7 @@ async def _drifted(
     is a view of Postgres, so the mirror writes the status back, and says so
     (to act on a REQ, use agogctl or a decision)."""
     entries = {e.req_number: e for e in await asyncio.to_thread(file.read)}
-    if not entries or file.digest == _checked.get(file.path):
+    if not entries or file.digest == file.handled.get("checked"):
         return []  # statuses drift only when the file changes: this content matched
     rows = await conn.fetch(
         _ROW + " WHERE req_number = ANY($1::text[]) AND mirrored_status = status",
@@ -176,7 +175,7 @@ async def _drifted(
             if len(drifted) >= limit:
                 break
     if not drifted:
-        _checked[file.path] = file.digest
+        file.handled["checked"] = file.digest
     return drifted
 
 
