@@ -23,19 +23,10 @@ import asyncpg
 
 from orchestrator.intake import parse_priority
 from orchestrator.registry import Pipeline, Stage
-from orchestrator.workflow import FINISHED
+from orchestrator.workflow import FINISHED, LIVE, STATUSES
 
-STATUSES = (
-    "PENDING",
-    "IN_PROGRESS",
-    "BLOCKED",
-    "ESCALATED",
-    "COMPLETE",
-    "DEPLOYED",
-    "CANCELLED",
-)
 STATUS_GROUPS = {
-    "active": ("PENDING", "IN_PROGRESS", "BLOCKED", "ESCALATED"),
+    "active": LIVE,
     "finished": tuple(sorted(FINISHED)),
     "stuck": ("BLOCKED", "ESCALATED"),
 }

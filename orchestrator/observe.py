@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 
 from orchestrator import db, http_server, metrics
 from orchestrator.logs import get_logger
-from orchestrator.workflow import Status
+from orchestrator.workflow import STATUSES
 
 if TYPE_CHECKING:
     from orchestrator.daemon import Daemon
@@ -39,15 +39,6 @@ log = get_logger(__name__)
 PG_TTL = 1.0
 STREAMS_INTERVAL = 15.0
 PG_TIMEOUT = 3.0
-STATUSES: tuple[Status, ...] = (
-    "PENDING",
-    "IN_PROGRESS",
-    "BLOCKED",
-    "ESCALATED",
-    "COMPLETE",
-    "DEPLOYED",
-    "CANCELLED",
-)
 NO_STAGE = "none"
 
 _REQS_SQL = "SELECT status, current_stage, count(*) AS n FROM workflow_state GROUP BY 1, 2"

@@ -11,7 +11,7 @@ and every retry stays within its budget.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from orchestrator.registry import Pipeline, Stage
 
@@ -20,7 +20,10 @@ from orchestrator.registry import Pipeline, Stage
 Status = Literal[
     "PENDING", "IN_PROGRESS", "BLOCKED", "ESCALATED", "COMPLETE", "DEPLOYED", "CANCELLED"
 ]
+# Every status, in the order operators read them (API filters, metrics).
+STATUSES: tuple[Status, ...] = get_args(Status)
 FINISHED: frozenset[str] = frozenset({"COMPLETE", "DEPLOYED", "CANCELLED"})
+LIVE: tuple[Status, ...] = tuple(s for s in STATUSES if s not in FINISHED)
 NoticeStatus = Literal["COMPLETE", "BLOCKED", "FAILED", "IN_PROGRESS"]
 DecisionKind = Literal["APPROVE", "REQUEST_CHANGES", "RETRY", "CANCEL", "ESCALATE_HUMAN"]
 

@@ -36,13 +36,13 @@ from orchestrator.memory import capture, policy
 from orchestrator.memory.fusion import rrf
 from orchestrator.memory.model import Filters
 from orchestrator.memory.recall import Tuning, candidates
+from orchestrator.workflow import LIVE
 
 if TYPE_CHECKING:
     from orchestrator.daemon import Daemon
 
 log = get_logger("agogd.memory")
 
-LIVE = ("PENDING", "IN_PROGRESS", "BLOCKED", "ESCALATED")
 SOURCE_SQL = (
     "SELECT ws.title, ws.requirement::text AS requirement,"
     " (SELECT m.embedding FROM memories m WHERE m.req_number = ws.req_number"
