@@ -177,7 +177,7 @@ async def get_req(request: web.Request) -> web.Response:
 async def streams(request: web.Request) -> web.Response:
     """``GET /api/streams``: each agog_* stream with its messages, bytes and
     consumers (pending, ack pending, lag), as in Miki's report."""
-    from workers.infra_report import inspect_streams
+    from workers.infra_inspect import inspect_streams
 
     daemon = daemon_of(request)
     nats, entries = await inspect_streams(daemon.nc, daemon.pipeline)
@@ -210,7 +210,8 @@ async def infra_report(request: web.Request) -> web.Response:
     """Build and publish Miki's infrastructure report now; returns it.
     Body (optional): ``{"feature": "nats-fix"}``."""
     require_token(request)
-    from workers.infra_report import DEFAULT_FEATURE, publish_report
+    from workers.infra_entries import DEFAULT_FEATURE
+    from workers.infra_report import publish_report
 
     daemon = daemon_of(request)
     fields = await read_object(request)

@@ -581,7 +581,7 @@ def infra_report(ctx: click.Context, feature: str, token: str | None, as_json: b
     if as_json:
         click.echo(json.dumps(body, indent=2))
     else:
-        from workers.infra_report import render_text
+        from workers.infra_render import render_text
 
         click.echo(render_text(body))
     sys.exit(EXIT_OK if body.get("published") and body.get("verdict") == "ok" else EXIT_FAILED)

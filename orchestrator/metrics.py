@@ -151,7 +151,7 @@ OUTBOX_OLDEST = Gauge(
     registry=REGISTRY,
 )
 
-# --- refreshed periodically from JetStream (workers.infra_report.inspect_streams) --
+# --- refreshed periodically from JetStream (workers.infra_inspect.inspect_streams) --
 STREAM_MESSAGES = Gauge(
     "agogd_stream_messages",
     "Messages stored in each agog_* stream.",

@@ -116,7 +116,7 @@ class Observer:
     # --- JetStream, in the background ------------------------------------------------------
     async def refresh_streams(self) -> None:
         """Streams and consumer lag, as Miki's report reads them."""
-        from workers.infra_report import inspect_streams
+        from workers.infra_inspect import inspect_streams
 
         part, entries = await inspect_streams(self.daemon.nc, self.daemon.pipeline)
         for gauge in (

@@ -10,26 +10,23 @@ import pytest
 
 from orchestrator import registry
 from orchestrator.notices import parse_deliverable_subject, parse_notice
-from workers.infra_report import (
+from workers.infra_compose import compose_entry, compose_project, container_entry
+from workers.infra_entries import (
     DISK_DEGRADED,
-    BadRequest,
-    compose_entry,
-    compose_project,
-    container_entry,
     deliverable,
     disk_entry,
     disk_error,
     encode_within,
-    parse_request,
     registry_problems,
-    render_text,
     report_req_number,
-    reporter_of,
     sanitize_feature,
     stream_entry,
     summarize,
     worst,
 )
+from workers.infra_render import render_text
+from workers.infra_report import reporter_of
+from workers.infra_request import BadRequest, parse_request
 
 PIPELINE = registry.load()
 TEMPLATE = PIPELINE.subjects["infra_report_request"]
