@@ -2,7 +2,7 @@
 
 Every action is a strategic decision. It is checked first, against the REQ's
 current row in Postgres, with the same parser the engine uses
-(``engine.parse_decision``) and the pure ``workflow.apply``: a malformed body
+(``messages.parse_decision``) and the pure ``workflow.apply``: a malformed body
 is a 400, an unknown REQ a 404, and an action the state machine refuses (retry
 a finished REQ) a 409 with its reason. Only then is it published on
 ``agog.strategic.decisions.<REQ>`` with ``Nats-Msg-Id: api-decision:<REQ>:<id>``.
@@ -57,8 +57,8 @@ from orchestrator.api_common import (
     req_of,
     require_token,
 )
-from orchestrator.engine import Rejected, parse_decision
 from orchestrator.logs import get_logger
+from orchestrator.messages import Rejected, parse_decision
 from orchestrator.workflow import DecisionRejected, Workflow, apply
 
 log = get_logger("agogd.api")

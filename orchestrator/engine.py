@@ -5,6 +5,7 @@ sequence (a redelivery is a no-op), validate it, lock the REQ's row, apply
 the pure transition, write the effects and the outbox. The message is acked
 only after that commit. Bad input is rejected once: recorded, published as a
 rejection event, logged, and term'd, so it is never redelivered in a loop.
+Reading the messages is pure, in ``orchestrator.messages``.
 """
 
 from __future__ import annotations
@@ -17,13 +18,21 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import asyncpg
 from nats.aio.msg import Msg
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 from orchestrator import intake, metrics, store, strict_json
 from orchestrator.batch import BatchedConnection
 from orchestrator.effects import EffectRunner, deployment, stage_by_index
 from orchestrator.logs import bound_context, get_logger
 from orchestrator.memory import capture
+from orchestrator.messages import (
+    Rejected,
+    attempt_of,
+    completed_event,
+    deliverable_req,
+    last_token_req,
+    parse_decision,
+    safe_req,
+)
 from orchestrator.notices import (
     CompletionNotice,
     NoticeError,
@@ -35,8 +44,6 @@ from orchestrator.outbox import relay
 from orchestrator.pull import PullFeed
 from orchestrator.registry import Pipeline, Stage
 from orchestrator.workflow import (
-    Completed,
-    Decision,
     DecisionRejected,
     Ignored,
     Start,
@@ -56,14 +63,6 @@ Outcome = Literal["ack", "term", "nak"]
 FLUSH_ARGS = 8000
 DISPATCH_LOCK = 0x61676F68  # serializes admission of PENDING REQs across replicas
 DISPATCH_RETRY = 0.05  # seconds before a replica that found the admission busy looks again
-
-
-class Rejected(Exception):
-    """A message that is wrong and will stay wrong: record it and term it."""
-
-    def __init__(self, reason: str, message: str, req: str | None = None) -> None:
-        super().__init__(f"{reason}: {message}")
-        self.reason, self.message, self.req = reason, message, req
 
 
 @dataclass(frozen=True)
@@ -228,7 +227,7 @@ class Engine:
                 subject_req=subject_req,
             )
         except NoticeError as exc:
-            raise Rejected(exc.reason, exc.message, _safe_req(subject_req)) from None
+            raise Rejected(exc.reason, exc.message, safe_req(subject_req)) from None
         with bound_context(
             req_number=notice.req_number, agent=notice.agent, msg_subject=msg.subject
         ):
@@ -418,7 +417,7 @@ class Engine:
             validate_req_id(req)
         except ValueError as exc:
             raise Rejected("invalid_req_id", str(exc)) from None
-        attempt = _attempt_of(msg.data)
+        attempt = attempt_of(msg.data)
         extended = await store.extend_deadline(conn, req, stage.index, attempt, stage.timeout)
         log.debug("heartbeat", req_number=req, agent=agent, extended=extended)
         return "extended" if extended else "no-running-attempt"
@@ -515,150 +514,8 @@ class Engine:
             await runner.dispatch(stage, attempt + 1, {"retry": {"reason": "deadline passed"}})
 
 
-# --- message models ---------------------------------------------------------------
-class DecisionMessage(BaseModel):
-    """A strategic decision on agog.strategic.decisions.<REQ>."""
-
-    model_config = ConfigDict(extra="allow")
-
-    req_number: str
-    decision: Literal["APPROVE", "REQUEST_CHANGES", "RETRY", "CANCEL", "ESCALATE_HUMAN"]
-    reasoning: str = ""
-    restart_stage: int | None = None
-    instructions: dict[str, Any] = {}
-
-    @model_validator(mode="before")
-    @classmethod
-    def _normalise(cls, data: Any) -> Any:
-        if not isinstance(data, dict):
-            raise ValueError("a decision is a JSON object")
-        data = dict(data)
-        for alias in ("reqNumber", "reqId", "req_id"):
-            data.setdefault("req_number", data.get(alias))
-        kind = str(data.get("decision", "")).strip().upper().replace(" ", "_")
-        data["decision"] = {
-            "APPROVED": "APPROVE",
-            "CANCELLED": "CANCEL",
-            "ESCALATE": "ESCALATE_HUMAN",
-            "CHANGES_REQUESTED": "REQUEST_CHANGES",
-        }.get(kind, kind)
-        data["instructions"] = {
-            k: data[k]
-            for k in (
-                "instructions_for_roy",
-                "instructions_for_jen",
-                "instructions",
-                "priority_fixes",
-                "deferred_items",
-                "reasoning",
-            )
-            if data.get(k)
-        }
-        return data
-
-    @field_validator("req_number", mode="before")
-    @classmethod
-    def _req(cls, value: Any) -> str:
-        return validate_req_id(value)
-
-    def to_event(self) -> Decision:
-        return Decision(self.decision, self.restart_stage, self.instructions, self.reasoning)
-
-
-def parse_decision(
-    data: bytes, subject_req: str, pipeline: Pipeline, max_bytes: int
-) -> DecisionMessage:
-    try:
-        raw = intake.json_object(data, max_bytes, "a decision")
-    except intake.IntakeError as exc:
-        raise Rejected(exc.reason, exc.message) from None
-    raw.setdefault("req_number", raw.get("reqNumber") or raw.get("reqId") or subject_req)
-    restart = raw.get("restart_stage", raw.get("restartStage"))
-    if isinstance(restart, str) and not restart.isdigit():
-        stage = pipeline.stage_for_agent(restart.lower()) or next(
-            (s for s in pipeline.stages if s.name.lower() == restart.lower()), None
-        )
-        if stage is None:
-            raise Rejected("wrong_schema", f"restart_stage {restart!r} is not a stage")
-        restart = stage.index
-    raw["restart_stage"] = restart
-    try:
-        decision = DecisionMessage.model_validate(raw)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(x) for x in first.get("loc", ())) or "body"
-        raise Rejected(
-            "invalid_req_id" if where == "req_number" else "wrong_schema",
-            f"{where}: {first.get('msg')}",
-            _safe_req(subject_req),
-        ) from None
-    if decision.req_number != subject_req and _safe_req(subject_req):
-        raise Rejected(
-            "wrong_schema",
-            f"subject says {subject_req}, payload says {decision.req_number}",
-            decision.req_number,
-        )
-    return decision
-
-
-def completed_event(stage: Stage, notice: CompletionNotice) -> Completed:
-    """The pure event for a validated notice."""
-    instructions: dict[str, Any] = {}
-    if stage.gate == "critique":
-        instructions = {
-            "required_fixes": notice.required_fixes,
-            "issues_found": notice.issues_found,
-            "blockers": notice.blockers,
-        }
-    elif stage.gate == "qa":
-        instructions = {"qa_failures": notice.qa_failures, "summary": notice.summary}
-    return Completed(
-        stage=stage.index,
-        attempt=notice.attempt,
-        status=notice.status,
-        verdict=notice.critique_verdict,
-        qa_passed=notice.qa_passed,
-        rework_agents=tuple(notice.rework_agents),
-        instructions=instructions,
-        commit_sha=notice.commit_sha,
-        deployed_by=notice.deployed_by,
-        deployed_at=notice.deployed_at,
-        deployed=notice.deployed,
-        summary=notice.summary,
-    )
-
-
 def _dump(notice: CompletionNotice) -> dict[str, Any]:
     return notice.model_dump(mode="json")
-
-
-def _safe_req(value: str | None) -> str | None:
-    try:
-        return validate_req_id(value) if value else None
-    except ValueError:
-        return None
-
-
-def _deliverable_req(msg: Msg) -> str | None:
-    parts = parse_deliverable_subject(msg.subject)
-    return _safe_req(parts[2]) if parts else None
-
-
-def _last_token_req(msg: Msg) -> str | None:
-    return _safe_req(msg.subject.rsplit(".", 1)[-1])
-
-
-def _attempt_of(data: bytes) -> int | None:
-    # strict_json: deep nesting is a ValueError, not a RecursionError escaping
-    # the handler; an attempt beyond Postgres's int would fail the batch too.
-    # Either way the heartbeat was nak'd and redelivered in a loop.
-    try:
-        value = strict_json.loads(data or b"{}").get("attempt")
-    except (ValueError, AttributeError):
-        return None
-    if isinstance(value, int) and not isinstance(value, bool) and -(2**31) <= value < 2**31:
-        return value
-    return None
 
 
 # --- services -------------------------------------------------------------------
@@ -732,9 +589,9 @@ def install(daemon: Daemon) -> Engine:
     handlers = {
         h.consumer: h
         for h in (
-            Handler("agogd_deliverables", engine.deliverable, _deliverable_req),
+            Handler("agogd_deliverables", engine.deliverable, deliverable_req),
             Handler("agogd_intake", engine.intake),
-            Handler("agogd_decisions", engine.decision, _last_token_req),
+            Handler("agogd_decisions", engine.decision, last_token_req),
             Handler("agogd_heartbeats", engine.heartbeat, claim=False),
         )
     }

@@ -47,7 +47,7 @@ from structlog.testing import capture_logs
 from orchestrator import intake
 from orchestrator.daemon import Daemon
 from orchestrator.embedded import NatsServer
-from orchestrator.engine import Rejected, parse_decision
+from orchestrator.messages import Rejected, parse_decision
 from orchestrator.notices import (
     NoticeError,
     parse_deliverable_subject,

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from orchestrator import intake, registry
-from orchestrator.engine import Rejected, parse_decision
+from orchestrator.messages import Rejected, parse_decision
 from orchestrator.notice_extract import NoNotice, extract_notice
 from orchestrator.notices import NoticeError, parse_notice, validate_req_id
 from orchestrator.owner_requests import parse_report
