@@ -75,6 +75,7 @@ def exit_code(status: int) -> int:
 
 
 @click.group()
+@click.version_option(package_name="agogd", prog_name="agogctl")
 @click.option(
     "--url",
     envvar=None,

@@ -314,6 +314,8 @@ async def test_finding_agogd_and_exit_codes(
 
         nowhere = await ctl(None, "status")
         assert nowhere.returncode == 2 and "cannot find agogd" in nowhere.stderr
+        version = await ctl(None, "--version")  # needs no agogd at all
+        assert version.returncode == 0 and version.stdout.startswith("agogctl, version ")
         for args in (("status",), ("req", "show", "REQ-FIND-1"), ("streams",), ("tail",)):
             gone = await ctl("http://127.0.0.1:1", *args)
             assert gone.returncode == 3 and "cannot reach agogd" in gone.stderr, args
