@@ -262,6 +262,7 @@ class Runner:
             status=notice["status"],
             reason=notice.get("reason"),
             killed=result.killed or None,
+            stragglers_killed=result.stragglers_killed or None,
         )
         return notice
 

@@ -4,7 +4,9 @@ The old host listener ran agents with no timeout and no kill. Here every
 process runs in its own process group with the prompt on stdin; its output
 streams to the log line by line (bounded, keeping the tail); a callback
 beats while it runs; and at the deadline, or on cancel, the whole group gets
-SIGTERM, then SIGKILL after a grace period.
+SIGTERM, then SIGKILL after a grace period. Whatever of the group outlives
+its leader (a background child, one that ignored SIGTERM) is killed when the
+leader ends: a run leaves no process behind.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class ProcessResult:
     error: str | None = None
     pid: int | None = None
     killed: list[str] = field(default_factory=list)  # signals sent, in order
+    stragglers_killed: bool = False  # group members outlived the leader, and were killed
 
 
 class _Tail:
@@ -98,7 +101,7 @@ async def run_process(
     ]
     feeder = asyncio.ensure_future(_feed(proc, stdin))
     beater = asyncio.ensure_future(_beat(heartbeat, heartbeat_interval)) if heartbeat else None
-    waiter = asyncio.ensure_future(proc.wait())
+    waiter = asyncio.ensure_future(_exited(proc))
     stopper = asyncio.ensure_future(cancel.wait()) if cancel else None
     try:
         done, _ = await asyncio.wait(
@@ -111,6 +114,7 @@ async def run_process(
             result.cancelled = not result.timed_out
             await _kill_group(proc, kill_grace, result)
         result.exit_code = await waiter
+        _kill_stragglers(proc, result)  # also closes the pipes they may hold
         await asyncio.wait(readers, timeout=kill_grace)
     finally:
         for task in (feeder, beater, stopper, *readers):
@@ -118,6 +122,7 @@ async def run_process(
                 task.cancel()
         if proc.returncode is None:  # cancelled from outside: leave nothing behind
             await _kill_group(proc, kill_grace, result)
+            _kill_stragglers(proc, result)
     result.stdout, result.stdout_truncated = out.text(), out.truncated
     result.stderr_tail = err.text()[-4096:]
     return result
@@ -132,10 +137,31 @@ async def _kill_group(
             result.killed.append(sig.name)
         try:
             async with asyncio.timeout(grace):
-                await proc.wait()
+                await _exited(proc)
             return
         except TimeoutError:
             continue
+
+
+async def _exited(proc: asyncio.subprocess.Process, poll: float = 0.05) -> int:
+    """The leader's exit code, as soon as it has exited. Not ``proc.wait()``:
+    on Python 3.11 that also waits for the pipes to close, so a background
+    child holding stdout would keep a finished agent "running" until its
+    deadline. The child watcher sets ``returncode`` at the exit itself."""
+    while proc.returncode is None:  # noqa: ASYNC110 - asyncio offers no event for it
+        await asyncio.sleep(poll)
+    return proc.returncode
+
+
+def _kill_stragglers(proc: asyncio.subprocess.Process, result: ProcessResult) -> None:
+    """SIGKILL what is left of the group once its leader is gone. The group id
+    stays taken while any member lives, so this reaches only those members;
+    an empty group answers ProcessLookupError."""
+    if "SIGKILL" in result.killed:
+        return  # the whole group has had it already
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+        result.stragglers_killed = True
 
 
 async def _feed(proc: asyncio.subprocess.Process, text: str) -> None:
