@@ -150,7 +150,7 @@ async def test_a_hanging_agent_is_killed_at_the_deadline(tmp_path: Path) -> None
         time.sleep(600)
         """,
     )
-    result, _ = await run(argv, tmp_path, timeout=1.5, kill_grace=0.5)
+    result, _ = await run(argv, tmp_path, timeout=3.0, kill_grace=0.5)
     assert result.timed_out
     assert result.killed == ["SIGTERM", "SIGKILL"]
     notice = notice_of(result)
