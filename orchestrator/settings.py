@@ -160,8 +160,9 @@ class Settings(BaseSettings):
     # --- infrastructure report (Miki) ---------------------------------------
     infra_compose_files: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
-        description="Compose files (comma-separated, one project each) that the infrastructure"
-        " report checks containers' mounts and networks against.",
+        description="Compose files (comma-separated, one project each; 'base.yml+override.yml'"
+        " for one project of several files) that the infrastructure report checks containers'"
+        " mounts and networks against.",
     )
     infra_data_dirs: Annotated[list[str], NoDecode] = Field(
         default_factory=list,

@@ -254,6 +254,30 @@ async def test_the_report_on_real_parts(
     assert (report["feature"], report["reason"]) == ("ir", "request")
 
 
+async def test_a_base_file_and_its_override_are_one_project(
+    stack: Stack, nats_server: NatsServer, nc: NATS, tmp_path: Path
+) -> None:
+    override = stack.file.parent / "docker-compose.override.yml"
+    override.write_text("services:\n  web:\n    volumes:\n      - ./extra:/extra\n")
+    settings = settings_for(
+        nats_server.url,
+        "postgresql://nobody@127.0.0.1:1/none",
+        docker_url=stack.engine.url,
+        infra_compose_files=[f"{stack.file}+{override}", f"{stack.file}+{tmp_path / 'gone.yml'}"],
+    )
+    report = await build_report(
+        settings, PIPELINE, nc=nc, pool=None, docker_url=stack.engine.url, feature="ir"
+    )
+    merged, missing = report["compose"]
+    assert (merged["project"], merged["error"]) == (stack.project, None)
+    assert merged["file"] == f"{stack.file}+{override}"
+    assert (missing["project"], missing["error"]) == (None, f"{tmp_path / 'gone.yml'} not found")
+    # The override's mount is expected of web, which was started without it.
+    web = {c["name"]: c for c in report["containers"]}[f"{stack.project}-web-1"]
+    extra = stack.file.parent / "extra"
+    assert web["mount_problems"] == [f"missing bind {extra} mount at /extra"]
+
+
 async def test_every_part_that_is_away_says_why(tmp_path: Path) -> None:
     """No engine, no compose file, a broken one, no NATS, no Postgres: still a report."""
     (tmp_path / "bad.yml").write_text("services: [not, a, mapping\n")

@@ -59,14 +59,20 @@ def _existing_file(file: str) -> Path | None:
 async def load_compose(
     file: str, docker_url: str | None, timeout: float
 ) -> tuple[ComposeProject | None, str | None]:
-    """Resolve one compose file with the real Compose binary; (project, error)."""
-    path = await asyncio.to_thread(_existing_file, file)
-    if path is None:
-        return None, "not found"
+    """Resolve one project with the real Compose binary; (project, error).
+
+    ``file`` is one compose file, or several joined by ``+`` (a base and its
+    overrides, ``-f a.yml -f b.yml``): one project, merged as Compose merges."""
+    paths: list[Path] = []
+    for name in (part.strip() for part in file.split("+")):
+        path = await asyncio.to_thread(_existing_file, name) if name else None
+        if path is None:
+            return None, "not found" if "+" not in file else f"{name or '(empty)'} not found"
+        paths.append(path)
     try:
         code, out, err = await run_compose(
-            ["-f", str(path), "config", "--format", "json"],
-            cwd=path.parent,
+            [*(arg for path in paths for arg in ("-f", str(path))), "config", "--format", "json"],
+            cwd=paths[0].parent,
             env=compose_env(docker_url),
             timeout=timeout,
         )
@@ -78,7 +84,7 @@ async def load_compose(
         lines = [line for line in err.strip().splitlines() if line.strip()]
         return None, f"invalid: {lines[-1][:500] if lines else f'exit code {code}'}"
     try:
-        return compose_project(json.loads(out), (str(path),)), None
+        return compose_project(json.loads(out), tuple(str(path) for path in paths)), None
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         return None, f"unreadable compose model: {exc}"
 
