@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -125,3 +126,14 @@ def test_entry_points_answer_help() -> None:
         )
         assert result.returncode == 0, result.stderr
         assert "Usage:" in result.stdout
+
+
+def test_every_setting_is_documented_and_every_documented_one_exists() -> None:
+    """.env.example and the README's table name every AGOG_* setting, and only those
+    (AGOG_URL is agogctl's own), so neither drifts from the code."""
+    repo = Path(__file__).resolve().parent.parent
+    fields = {f"AGOG_{name}".upper() for name in Settings.model_fields}
+    for doc, own in ((".env.example", set()), ("README.md", {"AGOG_URL"})):
+        named = set(re.findall(r"\bAGOG_[A-Z0-9_]*[A-Z0-9]\b", (repo / doc).read_text()))
+        assert fields - named == set(), f"{doc} does not document {sorted(fields - named)}"
+        assert named - fields - own == set(), f"{doc} names unknown {sorted(named - fields)}"
