@@ -38,6 +38,15 @@ def test_dotenv_file_is_read(tmp_path: Path) -> None:
     assert s.http_port == 9999 and s.ollama_url == "http://ollama:11434"
 
 
+def test_the_example_env_file_is_a_valid_configuration(tmp_path: Path) -> None:
+    """`cp .env.example .env` gives settings agogd accepts, as documented."""
+    example = Path(__file__).resolve().parent.parent / ".env.example"
+    (tmp_path / ".env").write_text(example.read_text())
+    s = Settings()
+    assert s.nats_url == ["nats://127.0.0.1:4223"] and s.max_in_flight == 20
+    assert s.load_pipeline().stages  # the stage timeouts and pipeline resolve too
+
+
 def test_secrets_never_show(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AGOG_NATS_USER", "agogd")
     monkeypatch.setenv("AGOG_NATS_PASSWORD", "hunter2-nats")
