@@ -6,7 +6,9 @@ import asyncio
 from pathlib import Path
 
 import nats
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import StreamConfig
+from nats.js.errors import NoStreamResponseError
 
 from orchestrator.embedded.nats_cluster import NatsCluster
 
@@ -21,8 +23,18 @@ async def test_r3_stream_survives_a_sigkilled_node_and_the_node_catches_up(
         nc = await nats.connect(servers=cluster.urls, reconnect_time_wait=0.2)
         js = nc.jetstream()
         await js.add_stream(StreamConfig(name="t", subjects=["t.>"], num_replicas=3))
+        # An R3 stream answers once its replicas have elected a leader, which a
+        # loaded machine may take a moment to do after add_stream returns: retry
+        # (safe, the Nats-Msg-Id deduplicates).
         for i in range(10):
-            await js.publish("t.x", b"x", headers={"Nats-Msg-Id": f"m{i % 5}"})
+            for _ in range(100):
+                try:
+                    await js.publish("t.x", b"x", timeout=2, headers={"Nats-Msg-Id": f"m{i % 5}"})
+                    break
+                except (NoStreamResponseError, NatsTimeoutError):
+                    await asyncio.sleep(0.1)
+            else:
+                raise AssertionError("the R3 stream never answered a publish")
         cluster.kill(0)
         assert not cluster.running(0)
         for _ in range(50):  # a quorum of two keeps the stream writable
