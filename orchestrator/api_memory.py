@@ -3,8 +3,8 @@
 Query parameters: ``q`` (the text, required), ``agent`` and ``kind``
 (comma-separated), ``req``, ``max_age_days``, ``limit`` (1 to 100, default
 10), ``mode`` (auto, hybrid, vector, fulltext) and ``min_similarity`` (-1 to
-1; default ``AGOG_MEMORY_MIN_SIMILARITY`` or the provider's measured cut). The answer holds the mode
-actually used, why it is not hybrid when it is not, and the ranked results
+1; default ``AGOG_MEMORY_MIN_SIMILARITY`` or the provider's measured cut).
+The answer holds the mode actually used, why it is not hybrid when it is not, and the ranked results
 with their fused score, cosine similarity and full-text rank. A read: open
 unless ``AGOG_API_READ_AUTH`` asks for the token (orchestrator.api).
 """

@@ -416,16 +416,10 @@ def set_status(
     heading's blank line. Raises KeyError if the REQ is not in the file and
     ValueError for multi-line values or extra names agogd does not own.
     """
-    new, changed = set_statuses(text, [(req_number, status, extra)])
-    if req_number not in changed and new == text:
-        _check_present(text, req_number)
-    return new
-
-
-def _check_present(text: str, req_number: str) -> None:
-    lines = _split(text.removeprefix(_BOM))
-    if not any(first and e.req == req_number for e, first in _valid_entries(lines)):
+    new, _, found = _edit(text, [(req_number, status, extra)])
+    if req_number not in found:
         raise KeyError(req_number)
+    return new
 
 
 def set_statuses(
@@ -435,6 +429,14 @@ def set_statuses(
     parsed once: (new text, the REQs whose lines changed). REQs not in the
     file are skipped; a REQ given twice gets the later status and both sets
     of extra lines (the later value wins). Bad arguments raise ValueError."""
+    new, changed, _ = _edit(text, updates)
+    return new, changed
+
+
+def _edit(
+    text: str, updates: Sequence[tuple[str, str, Mapping[str, str] | None]]
+) -> tuple[str, set[str], set[str]]:
+    """(new text, REQs whose lines changed, REQs found in the file)."""
     merged: dict[str, tuple[str, dict[str, str]]] = {}
     for req_number, status, extra in updates:
         status, extras = _check_args(status, extra)
@@ -450,7 +452,7 @@ def set_statuses(
         status, extras = merged[entry.req]
         if _apply(lines, entry, status, list(extras.items()), nl):
             changed.add(entry.req)
-    return (bom + _join(lines), changed) if changed else (text, changed)
+    return (bom + _join(lines) if changed else text), changed, set(entries)
 
 
 def _apply(

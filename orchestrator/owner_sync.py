@@ -152,9 +152,10 @@ async def _drifted(
     hand edit, or an editor saving an old buffer over agogd's line. The file
     is a view of Postgres, so the mirror writes the status back, and says so
     (to act on a REQ, use agogctl or a decision)."""
-    entries = {e.req_number: e for e in await asyncio.to_thread(file.read)}
-    if not entries or file.digest == file.handled.get("checked"):
+    found = await asyncio.to_thread(file.read)
+    if not found or file.digest == file.handled.get("checked"):
         return []  # statuses drift only when the file changes: this content matched
+    entries = {e.req_number: e for e in found}
     rows = await conn.fetch(
         _ROW + " WHERE req_number = ANY($1::text[]) AND mirrored_status = status",
         list(entries),

@@ -43,7 +43,7 @@ from orchestrator.daemon import Daemon
 from orchestrator.embedded import NatsServer
 from orchestrator.notices import validate_req_id
 from tests.agents import PIPELINE, ScriptedAgents, happy, running_agogd, settings_for, wait_status
-from tests.test_fuzz_daemon import REQ_IDS, TOKEN, draw_many, hostile, odd_bytes
+from tests.test_fuzz_daemon import REQ_IDS, TOKEN, draw_many, hostile, odd_bytes, poll_ready
 from tests.test_fuzz_parsers import HOSTILE_TEXT, JSON_VALUES
 
 API_TOKEN = "test-token"
@@ -459,17 +459,6 @@ async def send(session: aiohttp.ClientSession, base: str, c: Call) -> tuple[int,
         assert isinstance(body, dict) and isinstance(body.get("error"), str), (c, body)
         assert body["error"] and isinstance(body.get("code"), str), (c, body)
     return resp.status, body
-
-
-async def poll_ready(url: str, seen: list[int], stop: asyncio.Event) -> None:
-    async with aiohttp.ClientSession() as session:
-        while not stop.is_set():
-            try:
-                async with session.get(url + "/readyz") as resp:
-                    seen.append(resp.status)
-            except aiohttp.ClientError:
-                seen.append(-1)
-            await asyncio.sleep(0.2)
 
 
 async def test_api_answers_every_generated_call_with_json_never_a_500(

@@ -184,7 +184,7 @@ class Runner:
         # A notice made before a crash but not yet published: send it, don't re-run.
         notice = await runner_store.stored_notice(pool, run)
         if notice is None:
-            notice = await self._spawn(stage, assignment, current[1])
+            notice = await self._spawn(stage, assignment, run, current[1])
             await runner_store.record_notice(pool, run, notice)
         await self._publish(stage, run.req, run.attempt, notice)
         await runner_store.mark_published(pool, run)
@@ -194,12 +194,11 @@ class Runner:
         return self.settings.runner_heartbeat_interval * 3 + self.settings.runner_kill_grace
 
     async def _spawn(
-        self, stage: Stage, assignment: dict[str, Any], deadline: datetime
+        self, stage: Stage, assignment: dict[str, Any], run: runner_store.Run, deadline: datetime
     ) -> dict[str, Any]:
-        req, attempt = assignment["req_number"], assignment["attempt"]
+        req, attempt = run.req, run.attempt
         pool = self.daemon.pool
         assert pool is not None
-        run = runner_store.Run(req, stage.index, attempt)
         previous = await runner_store.previous_deliverables(pool, run)
         cancel = asyncio.Event()
         self.cancels.setdefault(req, set()).add(cancel)

@@ -40,7 +40,8 @@ class Tuning:
     ef_search: int = 100  # HNSW candidates without a narrowing filter
     fulltext_cap: int = 500  # most recent full-text matches ranked (about 10 us each)
     # Vector candidates below this cosine similarity are dropped before fusion
-    # (0: none are). The right cut depends on the model: see docs/memory.md.
+    # (0: none are). The right cut depends on the model: docs/benchmarks.md,
+    # "The similarity cut".
     min_similarity: float = 0.0
 
 

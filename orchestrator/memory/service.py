@@ -46,7 +46,7 @@ def make_provider(settings: Settings) -> EmbeddingProvider | None:
 
 
 # The cosine similarity below which a model's vector matches are noise, as
-# measured (docs/benchmarks.md, "Memory: the similarity cut"). A model not
+# measured (docs/benchmarks.md, "The similarity cut"). A model not
 # listed gets no cut: its scale is unknown (nomic-embed-text's unrelated
 # texts score far higher than MiniLM's).
 MIN_SIMILARITY = {"local:all-MiniLM-L6-v2": 0.2}
