@@ -200,13 +200,79 @@ async def test_replicas_share_one_restart_history_that_outlives_them(
         assert later.emitted == []
         assert (await state(docker, name))["Status"] == "exited"
         row = await pool.fetchrow(
-            "SELECT container, cardinality(restarts) AS n, escalated_at FROM heal_records"
+            "SELECT cardinality(restarts) AS n, escalated_at FROM heal_records"
+            " WHERE container = $1",
+            name,
         )
-        assert (row["container"], row["n"]) == (name, 2) and row["escalated_at"] is not None
+        assert row is not None and row["n"] == 2 and row["escalated_at"] is not None
     finally:
         for w in [*pair, *([later] if later else [])]:
             if not w.stopping.is_set():
                 await w.stop()
+        await pool.close()
+
+
+async def test_a_container_removed_while_healed_is_not_a_lost_engine(
+    container_engine: ContainerEngine, docker: aiodocker.Docker, pg_dsn: str
+) -> None:
+    """Compose or an operator may remove a container between the watcher's
+    look and its act. The engine answers 404: the watcher logs it, keeps its
+    connection and keeps no history for it (a CI run once saw a 404 taken
+    for the engine going away)."""
+    pool = await asyncpg.create_pool(pg_dsn, min_size=1, max_size=2)
+    assert pool is not None
+    async with pool.acquire() as conn:
+        await migrate.apply(conn)
+    watch = Watch(container_engine, HealPolicy(backoff_base=0.1), HealStore(lambda: pool))
+    try:
+        await eventually(lambda: _true(watch.watcher.connected))
+        gone = uuid.uuid4().hex * 2
+        await watch.watcher._failed(docker, gone, "agogtest-gone", "died", 1)
+        assert watch.watcher.connected and watch.emitted == []
+        assert (
+            await pool.fetchval("SELECT count(*) FROM heal_records WHERE container_id = $1", gone)
+            == 0
+        )
+        assert gone not in watch.watcher.records and gone not in watch.watcher.locks
+    finally:
+        await watch.stop()
+        await pool.close()
+
+
+async def test_a_removed_container_takes_its_history_with_it(
+    container_engine: ContainerEngine, docker: aiodocker.Docker, pg_dsn: str
+) -> None:
+    """The removal event (podman: remove, Docker: destroy) drops the row: heal_records does not grow
+    with every container compose ever replaced."""
+    pool = await asyncpg.create_pool(pg_dsn, min_size=1, max_size=2)
+    assert pool is not None
+    async with pool.acquire() as conn:
+        await migrate.apply(conn)
+    name = await run_container(docker, ["sleep", "600"])
+    watch = Watch(container_engine, HealPolicy(backoff_base=0.1), HealStore(lambda: pool))
+
+    async def rows() -> int:
+        return int(
+            await pool.fetchval("SELECT count(*) FROM heal_records WHERE container = $1", name)
+        )
+
+    try:
+        await eventually(lambda: _true(watch.watcher.connected))
+        await asyncio.sleep(0.5)
+        await docker.containers.container(name).kill()
+        await eventually(lambda: _true(watch.named("container.restarted", name)), 30)
+        assert await rows() == 1
+        cid = watch.named("container.restarted", name)[0]["container_id"]
+        await docker.containers.container(name).delete(force=True)
+
+        async def forgotten() -> bool:
+            return await rows() == 0
+
+        await eventually(forgotten, 30)
+        assert watch.watcher.connected
+        assert not any(k.startswith(cid) for k in watch.watcher.records)
+    finally:
+        await watch.stop()
         await pool.close()
 
 

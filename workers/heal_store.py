@@ -28,6 +28,8 @@ _SAVE = (
     "UPDATE heal_records SET container = $2, restarts = $3, escalated_at = $4,"
     " next_allowed = $5, updated_at = now() WHERE container_id = $1"
 )
+_FORGET = "DELETE FROM heal_records WHERE container_id = $1"
+_PRUNE = "DELETE FROM heal_records WHERE updated_at < now() - make_interval(secs => $1)"
 
 
 class HealStore:
@@ -60,3 +62,18 @@ class HealStore:
                 record.escalated_at,
                 record.next_allowed,
             )
+
+    async def forget(self, container_id: str) -> None:
+        """Drop a removed container's record."""
+        pool = self._pool()
+        if pool is None:
+            raise OSError("no Postgres pool yet")
+        await pool.execute(_FORGET, container_id)
+
+    async def prune(self, quiet_seconds: float) -> int:
+        """Drop records not touched for ``quiet_seconds``; how many went."""
+        pool = self._pool()
+        if pool is None:
+            raise OSError("no Postgres pool yet")
+        status = await pool.execute(_PRUNE, quiet_seconds)
+        return int(status.split()[-1])

@@ -40,8 +40,20 @@ log = get_logger("agogd.health")
 PROJECT_LABEL = "com.docker.compose.project"
 Emit = Callable[[str, dict[str, Any]], Awaitable[None]]  # (event name, details)
 PUBLISH_ERRORS = (NatsError, OSError, TimeoutError)
+REMOVED = ("destroy", "remove")  # Docker's word for a removed container, and podman's
+PRUNE_EVERY = 60.0  # seconds between sweeps of quiet restart histories
 _SAFE = re.compile(r"[^A-Za-z0-9_-]")
 ENGINE_ERRORS = (aiodocker.DockerError, aiohttp.ClientError, OSError, asyncio.TimeoutError)
+
+
+def vanished(exc: BaseException) -> bool:
+    """The engine answered "no such container": the container was removed
+    (by compose, an operator, a deploy) while we looked at it. That is not
+    the engine going away, and must not drop the connection. Docker says 404;
+    podman says 500 when the removal races its own lookup."""
+    if not isinstance(exc, aiodocker.DockerError):
+        return False
+    return exc.status == 404 or "no such container" in str(exc.message).lower()
 
 
 @dataclass(frozen=True)
@@ -131,9 +143,13 @@ class HealthWatcher:
 
     async def _on_event(self, docker: aiodocker.Docker, event: dict[str, Any]) -> None:
         actor = event.get("Actor") or {}
-        if event.get("Action") != "die" or not self.watched(actor.get("Attributes")):
+        action = event.get("Action")
+        if action not in ("die", *REMOVED) or not self.watched(actor.get("Attributes")):
             return
         attributes = actor.get("Attributes") or {}
+        if action in REMOVED:
+            await self._forget(actor.get("ID", ""), attributes.get("name", ""))
+            return
         await self._failed(
             docker,
             actor.get("ID", ""),
@@ -143,29 +159,57 @@ class HealthWatcher:
         )
 
     async def _reconcile_forever(self, docker: aiodocker.Docker) -> None:
+        pruned = 0.0
         while True:
             await self.reconcile(docker)
+            if self.store is not None and time.monotonic() - pruned > PRUNE_EVERY:
+                pruned = time.monotonic()
+                await self._prune()
             await asyncio.sleep(self.reconcile_interval)
+
+    async def _prune(self) -> None:
+        """Drop histories nothing has touched for a window: they decide as a
+        fresh record would, and their containers may be long gone (a destroy
+        event missed while the engine was away)."""
+        assert self.store is not None
+        quiet = max(self.policy.window, self.policy.backoff_max)
+        try:
+            dropped = await self.store.prune(quiet)
+        except DB_ERRORS as exc:
+            log.warning("health.prune_failed", error=repr(exc))
+            return
+        if dropped:
+            log.info("health.pruned", records=dropped, quiet_seconds=quiet)
 
     async def reconcile(self, docker: aiodocker.Docker) -> None:
         """Look at every watched container: dead ones and failed probes heal."""
         for summary in await docker.containers.list(all=True):
             if not self.watched(summary._container.get("Labels")):
                 continue
-            info = await summary.show()
-            name = info.get("Name", "").lstrip("/")
-            state = info.get("State") or {}
-            if state.get("Status") in ("exited", "dead"):
-                await self._failed(docker, info["Id"], name, "not running", state.get("ExitCode"))
-                continue
-            if state.get("Status") != "running":
-                continue
-            healthy = await self._probe(docker, info)
-            if healthy is None:
-                continue
-            record = self.records.setdefault(info["Id"], ContainerRecord())
-            if on_probe(self.policy, record, healthy):
-                await self._failed(docker, info["Id"], name, "unhealthy", None)
+            try:
+                await self._reconcile_one(docker, summary)
+            except aiodocker.DockerError as exc:
+                if not vanished(exc):
+                    raise
+                log.debug("health.container_vanished", container_id=summary.id[:12])
+
+    async def _reconcile_one(
+        self, docker: aiodocker.Docker, summary: aiodocker.containers.DockerContainer
+    ) -> None:
+        info = await summary.show()
+        name = info.get("Name", "").lstrip("/")
+        state = info.get("State") or {}
+        if state.get("Status") in ("exited", "dead"):
+            await self._failed(docker, info["Id"], name, "not running", state.get("ExitCode"))
+            return
+        if state.get("Status") != "running":
+            return
+        healthy = await self._probe(docker, info)
+        if healthy is None:
+            return
+        record = self.records.setdefault(info["Id"], ContainerRecord())
+        if on_probe(self.policy, record, healthy):
+            await self._failed(docker, info["Id"], name, "unhealthy", None)
 
     async def _probe(self, docker: aiodocker.Docker, info: dict[str, Any]) -> bool | None:
         return await probe_health(docker, info, self.probe_timeout)
@@ -182,35 +226,68 @@ class HealthWatcher:
         # The event and the reconcile may both see one death, and so may
         # another replica: one at a time (a lock here, the record's row lock in
         # Postgres), and a container that is running again by now needs nothing.
+        try:
+            async with self.locks.setdefault(container_id, asyncio.Lock()):
+                await self._heal_recorded(docker, failure)
+        except aiodocker.DockerError as exc:
+            if not vanished(exc):
+                raise
+            # Removed while we looked: nothing to heal, and no history kept.
+            log.info("health.container_vanished", container=name, reason=reason)
+            self._drop_local(container_id)
+
+    async def _heal_recorded(self, docker: aiodocker.Docker, failure: Failure) -> None:
+        """Heal under the shared history in Postgres, or under this process's
+        own when Postgres cannot be reached."""
+        container_id, name = failure.container_id, failure.name
+        if self.store is not None:
+            acted = False
+            engine_error: BaseException | None = None
+            try:
+                async with self.store.locked(container_id, name) as record:
+                    acted = True
+                    try:
+                        await self._heal(docker, failure, record)
+                    except ENGINE_ERRORS as exc:
+                        if vanished(exc):
+                            raise  # roll back: a removed container keeps no row
+                        # The engine's failure, not the history's (both can be
+                        # OSErrors): keep the history, then let run() reconnect.
+                        engine_error = exc
+            except DB_ERRORS as exc:
+                if not acted:
+                    log.warning(
+                        "health.history_unavailable",
+                        container=name,
+                        error=repr(exc),
+                        note="healing with this process's own restart history",
+                    )
+                else:  # healed; only the history's save failed
+                    log.warning("health.history_not_saved", container=name, error=repr(exc))
+            if engine_error is not None:
+                raise engine_error
+            if acted:
+                return
+        record = self.records.setdefault(container_id, ContainerRecord())
+        await self._heal(docker, failure, record)
+
+    async def _forget(self, container_id: str, name: str) -> None:
+        """A watched container was removed: its restart history goes with it
+        (a recreated container gets a new id and a fresh budget)."""
         async with self.locks.setdefault(container_id, asyncio.Lock()):
             if self.store is not None:
-                acted = False
-                engine_error: BaseException | None = None
                 try:
-                    async with self.store.locked(container_id, name) as record:
-                        acted = True
-                        try:
-                            await self._heal(docker, failure, record)
-                        except ENGINE_ERRORS as exc:
-                            # The engine's failure, not the history's (both can be
-                            # OSErrors): keep the history, then let run() reconnect.
-                            engine_error = exc
+                    await self.store.forget(container_id)
                 except DB_ERRORS as exc:
-                    if not acted:
-                        log.warning(
-                            "health.history_unavailable",
-                            container=name,
-                            error=repr(exc),
-                            note="healing with this process's own restart history",
-                        )
-                    else:  # healed; only the history's save failed
-                        log.warning("health.history_not_saved", container=name, error=repr(exc))
-                if engine_error is not None:
-                    raise engine_error
-                if acted:
-                    return
-            record = self.records.setdefault(container_id, ContainerRecord())
-            await self._heal(docker, failure, record)
+                    log.warning("health.history_not_forgotten", container=name, error=repr(exc))
+        self._drop_local(container_id)
+        log.debug("health.forgot", container=name)
+
+    def _drop_local(self, container_id: str) -> None:
+        self.records.pop(container_id, None)
+        lock = self.locks.get(container_id)
+        if lock is not None and not lock.locked():
+            del self.locks[container_id]
 
     async def _heal(
         self, docker: aiodocker.Docker, failure: Failure, record: ContainerRecord
