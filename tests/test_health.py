@@ -6,12 +6,14 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiodocker
 import asyncpg
 import pytest
 from nats.aio.client import Client as NATS
+from structlog.testing import capture_logs
 
 from orchestrator import migrate
 from orchestrator.embedded import NatsServer
@@ -73,6 +75,7 @@ async def run_container(
     *,
     labelled: bool = True,
     healthcheck: list[str] | None = None,
+    binds: list[str] | None = None,
 ) -> str:
     name = f"agogtest-{uuid.uuid4().hex[:8]}"
     config: dict[str, Any] = {
@@ -80,6 +83,8 @@ async def run_container(
         "Cmd": cmd,
         "Labels": {PROJECT_LABEL: PROJECT} if labelled else {"other": "yes"},
     }
+    if binds:
+        config["HostConfig"] = {"Binds": binds}
     if healthcheck:
         config["Healthcheck"] = {"Test": healthcheck, "Interval": 3_600_000_000_000}
     container = await docker.containers.create_or_replace(name=name, config=config)
@@ -274,6 +279,31 @@ async def test_a_removed_container_takes_its_history_with_it(
     finally:
         await watch.stop()
         await pool.close()
+
+
+async def test_a_container_that_cannot_start_is_escalated_without_a_reconnect(
+    container_engine: ContainerEngine, docker: aiodocker.Docker, tmp_path: Path
+) -> None:
+    """The engine refuses the start (its bind mount's source is gone). That is
+    the container's fault, not a lost engine: each attempt counts against the
+    budget, then one escalation, and the watcher keeps its connection."""
+    source = tmp_path / "data"
+    source.mkdir()
+    name = await run_container(docker, ["sh", "-c", "sleep 1; exit 3"], binds=[f"{source}:/data"])
+    watch = Watch(container_engine, HealPolicy(budget=2, backoff_base=0.2))
+    with capture_logs() as logs:
+        try:
+            await eventually(lambda: _true(watch.watcher.connected))
+            source.rmdir()
+            await eventually(lambda: _true(watch.named("container.escalated", name)), 30)
+        finally:
+            await watch.stop()
+    events = [e["event"] for e in logs]
+    assert "health.heal_failed" in events
+    assert "health.engine_lost" not in events
+    assert len(watch.named("container.escalated", name)) == 1
+    failed = [e for e in logs if e["event"] == "health.heal_failed"]
+    assert all(e["container"] == name and "/data" in e["error"] for e in failed)
 
 
 async def test_a_container_outside_the_projects_is_untouched(

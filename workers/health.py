@@ -56,6 +56,13 @@ def vanished(exc: BaseException) -> bool:
     return exc.status == 404 or "no such container" in str(exc.message).lower()
 
 
+def refused(exc: BaseException) -> bool:
+    """The engine answered with an HTTP error about this container (a start
+    that fails on a missing mount, a conflict): the engine is there. aiodocker
+    reports a failed connection as status 900, and we an ended stream as 503."""
+    return isinstance(exc, aiodocker.DockerError) and 400 <= exc.status < 600 and exc.status != 503
+
+
 @dataclass(frozen=True)
 class Failure:
     """A watched container found dead or unhealthy."""
@@ -230,11 +237,18 @@ class HealthWatcher:
             async with self.locks.setdefault(container_id, asyncio.Lock()):
                 await self._heal_recorded(docker, failure)
         except aiodocker.DockerError as exc:
-            if not vanished(exc):
+            if vanished(exc):
+                # Removed while we looked: nothing to heal, and no history kept.
+                log.info("health.container_vanished", container=name, reason=reason)
+                self._drop_local(container_id)
+            elif refused(exc):
+                # The attempt counts against the budget: a container that
+                # cannot start is escalated like a crash loop.
+                log.warning(
+                    "health.heal_failed", container=name, reason=reason, error=str(exc)[:500]
+                )
+            else:
                 raise
-            # Removed while we looked: nothing to heal, and no history kept.
-            log.info("health.container_vanished", container=name, reason=reason)
-            self._drop_local(container_id)
 
     async def _heal_recorded(self, docker: aiodocker.Docker, failure: Failure) -> None:
         """Heal under the shared history in Postgres, or under this process's
