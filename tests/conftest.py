@@ -21,6 +21,7 @@ import structlog
 from hypothesis import HealthCheck, settings
 from nats.aio.client import Client as NATS
 
+from orchestrator import migrate
 from orchestrator.embedded import NatsServer, PostgresServer
 from orchestrator.embedded.engine import ContainerEngine
 
@@ -71,6 +72,17 @@ async def pg_conn(pg_dsn: str) -> AsyncIterator[asyncpg.Connection]:
     conn = await asyncpg.connect(pg_dsn)
     yield conn
     await conn.close()
+
+
+@pytest.fixture
+async def migrated_pool(pg_dsn: str) -> AsyncIterator[asyncpg.Pool]:
+    """A small pool on a fresh database with every migration applied."""
+    pool = await asyncpg.create_pool(pg_dsn, min_size=1, max_size=4)
+    assert pool is not None
+    async with pool.acquire() as conn:
+        await migrate.apply(conn)
+    yield pool
+    await pool.close()
 
 
 @pytest.fixture

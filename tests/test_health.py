@@ -15,7 +15,6 @@ import pytest
 from nats.aio.client import Client as NATS
 from structlog.testing import capture_logs
 
-from orchestrator import migrate
 from orchestrator.embedded import NatsServer
 from orchestrator.embedded.engine import BUSYBOX_IMAGE, ContainerEngine
 from tests.agents import collect, running_agogd, settings_for
@@ -173,15 +172,12 @@ async def test_a_crash_loop_backs_off_then_escalates_once(
 
 
 async def test_replicas_share_one_restart_history_that_outlives_them(
-    container_engine: ContainerEngine, docker: aiodocker.Docker, pg_dsn: str
+    container_engine: ContainerEngine, docker: aiodocker.Docker, migrated_pool: asyncpg.Pool
 ) -> None:
     """Two watchers on one engine (two replicas) heal a crash loop as one:
     the budget's restarts and one escalation in all. A watcher started
     afterwards (agogd restarted) finds the budget spent and does nothing."""
-    pool = await asyncpg.create_pool(pg_dsn, min_size=1, max_size=4)
-    assert pool is not None
-    async with pool.acquire() as conn:
-        await migrate.apply(conn)
+    pool = migrated_pool
     name = await run_container(docker, ["sh", "-c", "exit 3"])
     policy = HealPolicy(budget=2, window=600, backoff_base=0.2)
     store = HealStore(lambda: pool)
@@ -214,20 +210,16 @@ async def test_replicas_share_one_restart_history_that_outlives_them(
         for w in [*pair, *([later] if later else [])]:
             if not w.stopping.is_set():
                 await w.stop()
-        await pool.close()
 
 
 async def test_a_container_removed_while_healed_is_not_a_lost_engine(
-    container_engine: ContainerEngine, docker: aiodocker.Docker, pg_dsn: str
+    container_engine: ContainerEngine, docker: aiodocker.Docker, migrated_pool: asyncpg.Pool
 ) -> None:
     """Compose or an operator may remove a container between the watcher's
     look and its act. The engine answers 404: the watcher logs it, keeps its
     connection and keeps no history for it (a CI run once saw a 404 taken
     for the engine going away)."""
-    pool = await asyncpg.create_pool(pg_dsn, min_size=1, max_size=2)
-    assert pool is not None
-    async with pool.acquire() as conn:
-        await migrate.apply(conn)
+    pool = migrated_pool
     watch = Watch(container_engine, HealPolicy(backoff_base=0.1), HealStore(lambda: pool))
     try:
         await eventually(lambda: _true(watch.watcher.connected))
@@ -241,18 +233,14 @@ async def test_a_container_removed_while_healed_is_not_a_lost_engine(
         assert gone not in watch.watcher.records and gone not in watch.watcher.locks
     finally:
         await watch.stop()
-        await pool.close()
 
 
 async def test_a_removed_container_takes_its_history_with_it(
-    container_engine: ContainerEngine, docker: aiodocker.Docker, pg_dsn: str
+    container_engine: ContainerEngine, docker: aiodocker.Docker, migrated_pool: asyncpg.Pool
 ) -> None:
-    """The removal event (podman: remove, Docker: destroy) drops the row: heal_records does not grow
-    with every container compose ever replaced."""
-    pool = await asyncpg.create_pool(pg_dsn, min_size=1, max_size=2)
-    assert pool is not None
-    async with pool.acquire() as conn:
-        await migrate.apply(conn)
+    """The removal event (podman: remove, Docker: destroy) drops the row:
+    heal_records does not grow with every container compose ever replaced."""
+    pool = migrated_pool
     name = await run_container(docker, ["sleep", "600"])
     watch = Watch(container_engine, HealPolicy(backoff_base=0.1), HealStore(lambda: pool))
 
@@ -278,7 +266,6 @@ async def test_a_removed_container_takes_its_history_with_it(
         assert not any(k.startswith(cid) for k in watch.watcher.records)
     finally:
         await watch.stop()
-        await pool.close()
 
 
 async def test_a_container_that_cannot_start_is_escalated_without_a_reconnect(
