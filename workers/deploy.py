@@ -22,7 +22,7 @@ import aiohttp
 
 from orchestrator.logs import get_logger
 from workers.compose_cli import ComposeError, compose_env, run_compose
-from workers.health import ENGINE_ERRORS, PROJECT_LABEL, last_lines, probe_health
+from workers.health import ENGINE_ERRORS, PROJECT_LABEL, last_lines, probe_health, vanished
 
 log = get_logger("agogd.deploy")
 
@@ -146,7 +146,13 @@ class ComposeDeployer:
         deadline = time.monotonic() + self.health_timeout
         async with aiodocker.Docker(url=self.docker_url) as docker:
             while True:
-                verdict = await self.check(docker, project, services)
+                try:
+                    verdict = await self.check(docker, project, services)
+                except ENGINE_ERRORS as exc:
+                    # A hiccup of the engine is not the deploy's failure; one
+                    # that lasts to the deadline is, and the verdict says so.
+                    log.warning("deploy.engine_error", project=project, error=repr(exc))
+                    verdict = HealthVerdict(problems=[f"container engine error: {exc!r}"[:500]])
                 if verdict.healthy or verdict.final or time.monotonic() >= deadline:
                     return verdict
                 await asyncio.sleep(POLL)
@@ -161,7 +167,12 @@ class ComposeDeployer:
         )
         by_service: dict[str, list[dict[str, Any]]] = {}
         for summary in listed:
-            info = await summary.show()
+            try:
+                info = await summary.show()
+            except aiodocker.DockerError as exc:
+                if not vanished(exc):
+                    raise
+                continue  # replaced meanwhile: the next look sees its successor
             service = ((info.get("Config") or {}).get("Labels") or {}).get(SERVICE_LABEL, "")
             by_service.setdefault(service, []).append(info)
         for service in services:
