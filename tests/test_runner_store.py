@@ -4,12 +4,10 @@ takeover only after the lease ran out, and a stored notice outliving a crash."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
 
-from orchestrator import migrate
 from workers import runner_store
 from workers.runner_store import Run
 
@@ -17,14 +15,8 @@ RUN = Run("REQ-RS-1", 3, 1)
 
 
 @pytest.fixture
-async def pool(pg_dsn: str) -> AsyncIterator[asyncpg.Pool]:
-    conn = await asyncpg.connect(pg_dsn)
-    await migrate.apply(conn)
-    await conn.close()
-    pool = await asyncpg.create_pool(pg_dsn, min_size=1, max_size=4)
-    assert pool is not None
-    yield pool
-    await pool.close()
+def pool(migrated_pool: asyncpg.Pool) -> asyncpg.Pool:
+    return migrated_pool
 
 
 async def test_one_live_claim_then_a_takeover_once_the_lease_ran_out(pool: asyncpg.Pool) -> None:
