@@ -34,7 +34,7 @@ from tests.agents import (
 )
 from workers.berry import NativeBerry
 from workers.compose_cli import compose_env, run_compose
-from workers.health import PROJECT_LABEL
+from workers.engine_api import PROJECT_LABEL
 
 PIPELINE = registry.load()
 GOOD_CMD = "echo ok > /www/index.html && exec httpd -f -p 8080 -h /www"

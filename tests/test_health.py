@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,9 +20,10 @@ from structlog.testing import capture_logs
 from orchestrator.embedded import NatsServer
 from orchestrator.embedded.engine import BUSYBOX_IMAGE, ContainerEngine
 from tests.agents import collect, running_agogd, settings_for
+from workers.engine_api import PROJECT_LABEL
 from workers.heal_policy import HealPolicy
 from workers.heal_store import HealStore
-from workers.health import PROJECT_LABEL, HealthWatcher
+from workers.health import HealthWatcher
 
 PROJECT = "agogtest"
 
@@ -29,7 +32,11 @@ class Watch:
     """A running HealthWatcher and what it emitted."""
 
     def __init__(
-        self, engine: ContainerEngine, policy: HealPolicy, store: HealStore | None = None
+        self,
+        engine: ContainerEngine,
+        policy: HealPolicy,
+        store: HealStore | None = None,
+        call_timeout: float = 30.0,
     ) -> None:
         self.emitted: list[tuple[str, dict[str, Any]]] = []
         self.stopping = asyncio.Event()
@@ -45,6 +52,7 @@ class Watch:
             reconcile_interval=0.3,
             probe_timeout=5,
             store=store,
+            call_timeout=call_timeout,
         )
         self.task = asyncio.ensure_future(self.watcher.run(self.stopping))
 
@@ -92,6 +100,16 @@ async def run_container(
     return name
 
 
+async def crash(docker: aiodocker.Docker, name: str) -> None:
+    """SIGKILL the container's process from the host, as a crash would. Not
+    the engine's kill: podman may answer that only after the container has
+    stopped for good, and the watcher restarts it first, so the answer can
+    take until aiohttp's 5-minute timeout (a CI run hung so)."""
+    pid = (await state(docker, name))["Pid"]
+    assert pid > 0, f"{name} is not running"
+    os.kill(pid, signal.SIGKILL)
+
+
 async def state(docker: aiodocker.Docker, name: str) -> dict[str, Any]:
     info = await docker.containers.container(name).show()
     return info["State"]  # type: ignore[no-any-return]
@@ -112,7 +130,7 @@ async def test_a_killed_container_is_restarted(
     try:
         await eventually(lambda: _true(watch.watcher.connected))
         await asyncio.sleep(0.5)  # the event stream is subscribed
-        await docker.containers.container(name).kill()
+        await crash(docker, name)
 
         async def restarted() -> bool:
             return (
@@ -252,7 +270,7 @@ async def test_a_removed_container_takes_its_history_with_it(
     try:
         await eventually(lambda: _true(watch.watcher.connected))
         await asyncio.sleep(0.5)
-        await docker.containers.container(name).kill()
+        await crash(docker, name)
         await eventually(lambda: _true(watch.named("container.restarted", name)), 30)
         assert await rows() == 1
         cid = watch.named("container.restarted", name)[0]["container_id"]
@@ -301,7 +319,7 @@ async def test_a_container_outside_the_projects_is_untouched(
     try:
         await eventually(lambda: _true(watch.watcher.connected))
         await asyncio.sleep(0.5)
-        await docker.containers.container(name).kill()
+        await crash(docker, name)
         await asyncio.sleep(2.0)
         assert not (await state(docker, name))["Running"]
         assert not [d for _, d in watch.emitted if d["container"] == name]
@@ -324,7 +342,7 @@ async def test_the_watcher_reconnects_when_the_engine_comes_back(
         fresh = aiodocker.Docker(url=container_engine.url)
         try:
             if (await state(fresh, name))["Running"]:
-                await fresh.containers.container(name).kill()
+                await crash(fresh, name)
         finally:
             await fresh.close()
         await eventually(lambda: _true(watch.named("container.restarted", name)), 30)
@@ -334,6 +352,25 @@ async def test_the_watcher_reconnects_when_the_engine_comes_back(
 
 async def _true(value: Any) -> bool:
     return bool(value)
+
+
+async def test_a_hung_engine_is_given_up_on_and_the_watcher_heals_after_it(
+    container_engine: ContainerEngine, docker: aiodocker.Docker
+) -> None:
+    """The engine stops answering (SIGSTOP) but keeps its socket open: every
+    call would wait for ever. The watcher's calls time out, it lets go of the
+    engine, and once the engine answers again it reconnects and heals."""
+    name = await run_container(docker, ["sleep", "600"])
+    watch = Watch(container_engine, HealPolicy(backoff_base=0.1), call_timeout=1.0)
+    try:
+        await eventually(lambda: _true(watch.watcher.connected))
+        with container_engine.frozen():
+            await eventually(lambda: _true(not watch.watcher.connected), 15)
+        await eventually(lambda: _true(watch.watcher.connected), 40)
+        await crash(docker, name)
+        await eventually(lambda: _true(watch.named("container.restarted", name)), 30)
+    finally:
+        await watch.stop()
 
 
 async def test_agogd_publishes_restarts_and_one_escalation(

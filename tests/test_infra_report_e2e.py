@@ -28,7 +28,7 @@ from orchestrator.embedded.engine import BUSYBOX_IMAGE, ContainerEngine
 from orchestrator.topology import Reconciler
 from tests.agents import PIPELINE, collect, running_agogd, settings_for
 from workers.compose_cli import compose_env, run_compose
-from workers.health import PROJECT_LABEL
+from workers.engine_api import PROJECT_LABEL
 from workers.infra_report import build_report, publish_report
 
 COMPOSE = """\

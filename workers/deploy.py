@@ -22,11 +22,18 @@ import aiohttp
 
 from orchestrator.logs import get_logger
 from workers.compose_cli import ComposeError, compose_env, run_compose
-from workers.health import ENGINE_ERRORS, PROJECT_LABEL, last_lines, probe_health, vanished
+from workers.engine_api import (
+    ENGINE_ERRORS,
+    PROJECT_LABEL,
+    SERVICE_LABEL,
+    connect,
+    last_lines,
+    probe_health,
+    vanished,
+)
 
 log = get_logger("agogd.deploy")
 
-SERVICE_LABEL = "com.docker.compose.service"
 POLL = 1.0
 
 
@@ -86,7 +93,7 @@ class ComposeDeployer:
         if not self.docker_url:
             return "no container engine is configured (AGOG_DOCKER_URL is empty)"
         try:
-            async with aiodocker.Docker(url=self.docker_url) as docker:
+            async with connect(self.docker_url) as docker:
                 async with asyncio.timeout(10):
                     await docker.version()
         except (*ENGINE_ERRORS, ValueError) as exc:
@@ -144,7 +151,7 @@ class ComposeDeployer:
     async def wait_healthy(self, project: str, services: list[str]) -> HealthVerdict:
         """Poll until healthy, a failure that cannot heal, or the health timeout."""
         deadline = time.monotonic() + self.health_timeout
-        async with aiodocker.Docker(url=self.docker_url) as docker:
+        async with connect(self.docker_url) as docker:
             while True:
                 try:
                     verdict = await self.check(docker, project, services)

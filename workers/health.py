@@ -22,13 +22,23 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import aiodocker
-import aiohttp
 from nats.errors import Error as NatsError
 
 from orchestrator import store
 from orchestrator.db import DB_ERRORS
 from orchestrator.logs import get_logger
 from orchestrator.metrics import CONTAINER_RESTARTS
+from workers.engine_api import (
+    CALL_TIMEOUT,
+    ENGINE_ERRORS,
+    PROJECT_LABEL,
+    connect,
+    last_lines,
+    probe_health,
+    refused,
+    restart,
+    vanished,
+)
 from workers.heal_policy import ContainerRecord, HealPolicy, decide, on_probe
 from workers.heal_store import HealStore
 
@@ -37,30 +47,11 @@ if TYPE_CHECKING:
 
 log = get_logger("agogd.health")
 
-PROJECT_LABEL = "com.docker.compose.project"
 Emit = Callable[[str, dict[str, Any]], Awaitable[None]]  # (event name, details)
 PUBLISH_ERRORS = (NatsError, OSError, TimeoutError)
 REMOVED = ("destroy", "remove")  # Docker's word for a removed container, and podman's
 PRUNE_EVERY = 60.0  # seconds between sweeps of quiet restart histories
 _SAFE = re.compile(r"[^A-Za-z0-9_-]")
-ENGINE_ERRORS = (aiodocker.DockerError, aiohttp.ClientError, OSError, asyncio.TimeoutError)
-
-
-def vanished(exc: BaseException) -> bool:
-    """The engine answered "no such container": the container was removed
-    (by compose, an operator, a deploy) while we looked at it. That is not
-    the engine going away, and must not drop the connection. Docker says 404;
-    podman says 500 when the removal races its own lookup."""
-    if not isinstance(exc, aiodocker.DockerError):
-        return False
-    return exc.status == 404 or "no such container" in str(exc.message).lower()
-
-
-def refused(exc: BaseException) -> bool:
-    """The engine answered with an HTTP error about this container (a start
-    that fails on a missing mount, a conflict): the engine is there. aiodocker
-    reports a failed connection as status 900, and we an ended stream as 503."""
-    return isinstance(exc, aiodocker.DockerError) and 400 <= exc.status < 600 and exc.status != 503
 
 
 @dataclass(frozen=True)
@@ -86,6 +77,7 @@ class HealthWatcher:
         reconcile_interval: float = 10.0,
         probe_timeout: float = 10.0,
         store: HealStore | None = None,
+        call_timeout: float = CALL_TIMEOUT,
     ) -> None:
         self.docker_url, self.projects, self.policy = docker_url, set(projects), policy
         self.emit = emit
@@ -93,6 +85,7 @@ class HealthWatcher:
         # The restart history lives in Postgres (``store``); these records hold
         # the probe counts, and the history while Postgres cannot be reached.
         self.store = store
+        self.call_timeout = call_timeout
         self.records: dict[str, ContainerRecord] = {}
         self.locks: dict[str, asyncio.Lock] = {}
         self.connected = False
@@ -105,7 +98,7 @@ class HealthWatcher:
         with backoff whenever the engine goes away."""
         delay = 1.0
         while not stopping.is_set():
-            docker = aiodocker.Docker(url=self.docker_url)
+            docker = connect(self.docker_url, self.call_timeout)
             try:
                 await docker.version()
                 if not self.connected:
@@ -334,7 +327,7 @@ class HealthWatcher:
         if decision == "restart":
             container = docker.containers.container(container_id)
             if reason == "unhealthy":
-                await container.restart(timeout=10)
+                await restart(container)
             else:
                 # A dead container only needs starting; a restart would first
                 # "stop" it, which can wait out the stop timeout while the
@@ -353,41 +346,6 @@ class HealthWatcher:
         elif decision == "wait":
             log.info("health.backing_off", **details)
         return decision
-
-
-async def probe_health(
-    docker: aiodocker.Docker, info: dict[str, Any], timeout: float
-) -> bool | None:
-    """Healthy? From ``State.Health`` when the engine runs the check itself,
-    else by running the container's HEALTHCHECK through exec. None when the
-    container has no health check at all."""
-    test = ((info.get("Config") or {}).get("Healthcheck") or {}).get("Test") or []
-    if not test or test[0] == "NONE":
-        return None
-    status = ((info.get("State") or {}).get("Health") or {}).get("Status")
-    if status in ("healthy", "unhealthy"):
-        return status == "healthy"
-    cmd = test[1:] if test[0] == "CMD" else ["/bin/sh", "-c", " ".join(test[1:])]
-    try:
-        container = docker.containers.container(info["Id"])
-        execute = await container.exec(cmd, stdout=True, stderr=True)
-        async with asyncio.timeout(timeout):
-            async with execute.start(detach=False) as stream:
-                while await stream.read_out() is not None:
-                    pass
-            result = await execute.inspect()
-    except TimeoutError:
-        return False
-    return result.get("ExitCode") == 0
-
-
-async def last_lines(docker: aiodocker.Docker, container_id: str, lines: int = 20) -> list[str]:
-    """The container's last log lines (for escalations and failed deploys)."""
-    with contextlib.suppress(*ENGINE_ERRORS):
-        container = docker.containers.container(container_id)
-        out = await container.log(stdout=True, stderr=True, tail=lines)
-        return [line.rstrip("\n") for line in out][-lines:]
-    return []
 
 
 def _int(value: Any) -> int | None:

@@ -9,8 +9,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from workers.deploy import SERVICE_LABEL
-from workers.health import PROJECT_LABEL
+from workers.engine_api import PROJECT_LABEL, SERVICE_LABEL
 from workers.infra_entries import Verdict, worst
 
 ONEOFF_LABEL = "com.docker.compose.oneoff"

@@ -22,7 +22,7 @@ from orchestrator.logs import get_logger
 from orchestrator.registry import Pipeline
 from orchestrator.settings import Settings, redact_url
 from workers.compose_cli import ComposeError, compose_env, run_compose
-from workers.health import ENGINE_ERRORS, PROJECT_LABEL, probe_health
+from workers.engine_api import ENGINE_ERRORS, PROJECT_LABEL, connect, probe_health
 from workers.infra_compose import ComposeProject, compose_project, container_entry
 from workers.infra_entries import (
     STREAM_PREFIX,
@@ -119,7 +119,7 @@ async def inspect_containers(
     wanted = set(projects)
     docker: aiodocker.Docker | None = None
     try:
-        docker = aiodocker.Docker(url=docker_url)
+        docker = connect(docker_url)
         version = await docker.version()
         engine.update(reachable=True, version=version.get("Version"), error=None)
         summaries = [

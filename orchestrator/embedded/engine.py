@@ -10,6 +10,7 @@ instead of editing /etc, and images are made offline from busybox-static.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
 import shutil
@@ -18,6 +19,7 @@ import socket
 import subprocess
 import tarfile
 import urllib.error
+from collections.abc import Iterator
 from pathlib import Path
 
 from orchestrator.embedded.procs import (
@@ -110,6 +112,17 @@ class ContainerEngine:
     def stop(self) -> None:
         stop_process(self.proc, signal.SIGTERM)
         self.proc = None
+
+    @contextlib.contextmanager
+    def frozen(self) -> Iterator[None]:
+        """The engine hung: it keeps its socket and connections but answers
+        nothing (SIGSTOP) until the block ends (SIGCONT)."""
+        assert self.proc is not None, "the engine is not running"
+        os.kill(self.proc.pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            os.kill(self.proc.pid, signal.SIGCONT)
 
     def restart(self, timeout: float = 30.0) -> None:
         self.stop()
