@@ -20,7 +20,7 @@ from structlog.testing import capture_logs
 from orchestrator.embedded import NatsServer
 from orchestrator.embedded.engine import BUSYBOX_IMAGE, ContainerEngine
 from tests.agents import collect, running_agogd, settings_for
-from workers.engine_api import PROJECT_LABEL
+from workers.engine_api import CALL_TIMEOUT, PROJECT_LABEL
 from workers.heal_policy import HealPolicy
 from workers.heal_store import HealStore
 from workers.health import HealthWatcher
@@ -36,7 +36,7 @@ class Watch:
         engine: ContainerEngine,
         policy: HealPolicy,
         store: HealStore | None = None,
-        call_timeout: float = 30.0,
+        call_timeout: float = CALL_TIMEOUT,
     ) -> None:
         self.emitted: list[tuple[str, dict[str, Any]]] = []
         self.stopping = asyncio.Event()
@@ -103,8 +103,8 @@ async def run_container(
 async def crash(docker: aiodocker.Docker, name: str) -> None:
     """SIGKILL the container's process from the host, as a crash would. Not
     the engine's kill: podman may answer that only after the container has
-    stopped for good, and the watcher restarts it first, so the answer can
-    take until aiohttp's 5-minute timeout (a CI run hung so)."""
+    stopped for good, and the watcher restarts it first, so the call can
+    wait for minutes (a CI run hung until pytest's 5-minute timeout)."""
     pid = (await state(docker, name))["Pid"]
     assert pid > 0, f"{name} is not running"
     os.kill(pid, signal.SIGKILL)

@@ -48,8 +48,8 @@ def vanished(exc: BaseException) -> bool:
 
 def refused(exc: BaseException) -> bool:
     """The engine answered with an HTTP error about this container (a start
-    that fails on a missing mount, a conflict): the engine is there. aiodocker
-    reports a failed connection as status 900, and we an ended stream as 503."""
+    that fails on a missing mount, a conflict): the engine is there. Not 503
+    (the engine itself unavailable), nor aiodocker's 900 for no connection."""
     return isinstance(exc, aiodocker.DockerError) and 400 <= exc.status < 600 and exc.status != 503
 
 

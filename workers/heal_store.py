@@ -39,12 +39,17 @@ class HealStore:
     def __init__(self, pool: Callable[[], asyncpg.Pool | None]) -> None:
         self._pool = pool
 
-    @contextlib.asynccontextmanager
-    async def locked(self, container_id: str, name: str) -> AsyncIterator[ContainerRecord]:
-        """The record, locked; saved when the block ends without an error."""
+    def _connected_pool(self) -> asyncpg.Pool:
+        """The pool; an OSError (a DB error to the watcher) before it exists."""
         pool = self._pool()
         if pool is None:
             raise OSError("no Postgres pool yet")
+        return pool
+
+    @contextlib.asynccontextmanager
+    async def locked(self, container_id: str, name: str) -> AsyncIterator[ContainerRecord]:
+        """The record, locked; saved when the block ends without an error."""
+        pool = self._connected_pool()
         async with pool.acquire() as conn, conn.transaction():
             await conn.execute(_INSERT, container_id, name)
             row = await conn.fetchrow(_LOCK, container_id)
@@ -65,15 +70,11 @@ class HealStore:
 
     async def forget(self, container_id: str) -> None:
         """Drop a removed container's record."""
-        pool = self._pool()
-        if pool is None:
-            raise OSError("no Postgres pool yet")
+        pool = self._connected_pool()
         await pool.execute(_FORGET, container_id)
 
     async def prune(self, quiet_seconds: float) -> int:
         """Drop records not touched for ``quiet_seconds``; how many went."""
-        pool = self._pool()
-        if pool is None:
-            raise OSError("no Postgres pool yet")
+        pool = self._connected_pool()
         status = await pool.execute(_PRUNE, quiet_seconds)
         return int(status.split()[-1])

@@ -159,7 +159,7 @@ class HealthWatcher:
         )
 
     async def _reconcile_forever(self, docker: aiodocker.Docker) -> None:
-        pruned = 0.0
+        pruned = float("-inf")  # the first pass prunes
         while True:
             await self.reconcile(docker)
             if self.store is not None and time.monotonic() - pruned > PRUNE_EVERY:
