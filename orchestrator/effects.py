@@ -15,7 +15,6 @@ from orchestrator.registry import Pipeline, Stage
 from orchestrator.workflow import (
     CloseAttempt,
     Dispatch,
-    DispatchFollowup,
     Effect,
     Emit,
     Escalate,
@@ -84,8 +83,15 @@ class EffectRunner:
         deliverable: dict[str, Any] | None = None,
         delivered: dict[int, dict[str, Any]] | None = None,
         memory: Bound | None = None,
+        digest: str | None = None,
+        about: Stage | None = None,
     ) -> None:
         self.pipeline, self.conn, self.wf, self.title = pipeline, conn, wf, title
+        # The digest of that notice, kept on the attempt to recognise a late copy.
+        self.digest = digest
+        # The stage a notice was for: an ignored one is recorded against it.
+        self.ignored_stage = about.index if about is not None else None
+        self.ignored_agent = about.agent if about is not None else None
         # Deliverable memory: assignments' recalled memories, escalations remembered.
         self.memory = memory
         # The notice that closes an attempt is stored on that attempt's row.
@@ -103,10 +109,6 @@ class EffectRunner:
             await self.dispatch(
                 stage_by_index(self.pipeline, effect.stage), effect.attempt, effect.instructions
             )
-        elif isinstance(effect, DispatchFollowup):
-            followup = self.pipeline.stage_for_agent(effect.agent)
-            assert followup is not None
-            await self.dispatch(followup, 1, {})
         elif isinstance(effect, CloseAttempt):
             await store.close_attempt(
                 self.conn,
@@ -116,9 +118,10 @@ class EffectRunner:
                 effect.outcome,
                 effect.reason or None,
                 self.deliverable,
+                self.digest,
             )
             stage = stage_by_index(self.pipeline, effect.stage)
-            metrics.count_close(self.conn, stage.agent, stage.gate, effect.outcome)
+            metrics.count_close(self.conn, stage.agent, effect.outcome, effect.verdict)
         elif isinstance(effect, Emit):
             await self.emit(effect)
         elif isinstance(effect, Escalate):
@@ -126,8 +129,20 @@ class EffectRunner:
         elif isinstance(effect, MarkDeployed):
             pass  # written with the new state by store.save_workflow (see deployment())
         elif isinstance(effect, Ignored):
-            log.info("workflow.ignored", req_number=req, reason=effect.reason)
-            await store.record_event(self.conn, req, "ignored", reason=effect.reason)
+            log.info(
+                "workflow.ignored", req_number=req, reason=effect.reason, attempt=effect.attempt
+            )
+            detail = {} if effect.attempt is None else {"belongs_to_attempt": effect.attempt}
+            await store.record_event(
+                self.conn,
+                req,
+                "ignored",
+                stage=self.ignored_stage,
+                agent=self.ignored_agent,
+                attempt=effect.attempt,
+                reason=effect.reason,
+                detail=detail,
+            )
 
     async def dispatch(self, stage: Stage, attempt: int, instructions: dict[str, Any]) -> None:
         """Record the attempt and queue its assignment (the stage.started event)."""
@@ -225,8 +240,8 @@ class EffectRunner:
             "priority": effect.priority,
             "reason": effect.reason,
             "timestamp": store.now_iso(),
-            "stage": self.wf.stage,
-            "attempt": self.wf.attempt,
+            "stage": self.wf.stage if effect.stage is None else effect.stage,
+            "attempt": self.wf.attempt if effect.attempt is None else effect.attempt,
         }
         if not await store.insert_escalation(
             self.conn, effect.key, req, effect.priority, effect.reason, payload
@@ -235,7 +250,7 @@ class EffectRunner:
             return
         metrics.tally_of(self.conn).inc(metrics.ESCALATIONS, effect.priority)
         if self.memory is not None:
-            index = self.wf.stage
+            index = self.wf.stage if effect.stage is None else effect.stage
             agent = stage_by_index(self.pipeline, index).agent if index is not None else None
             await self.memory.escalation(
                 self.conn, req, agent, index, effect.priority, effect.reason

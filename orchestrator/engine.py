@@ -21,7 +21,7 @@ from nats.aio.msg import Msg
 
 from orchestrator import intake, metrics, store, strict_json
 from orchestrator.batch import BatchedConnection
-from orchestrator.effects import EffectRunner, deployment, stage_by_index
+from orchestrator.effects import EffectRunner, deployment
 from orchestrator.logs import bound_context, get_logger
 from orchestrator.memory import capture
 from orchestrator.messages import (
@@ -36,13 +36,14 @@ from orchestrator.messages import (
 from orchestrator.notices import (
     CompletionNotice,
     NoticeError,
+    notice_digest,
     parse_deliverable_subject,
     parse_notice,
     validate_req_id,
 )
 from orchestrator.outbox import relay
 from orchestrator.pull import PullFeed
-from orchestrator.registry import Pipeline, Stage
+from orchestrator.registry import Pipeline
 from orchestrator.workflow import (
     DecisionRejected,
     Ignored,
@@ -244,6 +245,7 @@ class Engine:
                 )
             wf = locked.wf
             meta = msg.metadata
+            normalized = _dump(notice)
             await store.add_history(
                 conn,
                 wf.req,
@@ -253,29 +255,38 @@ class Engine:
                 msg.subject,
                 meta.stream,
                 meta.sequence.stream,
-                _dump(notice),
+                normalized,
             )
-            if stage.index >= len(self.pipeline.stages):
-                return await self._followup(conn, locked, stage, notice)
             if notice.status == "IN_PROGRESS":
                 await store.extend_deadline(
                     conn, wf.req, stage.index, notice.attempt, stage.timeout
                 )
                 return "heartbeat"
-            new, effects = apply(self.pipeline, wf, completed_event(stage, notice))
+            digest = notice_digest(normalized)
+            stored = getattr(meta, "timestamp", None)  # when JetStream stored it (its clock)
+            event = completed_event(
+                stage,
+                notice,
+                published_at=stored.timestamp() if stored is not None else None,
+                digest=digest,
+                history=locked.marks.get(stage.index, ()),
+                clock_margin=self.settings.notice_clock_margin,
+            )
+            new, effects = apply(self.pipeline, wf, event)
             if any(isinstance(e, Ignored) for e in effects):
-                await EffectRunner(self.pipeline, conn, wf).run(effects)
+                await EffectRunner(self.pipeline, conn, wf, about=stage).run(effects)
                 return "ignored"
-            deliverable = _dump(notice)
-            await store.upsert_cache(conn, wf.req, stage.agent, stage.index, deliverable)
+            await store.upsert_cache(
+                conn, wf.req, stage.agent, stage.index, notice.published, normalized
+            )
             locked.delivered[stage.index] = {
                 "stage": stage.index,
                 "agent": stage.agent,
-                "deliverable": deliverable,
+                "deliverable": normalized,
             }
             if stage.index in locked.ages:
                 conn.tally.observe(metrics.STAGE_DURATION, locked.ages[stage.index], stage.agent)
-            await self._commit(conn, new, effects, locked, deliverable)
+            await self._commit(conn, new, effects, locked, normalized, digest)
             if self.memory is not None:
                 await self.memory.bind(locked.title).notice(
                     conn,
@@ -284,51 +295,10 @@ class Engine:
                     stage.name,
                     stage.index,
                     stage.gate,
-                    deliverable,
+                    normalized,
                     capture.closed_outcome(effects, stage.index),
                 )
             return "applied"
-
-    async def _followup(
-        self, conn: store.Conn, locked: store.Locked, stage: Stage, notice: CompletionNotice
-    ) -> str:
-        """Tim's documentation: recorded; its failure never undoes the deployment."""
-        wf = locked.wf
-        # Read afresh, not locked.running: when the lock query waited for a
-        # replica applying a copy of this notice, its snapshot predates that
-        # commit and still shows the attempt RUNNING (a second apply).
-        attempt = await conn.fetchval(
-            "SELECT attempt FROM stage_attempts WHERE req_number = $1 AND stage = $2"
-            " AND status = 'RUNNING' ORDER BY attempt DESC LIMIT 1",
-            wf.req,
-            stage.index,
-        )
-        if attempt is None or notice.attempt not in (None, attempt):
-            reason = "no running attempt" if attempt is None else f"attempt {attempt} runs"
-            log.info("followup.ignored", reason=reason, stage=stage.index)
-            return "ignored"
-        if notice.status == "IN_PROGRESS":
-            await store.extend_deadline(conn, wf.req, stage.index, attempt, stage.timeout)
-            return "heartbeat"
-        outcome = "COMPLETE" if notice.status == "COMPLETE" else notice.status
-        await store.close_attempt(
-            conn, wf.req, stage.index, attempt, outcome, notice.summary, _dump(notice)
-        )
-        metrics.count_close(conn, stage.agent, stage.gate, outcome)
-        if stage.index in locked.ages:
-            metrics.tally_of(conn).observe(
-                metrics.STAGE_DURATION, locked.ages[stage.index], stage.agent
-            )
-        await store.upsert_cache(conn, wf.req, stage.agent, stage.index, _dump(notice))
-        await EffectRunner(self.pipeline, conn, wf).emit_stage(
-            stage, "completed" if outcome == "COMPLETE" else "failed", attempt, notice.summary
-        )
-        if self.memory is not None:
-            body = _dump(notice)
-            await self.memory.bind(locked.title).notice(
-                conn, wf.req, stage.agent, stage.name, stage.index, stage.gate, body, outcome
-            )
-        return "applied"
 
     async def _commit(
         self,
@@ -337,11 +307,19 @@ class Engine:
         effects: list[Any],
         locked: store.Locked,
         deliverable: dict[str, Any] | None = None,
+        digest: str | None = None,
     ) -> None:
         await store.save_workflow(conn, new, deployment(effects))
         memory = self.memory.bind(locked.title, locked.recalled) if self.memory else None
         runner = EffectRunner(
-            self.pipeline, conn, new, locked.title, deliverable, locked.delivered, memory
+            self.pipeline,
+            conn,
+            new,
+            locked.title,
+            deliverable,
+            locked.delivered,
+            memory,
+            digest=digest,
         )
         await runner.run(effects)
         if new.status != "IN_PROGRESS":
@@ -479,39 +457,22 @@ class Engine:
                     continue  # a heartbeat or a notice got there first
                 wf = locked.wf
                 expired += 1
-                if row["stage"] >= len(self.pipeline.stages):
-                    await self._followup_timeout(conn, wf, row["stage"], row["attempt"])
-                else:
-                    event = TimedOut(row["stage"], row["attempt"])
-                    new, effects = apply(self.pipeline, wf, event)
-                    if any(isinstance(e, Ignored) for e in effects):
-                        await store.close_attempt(
-                            conn,
-                            wf.req,
-                            row["stage"],
-                            row["attempt"],
-                            "TIMED_OUT",
-                            "deadline passed (stale attempt)",
-                        )
-                    await self._commit(conn, new, effects, locked)
+                new, effects = apply(self.pipeline, wf, TimedOut(row["stage"], row["attempt"]))
+                if any(isinstance(e, Ignored) for e in effects):
+                    await store.close_attempt(
+                        conn,
+                        wf.req,
+                        row["stage"],
+                        row["attempt"],
+                        "TIMED_OUT",
+                        "deadline passed (stale attempt)",
+                    )
+                await self._commit(conn, new, effects, locked)
                 await conn.flush()
             conn.tally.apply()
             if conn.wake_dispatcher:
                 self.wake_dispatcher.set()
         return expired
-
-    async def _followup_timeout(
-        self, conn: store.Conn, wf: Workflow, index: int, attempt: int
-    ) -> None:
-        stage = stage_by_index(self.pipeline, index)
-        await store.close_attempt(
-            conn, wf.req, index, attempt, "TIMED_OUT", f"{stage.agent} missed its deadline"
-        )
-        metrics.count_close(conn, stage.agent, stage.gate, "TIMED_OUT")
-        runner = EffectRunner(self.pipeline, conn, wf)
-        await runner.emit_stage(stage, "failed", attempt, "deadline passed")
-        if attempt <= stage.retries:
-            await runner.dispatch(stage, attempt + 1, {"retry": {"reason": "deadline passed"}})
 
 
 def _dump(notice: CompletionNotice) -> dict[str, Any]:

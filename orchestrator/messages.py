@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, mo
 from orchestrator import intake, strict_json
 from orchestrator.notices import CompletionNotice, parse_deliverable_subject, validate_req_id
 from orchestrator.registry import Pipeline, Stage
-from orchestrator.workflow import Completed, Decision
+from orchestrator.workflow import AttemptMark, Completed, Decision
 
 
 class Rejected(Exception):
@@ -109,8 +109,17 @@ def parse_decision(
     return decision
 
 
-def completed_event(stage: Stage, notice: CompletionNotice) -> Completed:
-    """The pure event for a validated notice."""
+def completed_event(
+    stage: Stage,
+    notice: CompletionNotice,
+    *,
+    published_at: float | None = None,
+    digest: str | None = None,
+    history: tuple[AttemptMark, ...] = (),
+    clock_margin: float = 2.0,
+) -> Completed:
+    """The pure event for a validated notice, with what places it among its
+    stage's attempts when it names none (``workflow.provenance``)."""
     instructions: dict[str, Any] = {}
     if stage.gate == "critique":
         instructions = {
@@ -133,6 +142,10 @@ def completed_event(stage: Stage, notice: CompletionNotice) -> Completed:
         deployed_at=notice.deployed_at,
         deployed=notice.deployed,
         summary=notice.summary,
+        published_at=published_at,
+        digest=digest,
+        history=history,
+        clock_margin=clock_margin,
     )
 
 

@@ -90,8 +90,16 @@ RETRIES = Counter(
 )
 REJECTIONS = Counter(
     "agogd_stage_rejections_total",
-    "Work sent back by a gate: Sylvia's critique REJECTED, Billy's QA FAILED.",
+    "Work sent back by a gate: Sylvia's critique REJECTED, Billy's QA failed. An agent"
+    " that failed is counted in agogd_stage_failures_total instead.",
     ["agent"],
+    registry=REGISTRY,
+)
+FAILURES = Counter(
+    "agogd_stage_failures_total",
+    "Stage attempts that failed (outcome FAILED: the agent or its runner said so) or"
+    " missed their deadline (TIMED_OUT), per agent; not a gate's verdict.",
+    ["agent", "outcome"],
     registry=REGISTRY,
 )
 ESCALATIONS = Counter(
@@ -250,12 +258,16 @@ def tally_of(conn: object) -> Tally:
 
 
 # --- what the engine counts (called from orchestrator.effects and .engine) -----------------
-def count_close(conn: object, agent: str, gate: str, outcome: str) -> None:
-    """A stage attempt closed with an outcome; a gate's REJECTED or FAILED is a rejection."""
+def count_close(conn: object, agent: str, outcome: str, verdict: str | None = None) -> None:
+    """A stage attempt closed with an outcome. The workflow says whether it was
+    a gate sending work back (a rejection) or an agent failing (a failure):
+    Sylvia's runner failing is FAILED, but not a critique that rejected."""
     tally = tally_of(conn)
     tally.inc(STAGE_OUTCOMES, agent, outcome)
-    if gate in ("critique", "qa") and outcome in ("REJECTED", "FAILED"):
+    if verdict == "rejection":
         tally.inc(REJECTIONS, agent)
+    elif verdict == "failure":
+        tally.inc(FAILURES, agent, outcome)
 
 
 def count_dispatch(conn: object, agent: str, attempt: int, instructions: Mapping[str, Any]) -> None:

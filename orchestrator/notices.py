@@ -11,12 +11,20 @@ machine reason. Pure logic: no I/O.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Collection, Iterable, Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from orchestrator import strict_json
 from orchestrator.notice_extract import NoNotice, extract_notice
@@ -31,6 +39,7 @@ __all__ = [
     "NoticeStatus",
     "Verdict",
     "extract_json",
+    "notice_digest",
     "parse_deliverable_subject",
     "parse_notice",
     "validate_req_id",
@@ -278,6 +287,14 @@ class CompletionNotice(BaseModel):
     # False: Berry committed and tested but did not deploy (no engine, rollback).
     deployed: bool | None = None
     attempt: int | None = None
+    # The object as the agent published it (after fence extraction), with the
+    # agent and REQ filled from the subject where it left them out.
+    _published: dict[str, Any] = PrivateAttr(default_factory=dict)
+
+    @property
+    def published(self) -> dict[str, Any]:
+        """What the agent said, every field under its own name (the cache holds this)."""
+        return self._published or self.model_dump(mode="json")
 
     @model_validator(mode="before")
     @classmethod
@@ -555,6 +572,7 @@ def parse_notice(
         notice = CompletionNotice.model_validate(payload)
     except ValidationError as exc:
         raise _schema_error(exc) from None
+    notice._published = payload  # validation copies what it folds: payload is as sent
     known = {name.strip().lower() for name in known_agents}
     if notice.agent not in known:
         raise NoticeError(
@@ -573,6 +591,14 @@ def parse_notice(
             f"REQ mismatch: subject says {subject_req}, payload says {notice.req_number}",
         )
     return notice
+
+
+def notice_digest(normalized: Mapping[str, Any]) -> str:
+    """A digest of a notice's normalised content, its attempt left out: two
+    copies of one notice (a retried publish, a replay) have the same digest."""
+    body = {k: v for k, v in normalized.items() if k != "attempt"}
+    text = json.dumps(body, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def parse_deliverable_subject(subject: str) -> tuple[str, str, str] | None:

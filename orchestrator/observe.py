@@ -173,6 +173,8 @@ def _preset(daemon: Daemon) -> None:
         metrics.TRANSITIONS.labels("stage.completed", stage.agent)
         if stage.gate in ("critique", "qa"):
             metrics.REJECTIONS.labels(stage.agent)
+        for outcome in ("FAILED", "TIMED_OUT"):
+            metrics.FAILURES.labels(stage.agent, outcome)
     for priority in ("NEEDS_HUMAN_DECISION", "NEEDS_MANUAL_INTERVENTION"):
         metrics.ESCALATIONS.labels(priority)
     for source in ("postgres", "jetstream"):

@@ -159,6 +159,13 @@ class Pipeline:
                 return stage
         return None
 
+    def followup(self, index: int) -> Stage | None:
+        """The follow-up numbered ``index`` (they come after the pipeline), or None."""
+        return next((f for f in self.followups if f.index == index), None)
+
+    def is_followup(self, index: int | None) -> bool:
+        return index is not None and index >= len(self.stages)
+
     def next_stage(self, index: int) -> Stage | None:
         return self.stages[index + 1] if index + 1 < len(self.stages) else None
 

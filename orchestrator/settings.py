@@ -97,6 +97,14 @@ class Settings(BaseSettings):
     # --- workflow engine -----------------------------------------------------
     max_in_flight: int = Field(default=20, ge=1, description="REQs IN_PROGRESS at once.")
     max_message_bytes: int = Field(default=1_048_576, ge=1024)
+    notice_clock_margin: float = Field(
+        default=2.0,
+        ge=0,
+        le=300,
+        description="Seconds the NATS server's clock may lag Postgres's: a notice without an"
+        " attempt counts as published before its stage's current attempt only when JetStream"
+        " stored it more than this before the attempt was assigned.",
+    )
     owner_requests_file: Path | None = Field(
         default=None, description="OWNER_REQUESTS.md to watch (intake) and mirror (status)."
     )

@@ -16,7 +16,7 @@ import asyncpg
 from nats.nuid import NUID
 
 from orchestrator.batch import BatchedConnection
-from orchestrator.workflow import MarkDeployed, Workflow
+from orchestrator.workflow import AttemptMark, MarkDeployed, Workflow
 
 # Writes go through a BatchedConnection inside the engine (one round trip per
 # transition) and through a plain connection elsewhere; both work here.
@@ -75,6 +75,9 @@ class Locked:
     running: dict[int, int] = field(default_factory=dict)
     # stage index -> seconds since that RUNNING attempt started (for its duration metric).
     ages: dict[int, float] = field(default_factory=dict)
+    # stage index -> every attempt of it: when it was assigned and the digest of
+    # the notice that closed it (to place a notice that names no attempt).
+    marks: dict[int, tuple[AttemptMark, ...]] = field(default_factory=dict)
     # (next stage index, the memories recalled for it) from memory_context;
     # None when the REQ has no context yet (orchestrator.memory.context).
     recalled: tuple[int, Any] | None = None
@@ -83,13 +86,14 @@ class Locked:
 _LOCK_SQL = (
     "SELECT ws.req_number, ws.title, ws.status, ws.current_stage, ws.budgets,"
     " (SELECT coalesce(json_agg(json_build_object('stage', c.stage, 'agent', c.agent,"
-    "  'deliverable', json_build_object('deliverable', c.deliverable->'deliverable',"
-    "  'summary', c.deliverable->'summary'))), '[]') FROM nats_deliverable_cache c"
-    "  WHERE c.req_number = ws.req_number) AS delivered,"
-    " (SELECT coalesce(json_object_agg(a.stage, json_build_array(a.attempt,"
-    "  extract(epoch FROM now() - a.started_at)) ORDER BY a.attempt), '{}')"
-    "  FROM stage_attempts a"
-    "  WHERE a.req_number = ws.req_number AND a.status = 'RUNNING') AS running,"
+    "  'deliverable', json_build_object("
+    "  'deliverable', coalesce(c.normalized, c.deliverable)->'deliverable',"
+    "  'summary', coalesce(c.normalized, c.deliverable)->'summary'))), '[]')"
+    "  FROM nats_deliverable_cache c WHERE c.req_number = ws.req_number) AS delivered,"
+    " (SELECT coalesce(json_agg(json_build_array(a.stage, a.attempt,"
+    "  extract(epoch FROM a.started_at), a.notice_digest, a.status = 'RUNNING',"
+    "  extract(epoch FROM now() - a.started_at)) ORDER BY a.attempt), '[]')"
+    "  FROM stage_attempts a WHERE a.req_number = ws.req_number) AS attempts,"
     " (SELECT mc.picks -> (coalesce(ws.current_stage, -1) + 1)::text FROM memory_context mc"
     "  WHERE mc.req_number = ws.req_number) AS recalled"
     " FROM workflow_state ws WHERE ws.req_number = ANY($1::varchar[])"
@@ -116,14 +120,26 @@ def _locked(row: asyncpg.Record) -> Locked:
         row["req_number"], row["status"], row["current_stage"], json.loads(row["budgets"])
     )
     delivered = {d["stage"]: d for d in json.loads(row["delivered"])}
-    running_rows = json.loads(row["running"]).items()
-    running = {int(stage): attempt for stage, (attempt, _) in running_rows}
-    ages = {int(stage): float(age) for stage, (_, age) in running_rows}
+    running: dict[int, int] = {}
+    ages: dict[int, float] = {}
+    marks: dict[int, list[AttemptMark]] = {}
+    for stage, attempt, started, digest, is_running, age in json.loads(row["attempts"]):
+        marks.setdefault(stage, []).append(AttemptMark(attempt, float(started), digest))
+        if is_running:  # in attempt order: the newest RUNNING one wins
+            running[stage], ages[stage] = attempt, float(age)
     recalled = None
     if row["recalled"] is not None:
         nxt = (row["current_stage"] if row["current_stage"] is not None else -1) + 1
         recalled = (nxt, json.loads(row["recalled"]))
-    return Locked(wf, row["title"], delivered, running, ages, recalled=recalled)
+    return Locked(
+        wf,
+        row["title"],
+        delivered,
+        running,
+        ages,
+        {stage: tuple(m) for stage, m in marks.items()},
+        recalled=recalled,
+    )
 
 
 async def save_workflow(
@@ -279,10 +295,12 @@ async def close_attempt(
     outcome: str,
     reason: str | None,
     deliverable: dict[str, Any] | None = None,
+    digest: str | None = None,
 ) -> None:
     await conn.execute(
         "UPDATE stage_attempts SET status = $4, reason = $5, finished_at = now(),"
-        " deliverable = coalesce($6::jsonb, deliverable)"
+        " deliverable = coalesce($6::jsonb, deliverable),"
+        " notice_digest = coalesce($7, notice_digest)"
         " WHERE req_number = $1 AND stage = $2 AND attempt = $3 AND status = 'RUNNING'",
         req,
         stage,
@@ -290,6 +308,7 @@ async def close_attempt(
         outcome,
         reason,
         dumps(deliverable) if deliverable else None,
+        digest,
     )
 
 
@@ -311,17 +330,26 @@ async def extend_deadline(
 
 
 async def upsert_cache(
-    conn: Conn, req: str, agent: str, stage: int, deliverable: dict[str, Any]
+    conn: Conn,
+    req: str,
+    agent: str,
+    stage: int,
+    published: dict[str, Any],
+    normalized: dict[str, Any],
 ) -> None:
-    """The old daemon's cache (Berry reads Billy's approval from it)."""
+    """The old daemon's cache, a contract with agents that read it with psql
+    (seed 002: Berry reads Billy's approval from it): ``deliverable`` is the
+    notice as the agent published it; agogd reads ``normalized``."""
     await conn.execute(
-        "INSERT INTO nats_deliverable_cache (req_number, agent, stage, deliverable)"
-        " VALUES ($1, $2, $3, $4::jsonb) ON CONFLICT (req_number, agent, stage)"
-        " DO UPDATE SET deliverable = EXCLUDED.deliverable, updated_at = now()",
+        "INSERT INTO nats_deliverable_cache (req_number, agent, stage, deliverable, normalized)"
+        " VALUES ($1, $2, $3, $4::jsonb, $5::jsonb) ON CONFLICT (req_number, agent, stage)"
+        " DO UPDATE SET deliverable = EXCLUDED.deliverable, normalized = EXCLUDED.normalized,"
+        " updated_at = now()",
         req,
         agent,
         stage,
-        dumps(deliverable),
+        dumps(published),
+        dumps(normalized),
     )
 
 

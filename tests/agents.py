@@ -58,7 +58,14 @@ def deliverable_subject(agent: str, req: str) -> str:
 
 
 class ScriptedAgents:
-    """Answers every assignment with ``script(assignment)`` (None: stay silent)."""
+    """Answers every assignment with ``script(assignment)`` (None: stay silent).
+
+    Like the seeds' agents, the answers name no ``attempt``. A real agent's
+    answer to a rework differs from its first one (it worked on the fixes);
+    a canned one would be the same text, which agogd rightly takes for a late
+    copy of the first. So each answer says which assignment it worked on
+    (``worked_on``), unless the script set that itself.
+    """
 
     def __init__(self, nc: NATS, script: Script = happy, max_delay: float = 0.0) -> None:
         self.nc, self.script, self.max_delay = nc, script, max_delay
@@ -80,6 +87,7 @@ class ScriptedAgents:
         if reply is None:
             return
         subject = deliverable_subject(assignment["agent"], assignment["req_number"])
+        reply = {"worked_on": f"{assignment['stageIndex']}#{assignment['attempt']}", **reply}
         if self.max_delay:  # agents that take a while, answering out of order
             task = asyncio.create_task(self._later(subject, reply))
             self._pending.add(task)

@@ -82,8 +82,14 @@ async def scrape_until(url: str, check: Any, what: str, timeout: float = 15) -> 
 
 
 def script(assignment: dict[str, Any]) -> dict[str, Any] | None:
-    """REQ-MET-2: Sylvia rejects once. REQ-MET-3: Roy is blocked. Else happy."""
+    """REQ-MET-1: Sylvia's runner fails once. REQ-MET-2: Sylvia rejects once.
+    REQ-MET-3: Roy is blocked. Else happy."""
     agent, req, attempt = assignment["agent"], assignment["req_number"], assignment["attempt"]
+    if req == "REQ-MET-1" and agent == "sylvia" and attempt == 1:
+        # What the runner publishes when the agent's process fails.
+        return notice(
+            agent, req, status="FAILED", summary="the agent exited with code 1", exit_code=1
+        )
     if req == "REQ-MET-2" and agent == "sylvia" and attempt == 1:
         return notice(agent, req, critique_verdict="REJECTED", required_fixes=["cite it"])
     if req == "REQ-MET-3" and agent == "roy":
@@ -159,7 +165,7 @@ async def test_metrics_after_reqs_flow(nats_server: NatsServer, nc: NATS, pg_dsn
         delta(after, before, "agogd_transitions_total", event="stage.started", agent="cynthia") == 4
     )
     assert (
-        delta(after, before, "agogd_transitions_total", event="stage.failed", agent="sylvia") == 1
+        delta(after, before, "agogd_transitions_total", event="stage.failed", agent="sylvia") == 2
     )
     assert delta(after, before, "agogd_transitions_total", event="stage.blocked", agent="roy") == 1
     assert delta(after, before, "agogd_transitions_total", event="workflow.started", agent="") == 3
@@ -172,7 +178,7 @@ async def test_metrics_after_reqs_flow(nats_server: NatsServer, nc: NATS, pg_dsn
     }
     assert observed == {
         "cynthia": 4,
-        "sylvia": 4,
+        "sylvia": 5,
         "roy": 3,
         "jen": 2,
         "billy": 2,
@@ -192,8 +198,13 @@ async def test_metrics_after_reqs_flow(nats_server: NatsServer, nc: NATS, pg_dsn
         delta(after, before, "agogd_stage_outcomes_total", agent="sylvia", outcome="REJECTED") == 1
     )
     assert delta(after, before, "agogd_stage_outcomes_total", agent="roy", outcome="BLOCKED") == 1
+    # Her critique's one rejection, not her runner's failure: that is a failure.
     assert delta(after, before, "agogd_stage_rejections_total", agent="sylvia") == 1
     assert delta(after, before, "agogd_stage_rejections_total", agent="billy") == 0
+    assert (
+        delta(after, before, "agogd_stage_failures_total", agent="sylvia", outcome="FAILED") == 1
+    )
+    assert delta(after, before, "agogd_stage_retries_total", agent="sylvia", kind="retry") == 1
     assert delta(after, before, "agogd_stage_retries_total", agent="cynthia", kind="rework") == 1
     assert delta(after, before, "agogd_escalations_total", priority="NEEDS_HUMAN_DECISION") == 1
     assert delta(after, before, "agogd_messages_rejected_total", reason="invalid_json") == 1

@@ -7,12 +7,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from orchestrator import registry
+from orchestrator.effects import stage_by_index
 from orchestrator.workflow import (
+    AttemptMark,
+    CloseAttempt,
     Completed,
     Decision,
     DecisionRejected,
     Dispatch,
-    DispatchFollowup,
     Escalate,
     Ignored,
     MarkDeployed,
@@ -20,10 +22,12 @@ from orchestrator.workflow import (
     TimedOut,
     Workflow,
     apply,
+    provenance,
 )
 
 P = registry.load()
 N = len(P.stages)
+TIM = P.followups[0]
 
 
 def ok(stage: int, **kw: object) -> Completed:
@@ -50,9 +54,9 @@ def dispatched(effects: list) -> list[tuple[str, int]]:
 def test_happy_path_through_seven_stages_then_tim() -> None:
     wf, effects = run([Start(), *[ok(i) for i in range(N)]])
     assert wf.status == "DEPLOYED"
-    assert [a for a, _ in dispatched(effects)] == [s.agent for s in P.stages]
+    assert [a for a, _ in dispatched(effects)] == [*(s.agent for s in P.stages), "tim"]
     assert any(isinstance(e, MarkDeployed) for e in effects)
-    assert [e.agent for e in effects if isinstance(e, DispatchFollowup)] == ["tim"]
+    assert wf.followups == {str(N): "RUNNING"}
 
 
 def test_berry_without_a_deployment_leaves_the_req_complete_not_deployed() -> None:
@@ -64,7 +68,7 @@ def test_berry_without_a_deployment_leaves_the_req_complete_not_deployed() -> No
         assert wf.status == "COMPLETE" and wf.finished
         (mark,) = [e for e in effects if isinstance(e, MarkDeployed)]
         assert not mark.deployed and mark.deployed_at is None
-        assert [e.agent for e in effects if isinstance(e, DispatchFollowup)] == ["tim"]
+        assert dispatched(effects)[-1] == ("tim", 1)
 
 
 def test_sylvia_reject_then_approve() -> None:
@@ -156,7 +160,7 @@ def test_cancel_and_finished_reqs() -> None:
 
 # --- invariants under random event sequences -----------------------------------
 def _event() -> st.SearchStrategy:
-    stage = st.integers(0, N - 1)
+    stage = st.integers(0, N)  # N: Tim, the follow-up
     attempt = st.one_of(st.none(), st.integers(1, 4))
     return st.one_of(
         st.just(Start()),
@@ -182,6 +186,12 @@ def _event() -> st.SearchStrategy:
     )
 
 
+def _stage_of(ev: object) -> int | None:
+    if isinstance(ev, Decision):
+        return ev.restart_stage
+    return getattr(ev, "stage", None)
+
+
 @settings(max_examples=400, deadline=None)
 @given(st.lists(_event(), max_size=60))
 def test_invariants_hold_for_any_event_sequence(events: list) -> None:
@@ -194,7 +204,12 @@ def test_invariants_hold_for_any_event_sequence(events: list) -> None:
             assert isinstance(ev, Decision)
             continue
         if before.finished:
-            assert wf == before, "a finished REQ never changes"
+            assert wf.status == before.status, "a finished REQ stays finished"
+            assert (wf.stage, wf.attempt) == (before.stage, before.attempt)
+            if wf != before:  # only its follow-ups move
+                assert P.is_followup(_stage_of(ev))
+        if P.is_followup(_stage_of(ev)) and not before.finished:
+            assert wf == before, "a follow-up runs only after the pipeline"
         if wf.status == "DEPLOYED" and before.status != "DEPLOYED":
             assert isinstance(ev, Completed) and ev.deployed is not False, "falsely DEPLOYED"
             assert ev.deployed_at is not None, "DEPLOYED without a deployment"
@@ -202,13 +217,275 @@ def test_invariants_hold_for_any_event_sequence(events: list) -> None:
             if isinstance(eff, Dispatch):
                 prev = before.stage
                 # Forward moves are exactly one stage; backward moves are rework/restarts.
+                if P.is_followup(eff.stage):
+                    assert wf.status in ("DEPLOYED", "COMPLETE"), "Tim before the deployment"
+                    continue
                 assert (prev is None and eff.stage == 0) or (
                     prev is not None and eff.stage <= prev + 1
                 )
                 if P.stage(eff.stage).gate == "deploy":
                     assert before.qa_approved or wf.qa_approved, "Berry before Billy's approval"
         for index, used in wf.retries.items():
-            assert used <= P.stage(int(index)).retries, "retry over budget"
+            assert used <= stage_by_index(P, int(index)).retries, "retry over budget"
         for gate, used in wf.rework.items():
             budget = next(s.rework_budget for s in P.stages if s.gate == gate)
             assert used <= budget, "rework over budget"
+
+
+# --- follow-ups: Tim obeys his retries, the REQ stays DEPLOYED ------------------
+def deployed() -> Workflow:
+    wf, _ = run([Start(), *[ok(i) for i in range(N)]])
+    assert wf.status == "DEPLOYED" and wf.followups == {str(TIM.index): "RUNNING"}
+    return wf
+
+
+def test_a_failed_tim_is_retried_within_budget_then_escalated_once() -> None:
+    wf, effects = deployed(), []
+    for _ in range(TIM.retries):
+        wf, effects = apply(P, wf, Completed(TIM.index, None, "FAILED", summary="no CHANGELOG"))
+        assert dispatched(effects)[-1] == ("tim", wf.attempts[str(TIM.index)])
+        assert wf.status == "DEPLOYED"
+    wf, effects = apply(P, wf, Completed(TIM.index, None, "FAILED", summary="no CHANGELOG"))
+    assert wf.status == "DEPLOYED" and wf.followups[str(TIM.index)] == "FAILED"
+    assert not dispatched(effects)
+    (escalation,) = [e for e in effects if isinstance(e, Escalate)]
+    assert escalation.stage == TIM.index and "retry budget" in escalation.reason
+    again, effects = apply(P, wf, Completed(TIM.index, None, "FAILED"))
+    assert again == wf and isinstance(effects[0], Ignored)
+
+
+def test_a_tim_past_his_deadline_is_retried_and_then_escalated() -> None:
+    wf = deployed()
+    wf, effects = apply(P, wf, TimedOut(TIM.index, 1))
+    assert dispatched(effects) == [("tim", 2)]
+    closed = [e for e in effects if isinstance(e, CloseAttempt)]
+    assert [(c.outcome, c.verdict) for c in closed] == [("TIMED_OUT", "failure")]
+    for _ in range(TIM.retries):  # the budget was one; spend what is left
+        wf, effects = apply(P, wf, TimedOut(TIM.index, wf.attempts[str(TIM.index)]))
+    assert wf.followups[str(TIM.index)] == "FAILED" and wf.status == "DEPLOYED"
+    assert any(isinstance(e, Escalate) for e in effects)
+
+
+def test_an_operator_retry_reruns_tim_with_a_fresh_budget() -> None:
+    wf = deployed()
+    for _ in range(TIM.retries + 1):
+        wf, _ = apply(P, wf, Completed(TIM.index, None, "FAILED"))
+    assert wf.followups[str(TIM.index)] == "FAILED"
+    wf, effects = apply(P, wf, Decision("RETRY", restart_stage=TIM.index))
+    assert dispatched(effects) == [("tim", TIM.retries + 2)]
+    assert wf.retries[str(TIM.index)] == 0 and wf.status == "DEPLOYED"
+    wf, effects = apply(P, wf, Completed(TIM.index, None, "COMPLETE"))
+    assert wf.followups[str(TIM.index)] == "COMPLETE" and wf.status == "DEPLOYED"
+    # Re-running a running Tim supersedes his attempt.
+    wf, effects = apply(P, wf, Decision("RETRY", restart_stage=TIM.index))
+    wf, effects = apply(P, wf, Decision("RETRY", restart_stage=TIM.index))
+    assert [(c.outcome) for c in effects if isinstance(c, CloseAttempt)] == ["SUPERSEDED"]
+
+
+def test_tim_cannot_be_retried_before_the_deployment_or_after_a_cancel() -> None:
+    wf, _ = run([Start(), ok(0)])
+    with pytest.raises(DecisionRejected, match="runs only after berry"):
+        apply(P, wf, Decision("RETRY", restart_stage=TIM.index))
+    cancelled, _ = apply(P, wf, Decision("CANCEL"))
+    with pytest.raises(DecisionRejected):
+        apply(P, cancelled, Decision("RETRY", restart_stage=TIM.index))
+    with pytest.raises(DecisionRejected, match="can only be retried"):
+        apply(P, deployed(), Decision("REQUEST_CHANGES", restart_stage=TIM.index))
+    new, effects = apply(P, wf, Completed(TIM.index, None, "COMPLETE"))
+    assert new == wf and isinstance(effects[0], Ignored)
+
+
+def test_a_blocked_tim_escalates_for_a_human() -> None:
+    wf, effects = apply(P, deployed(), Completed(TIM.index, None, "BLOCKED", summary="no docs"))
+    assert wf.followups[str(TIM.index)] == "BLOCKED" and wf.status == "DEPLOYED"
+    assert [e.priority for e in effects if isinstance(e, Escalate)] == ["NEEDS_HUMAN_DECISION"]
+
+
+# --- gate rejections are not failures (the metrics read this) -------------------
+def test_a_critique_rejection_and_a_failed_critic_are_told_apart() -> None:
+    _, effects = run([Start(), ok(0), ok(1, verdict="REJECTED")])
+    closed = [e for e in effects if isinstance(e, CloseAttempt) and e.stage == 1]
+    assert [(c.outcome, c.verdict) for c in closed] == [("REJECTED", "rejection")]
+    _, effects = run([Start(), ok(0), Completed(1, None, "FAILED", summary="exit 1")])
+    closed = [e for e in effects if isinstance(e, CloseAttempt) and e.stage == 1]
+    assert [(c.outcome, c.verdict) for c in closed] == [("FAILED", "failure")]
+    _, effects = run([Start(), *[ok(i) for i in range(4)], Completed(4, None, "FAILED")])
+    closed = [e for e in effects if isinstance(e, CloseAttempt) and e.stage == 4]
+    assert [(c.outcome, c.verdict) for c in closed] == [("FAILED", "rejection")]
+
+
+# --- a notice without an attempt belongs to the attempt it answered ------------
+def test_a_late_copy_of_cynthias_first_notice_does_not_close_her_second_attempt() -> None:
+    first = ok(0, digest="d-cynthia-1", published_at=110.0)
+    wf, _ = run([Start(), first, ok(1, verdict="REJECTED", digest="d-sylvia-1")])
+    assert (wf.stage, wf.attempt) == (0, 2)
+    history = (AttemptMark(1, 100.0, "d-cynthia-1"), AttemptMark(2, 200.0))
+    copy = ok(0, digest="d-cynthia-1", published_at=300.0, history=history)
+    new, effects = apply(P, wf, copy)
+    assert new == wf
+    assert effects == [Ignored("duplicate of the notice already applied to attempt 1", 1)]
+    # Another notice, stored before attempt 2 was assigned, answered attempt 1.
+    older = ok(0, digest="d-other", published_at=150.0, history=history)
+    new, effects = apply(P, wf, older)
+    assert new == wf and effects[0].attempt == 1 and "belongs to attempt 1" in effects[0].reason
+    # Inside the clock margin it is taken as the current attempt's answer.
+    fresh = ok(0, digest="d-cynthia-2", published_at=199.0, history=history)
+    new, _ = apply(P, wf, fresh)
+    assert (new.stage, new.attempt) == (1, 2)
+
+
+def test_a_late_copy_of_sylvias_rejection_spends_no_rework_budget() -> None:
+    wf, _ = run([Start(), ok(0), ok(1, verdict="REJECTED"), ok(0)])
+    assert (wf.stage, wf.attempt) == (1, 2) and wf.rework == {"critique": 1}
+    history = (AttemptMark(1, 100.0, "d-rejected"), AttemptMark(2, 200.0))
+    copy = ok(1, verdict="REJECTED", digest="d-rejected", published_at=300.0, history=history)
+    new, effects = apply(P, wf, copy)
+    assert new == wf and effects[0].attempt == 1
+
+
+marks = st.lists(
+    st.tuples(st.floats(0, 1000), st.sampled_from([None, "a", "b", "c"])), min_size=1, max_size=6
+).map(
+    lambda rows: tuple(
+        AttemptMark(i + 1, start, digest)
+        for i, (start, digest) in enumerate(sorted(rows, key=lambda r: r[0]))
+    )
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    history=marks,
+    published_at=st.one_of(st.none(), st.floats(0, 1200)),
+    digest=st.sampled_from([None, "a", "b", "fresh"]),
+    attempt=st.one_of(st.none(), st.integers(1, 6)),
+    margin=st.floats(0, 5),
+)
+def test_provenance_places_a_notice_by_its_content_then_its_publish_time(
+    history: tuple[AttemptMark, ...],
+    published_at: float | None,
+    digest: str | None,
+    attempt: int | None,
+    margin: float,
+) -> None:
+    current = history[-1]
+    ev = Completed(
+        0, attempt, "COMPLETE", published_at=published_at, digest=digest,
+        history=history, clock_margin=margin,
+    )  # fmt: skip
+    verdict = provenance(current.attempt, ev)
+    if attempt is not None:
+        assert verdict is None, "a notice naming its attempt is taken at its word"
+        return
+    same = [m.attempt for m in history if digest is not None and m.digest == digest]
+    if same:
+        assert verdict is not None and verdict.attempt == min(same)
+        return
+    if published_at is None or published_at >= current.started_at - margin:
+        assert verdict is None, "an answer published after its assignment is never thrown away"
+        return
+    assert verdict is not None
+    if verdict.attempt is not None:
+        owner = next(m for m in history if m.attempt == verdict.attempt)
+        assert owner.attempt < current.attempt
+        assert owner.started_at - margin <= published_at
+        later = [m for m in history if owner.attempt < m.attempt < current.attempt]
+        assert all(m.started_at - margin > published_at for m in later)
+
+
+class Sim:
+    """The engine's bookkeeping around the pure workflow, on a logical clock:
+    attempts' start times and the digests of the notices that closed them."""
+
+    def __init__(self) -> None:
+        self.wf, self.now = Workflow("REQ-SIM-1"), 0.0
+        self.marks: dict[int, list[AttemptMark]] = {}
+        self.applied: list[Completed] = []
+
+    def current(self) -> tuple[int, int] | None:
+        if self.wf.status == "IN_PROGRESS" and self.wf.stage is not None:
+            return self.wf.stage, self.wf.attempt
+        key = str(TIM.index)
+        if self.wf.followups.get(key) == "RUNNING":
+            return TIM.index, self.wf.attempts[key]
+        return None
+
+    def notice(self, stage: int, digest: str, published_at: float, **kw: object) -> Completed:
+        gate = stage_by_index(P, stage).gate
+        kw.setdefault("verdict", "APPROVED" if gate == "critique" else None)
+        if gate == "deploy":
+            kw.setdefault("deployed_at", "2026-11-23T10:00:00Z")
+        return Completed(
+            stage, None, kw.pop("status", "COMPLETE"), digest=digest,  # type: ignore[arg-type]
+            published_at=published_at, history=tuple(self.marks.get(stage, [])),
+            clock_margin=0.5, **kw,  # type: ignore[arg-type]
+        )  # fmt: skip
+
+    def step(self, ev: object) -> list:
+        self.now += 1.0
+        if isinstance(ev, Completed):  # the history as Postgres holds it now
+            ev = Completed(**{**ev.__dict__, "history": tuple(self.marks.get(ev.stage, []))})
+        self.wf, effects = apply(P, self.wf, ev)  # type: ignore[arg-type]
+        for e in effects:
+            if isinstance(e, Dispatch):
+                self.marks.setdefault(e.stage, []).append(AttemptMark(e.attempt, self.now))
+            if isinstance(e, CloseAttempt) and isinstance(ev, Completed) and e.stage == ev.stage:
+                rows = self.marks[e.stage]
+                rows[:] = [
+                    AttemptMark(m.attempt, m.started_at, ev.digest) if m.attempt == e.attempt else m
+                    for m in rows
+                ]
+                self.applied.append(ev)
+        return effects
+
+
+actions = st.lists(
+    st.one_of(
+        st.tuples(st.just("answer"), st.sampled_from(["ok", "reject", "fail", "qa_fail"])),
+        st.tuples(st.just("replay"), st.integers(0, 50)),
+        st.tuples(st.just("late_copy"), st.integers(0, 50)),
+        st.tuples(st.just("timeout"), st.just(0)),
+    ),
+    max_size=80,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(actions)
+def test_replayed_notices_never_move_a_req_and_fresh_answers_always_count(plan: list) -> None:
+    sim = Sim()
+    sim.step(Start())
+    fresh = 0
+    for kind, arg in plan:
+        where = sim.current()
+        if kind in ("replay", "late_copy"):
+            if not sim.applied:
+                continue
+            old = sim.applied[arg % len(sim.applied)]
+            # A replay keeps its old publish time (a redelivered second copy);
+            # a late copy is the same content published again now.
+            published = old.published_at if kind == "replay" else sim.now + 0.5
+            before = sim.wf
+            effects = sim.step(Completed(**{**old.__dict__, "published_at": published}))
+            assert sim.wf == before, f"a {kind} of an applied notice moved the REQ"
+            assert all(isinstance(e, Ignored) for e in effects)
+            continue
+        if where is None:
+            continue
+        stage, attempt = where
+        if kind == "timeout":
+            sim.step(TimedOut(stage, attempt))
+            continue
+        fresh += 1
+        gate = stage_by_index(P, stage).gate
+        extra: dict[str, object] = {}
+        if arg == "reject" and gate == "critique":
+            extra["verdict"] = "REJECTED"
+        elif arg == "fail":
+            extra["status"] = "FAILED"
+        elif arg == "qa_fail" and gate == "qa":
+            extra.update(qa_passed=False, status="FAILED")
+        before = sim.wf
+        effects = sim.step(sim.notice(stage, f"fresh-{fresh}", sim.now + 0.5, **extra))
+        assert not any(isinstance(e, Ignored) for e in effects), "a fresh answer was ignored"
+        assert sim.wf != before

@@ -38,7 +38,8 @@ _RECORD = (
 _PUBLISHED = "UPDATE runner_runs SET status = 'published', lease_until = now()" + _KEY
 _RENEW = "UPDATE runner_runs SET lease_until = now() + make_interval(secs => $4)" + _KEY
 _PREVIOUS = (
-    "SELECT stage, agent, deliverable FROM nats_deliverable_cache"
+    "SELECT stage, agent, coalesce(normalized, deliverable) AS deliverable"
+    " FROM nats_deliverable_cache"
     " WHERE req_number = $1 AND stage < $2 ORDER BY stage"
 )
 
