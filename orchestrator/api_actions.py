@@ -14,7 +14,9 @@ except ``decision``):
 
 =======  =====================================================================
 retry    RETRY the current stage (``{"stage": ...}`` naming an earlier stage
-         restarts from there: REQUEST_CHANGES with ``restart_stage``)
+         restarts from there: REQUEST_CHANGES with ``restart_stage``; naming
+         a follow-up, ``tim``, runs it again on a finished REQ: RETRY with
+         ``restart_stage``, and the REQ stays DEPLOYED)
 cancel   CANCEL
 resume   RETRY the current stage of a BLOCKED or ESCALATED REQ (409 otherwise):
          the stage runs again with a fresh retry budget and the instructions
@@ -104,12 +106,12 @@ def _decision_id(request: web.Request, body: ActionBody) -> tuple[str, bool]:
 
 
 def _stage_index(request: web.Request, value: int | str, what: str) -> int:
+    """A pipeline stage's or a follow-up's index (the workflow says what may
+    be done with a follow-up: only retried, once the pipeline has finished)."""
     try:
         stage = api_views.find_stage(daemon_of(request).pipeline, value)
     except api_views.BadFilter as exc:
         raise ApiError(400, f"{what}: {exc}") from None
-    if stage.after is not None:
-        raise ApiError(400, f"{what}: {stage.name} is a follow-up, not a pipeline stage")
     return stage.index
 
 
@@ -143,9 +145,13 @@ def _decision_fields(
             )
         return {"decision": "RETRY"}
     # retry
-    if body.stage is None or wf.stage is None:
+    if body.stage is None:
         return {"decision": "RETRY"}
     index = _stage_index(request, body.stage, "stage")
+    if daemon_of(request).pipeline.is_followup(index):
+        return {"decision": "RETRY", "restart_stage": index}
+    if wf.stage is None:
+        return {"decision": "RETRY"}
     if index == wf.stage:
         return {"decision": "RETRY"}
     if index > wf.stage:

@@ -235,7 +235,7 @@ class Engine:
             stage = self.pipeline.stage_for_agent(notice.agent)
             if stage is None:  # a reporter (Miki): kept as history, no workflow
                 await store.record_event(
-                    conn, notice.req_number, "report", agent=notice.agent, detail=_dump(notice)
+                    conn, notice.req_number, "report", agent=notice.agent, detail=notice.published
                 )
                 return "report"
             locked = await store.lock_workflow(conn, notice.req_number)

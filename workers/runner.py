@@ -411,9 +411,9 @@ def outcome_notice(
             if notice.attempt not in (None, attempt):
                 reason = f"the notice is for attempt {notice.attempt}, not {attempt}"
             else:
-                dumped = notice.model_dump(mode="json")
-                dumped["attempt"] = attempt
-                return dumped
+                # The agent's own object, every field under its own name (the
+                # deliverable cache is read with psql), with its attempt.
+                return {**notice.published, "attempt": attempt}
     tail = result.stdout[-TAIL:] + (
         "\n[stderr]\n" + result.stderr_tail[-TAIL:] if result.stderr_tail else ""
     )
