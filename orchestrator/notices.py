@@ -296,6 +296,14 @@ class CompletionNotice(BaseModel):
         """What the agent said, every field under its own name (the cache holds this)."""
         return self._published or self.model_dump(mode="json")
 
+    def __eq__(self, other: object) -> bool:
+        """Equal when they say the same, however each was spelled when published."""
+        if not isinstance(other, CompletionNotice):
+            return NotImplemented
+        return self.model_dump() == other.model_dump()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, as pydantic models are
+
     @model_validator(mode="before")
     @classmethod
     def _normalise(cls, data: Any) -> Any:

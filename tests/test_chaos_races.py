@@ -94,6 +94,12 @@ async def test_duplicate_tim_notice_is_not_applied_after_waiting_for_the_row_loc
                 req,
                 TIM,
             )
+            await other.execute(
+                "UPDATE workflow_state SET budgets = jsonb_set(budgets, '{followups}',"
+                " jsonb_build_object($2::text, 'COMPLETE')) WHERE req_number = $1",
+                req,
+                str(TIM),
+            )
             # The second copy reaches this agogd, whose lock query now waits for us.
             body = json.dumps(notice("tim", req, attempt=1)).encode()
             await nc.jetstream().publish(deliverable_subject("tim", req), body)
