@@ -86,8 +86,8 @@ async def snapshot(dsn: str) -> Snapshot:
             events[(r["req_number"], r["kind"], r["stage"], r["attempt"])] = r["n"]
         cache: dict[tuple[str, int], list[asyncpg.Record]] = defaultdict(list)
         for r in await conn.fetch(
-            "SELECT req_number, agent, stage, deliverable::text AS deliverable"
-            " FROM nats_deliverable_cache"
+            "SELECT req_number, agent, stage,"
+            " coalesce(normalized, deliverable)::text AS deliverable FROM nats_deliverable_cache"
         ):
             cache[(r["req_number"], r["stage"])].append(r)
         history = await conn.fetch(

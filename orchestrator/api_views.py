@@ -21,7 +21,7 @@ from typing import Any
 
 import asyncpg
 
-from orchestrator.intake import parse_priority
+from orchestrator.intake import parse_priority, priority_label
 from orchestrator.registry import Pipeline, Stage
 from orchestrator.workflow import FINISHED, LIVE, STATUSES
 
@@ -126,6 +126,12 @@ def parse_filters(pipeline: Pipeline, query: Any) -> dict[str, Any]:
     }
 
 
+def shown_filters(filters: dict[str, Any]) -> dict[str, Any]:
+    """The filters as answered: priorities as "P0".."P3", like the rows."""
+    priorities = filters["priority"]
+    return {**filters, "priority": [priority_label(p) for p in priorities] if priorities else None}
+
+
 def cell_state(
     stage: Stage,
     attempt_status: str | None,
@@ -196,6 +202,7 @@ _ROW_COLUMNS = (
 def _row(pipeline: Pipeline, row: Any) -> dict[str, Any]:
     latest = json.loads(row["latest"])
     body = {k: row[k] for k in row.keys() if k not in ("latest", "total")}
+    body["priority"] = priority_label(body["priority"])
     body["finished"] = row["status"] in FINISHED
     body.update(_stage_name(pipeline, row["current_stage"]))
     body["stages"] = _cells(pipeline, row, latest)
@@ -221,7 +228,7 @@ async def list_reqs(
         "reqs": [_row(pipeline, r) for r in rows],
         "count": len(rows),
         "total": rows[0]["total"] if rows else 0,
-        "filters": filters,
+        "filters": shown_filters(filters),
         "stages": stage_info(pipeline),
     }
 
@@ -252,7 +259,7 @@ async def req_detail(
     if row is None:
         return None
     body = _row(pipeline, row)
-    body["requirement"] = _jsonb(body.pop("requirement"))
+    body["requirement"] = _labelled(_jsonb(body.pop("requirement")))
     body["counters"] = _jsonb(body.pop("budgets"))
     names = {s.index: s.name for s in all_stages(pipeline)}
     attempts = await conn.fetch(
@@ -271,21 +278,7 @@ async def req_detail(
         " deliverable FROM deliverable_history WHERE req_number = $1 ORDER BY id",
         req,
     )
-    body["deliverables"] = []
-    for d in deliverables:
-        notice = _jsonb(d["deliverable"])
-        notice = notice if isinstance(notice, dict) else {}
-        body["deliverables"].append(
-            {
-                **{k: d[k] for k in d.keys() if k != "deliverable"},
-                "stage_name": names.get(d["stage"]),
-                "status": notice.get("status"),
-                "verdict": notice.get("critique_verdict"),
-                "summary": notice.get("summary"),
-                "url": notice.get("deliverable"),
-                "notice": notice,
-            }
-        )
+    body["deliverables"] = distinct_deliverables(deliverables, names)
     decisions = await conn.fetch(
         "SELECT id, decision, reasoning, payload, received_at, applied_at"
         " FROM strategic_decisions WHERE req_number = $1 ORDER BY id",
@@ -316,5 +309,43 @@ async def req_detail(
         req,
         max_events,
     )
-    body["events"] = [{**dict(e), "detail": _jsonb(e["detail"])} for e in events]
+    body["events"] = [{**dict(e), "detail": _labelled(_jsonb(e["detail"]))} for e in events]
     return body
+
+
+def _labelled(value: Any) -> Any:
+    """A stored requirement or event detail with its REQ priority as "P2"
+    (rows written before agogd showed one form hold the number)."""
+    if isinstance(value, dict) and isinstance(value.get("priority"), int):
+        return {**value, "priority": priority_label(value["priority"])}
+    return value
+
+
+def distinct_deliverables(rows: list[Any], names: dict[int, str]) -> list[dict[str, Any]]:
+    """deliverable_history keeps every accepted message, so a notice that an
+    agent published twice (or a heartbeat repeated word for word) is there
+    twice. History shows each distinct notice once, at its first arrival, with
+    ``copies`` and ``last_received_at``; notices that differ in anything (the
+    attempt, the status, a field) all stay."""
+    shown: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for d in rows:
+        notice = _jsonb(d["deliverable"])
+        notice = notice if isinstance(notice, dict) else {}
+        key = (d["agent"], d["stage"], d["attempt"], json.dumps(notice, sort_keys=True))
+        if key in shown:
+            first = shown[key]
+            first["copies"] += 1
+            first["last_received_at"] = d["received_at"]
+            continue
+        shown[key] = {
+            **{k: d[k] for k in d.keys() if k != "deliverable"},
+            "stage_name": names.get(d["stage"]),
+            "status": notice.get("status"),
+            "verdict": notice.get("critique_verdict"),
+            "summary": notice.get("summary"),
+            "url": notice.get("deliverable"),
+            "notice": notice,
+            "copies": 1,
+            "last_received_at": d["received_at"],
+        }
+    return list(shown.values())

@@ -46,11 +46,15 @@ def settings_or_exit(**overrides: Any) -> Settings:
     return settings
 
 
-def run_daemon(settings: Settings, *, engine: bool = True) -> int:
+def run_daemon(settings: Settings, *, engine: bool = True, any_http_port: bool = False) -> int:
     from orchestrator.daemon import Daemon
+    from orchestrator.http_server import HttpBindError
 
     logs.configure(settings.log_level, settings.log_format)
-    return asyncio.run(Daemon(settings, engine=engine).run())
+    try:
+        return asyncio.run(Daemon(settings, engine=engine, any_http_port=any_http_port).run())
+    except HttpBindError as exc:  # e.g. the port is taken: one line, not a traceback
+        fail_config(str(exc))
 
 
 @click.group(invoke_without_command=True)
@@ -101,7 +105,12 @@ def dev(data_dir: Path | None, demo: bool) -> None:
         # No external service in dev: the offline model, when installed, embeds
         # the memories (the daemon's default, Ollama, is not running here).
         settings = settings.model_copy(update={"embedding_provider": "local"})
-    sys.exit(run_dev(settings))
+    from orchestrator.http_server import HttpBindError
+
+    try:
+        sys.exit(run_dev(settings))
+    except HttpBindError as exc:  # run_dev has stopped its servers by now
+        fail_config(str(exc))
 
 
 @main.command()
@@ -111,12 +120,17 @@ def runner(agents: str | None, demo: bool) -> None:
     """Run only the agent runner, on the host that has the agent CLIs.
 
     It takes stage assignments from NATS, spawns each agent with the prompt on
-    stdin and publishes its notice; the workflow engine runs elsewhere.
+    stdin and publishes its notice; the workflow engine runs elsewhere. Its
+    HTTP port (health and metrics) is AGOG_HTTP_PORT; when that is not set and
+    the default is taken (e.g. by `agogd dev` on the same host), it listens on
+    a free port and logs which (http.port_in_use).
     """
     overrides: dict[str, Any] = {"runner_agents": agents or "all"}
     if demo:
         overrides["demo"] = True
-    sys.exit(run_daemon(settings_or_exit(**overrides), engine=False))
+    settings = settings_or_exit(**overrides)
+    chosen = "http_port" in settings.model_fields_set  # AGOG_HTTP_PORT, or in .env
+    sys.exit(run_daemon(settings, engine=False, any_http_port=not chosen))
 
 
 @main.group()

@@ -12,6 +12,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -33,32 +34,139 @@ DECISIONS = ("APPROVE", "REQUEST_CHANGES", "RETRY", "CANCEL", "ESCALATE_HUMAN")
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def discover_url(explicit: str | None) -> str:
-    """--url, then AGOG_URL, then the endpoints.json of `agogd dev`."""
+@dataclass
+class Target:
+    """Which agogd agogctl talks to, with what token, and where each came
+    from: an error then names the file or variable that would fix it."""
+
+    url: str
+    data_dir: Path
+    data_dir_from: str  # "--data-dir", "AGOG_DATA_DIR" or "default"
+    token: str | None = None
+    token_from: str | None = None  # "--token", "AGOG_API_TOKEN" or the token file
+    token_note: str = ""  # why agogd dev's token was not used, if it was not
+
+
+def data_dir_of(explicit: Path | None) -> tuple[Path, str]:
+    """`agogd dev`'s data dir: --data-dir, else AGOG_DATA_DIR, else ./.agogd."""
+    if explicit is not None:
+        return explicit, "--data-dir"
+    if os.environ.get("AGOG_DATA_DIR"):
+        return Path(os.environ["AGOG_DATA_DIR"]), "AGOG_DATA_DIR"
+    return DEFAULT_DATA_DIR, "default"
+
+
+def _usage(message: str) -> NoReturn:
+    click.echo(f"agogctl: {message}", err=True)
+    sys.exit(EXIT_USAGE)
+
+
+def _read_endpoints(data_dir: Path) -> tuple[dict[str, Any] | None, str]:
+    """endpoints.json of a data dir, or None and what is wrong with it."""
+    path = data_dir / "endpoints.json"
+    try:
+        endpoints = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None, f"no endpoints.json in {data_dir.absolute()}"
+    except (OSError, ValueError) as exc:
+        return None, f"cannot read {path.absolute()}: {exc}"
+    if not isinstance(endpoints, dict) or not endpoints.get("http_url"):
+        return None, f"{path.absolute()} has no http_url"
+    return endpoints, ""
+
+
+def _not_found(problem: str, data_dir: Path, source: str) -> NoReturn:
+    if source == "--data-dir":
+        hint = (
+            f"is `agogd dev --data-dir {data_dir}` (or scripts/dev --data-dir) running?"
+            " Else pass --url or set AGOG_URL"
+        )
+    elif source == "AGOG_DATA_DIR":
+        hint = (
+            "is `agogd dev` running with that AGOG_DATA_DIR? Else fix AGOG_DATA_DIR,"
+            " pass --data-dir DIR, or set AGOG_URL"
+        )
+    else:
+        hint = (
+            "pass --data-dir DIR or set AGOG_DATA_DIR (the DIR of `agogd dev --data-dir DIR`),"
+            " or set AGOG_URL (or pass --url) for an agogd elsewhere"
+        )
+    _usage(f"cannot find agogd: {problem}: {hint}")
+
+
+def discover_url(explicit: str | None, data_dir: Path | None = None) -> str:
+    """--url, then --data-dir's endpoints.json, then AGOG_URL, then the
+    endpoints.json of AGOG_DATA_DIR or ./.agogd (`agogd dev`'s data dir)."""
     if explicit:
         return explicit.rstrip("/")
-    if os.environ.get("AGOG_URL"):
+    if data_dir is None and os.environ.get("AGOG_URL"):
         return os.environ["AGOG_URL"].rstrip("/")
-    data_dir = Path(os.environ.get("AGOG_DATA_DIR", DEFAULT_DATA_DIR))
-    endpoints = data_dir / "endpoints.json"
-    try:
-        return str(json.loads(endpoints.read_text())["http_url"]).rstrip("/")
-    except (OSError, ValueError, KeyError):
-        raise click.UsageError(
-            f"cannot find agogd: pass --url, set AGOG_URL, or start `agogd dev` (no {endpoints})"
-        ) from None
+    directory, source = data_dir_of(data_dir)
+    endpoints, problem = _read_endpoints(directory)
+    if endpoints is None:
+        _not_found(problem, directory, source)
+    return str(endpoints["http_url"]).rstrip("/")
 
 
-def local_token(url: str) -> str | None:
-    """The token `agogd dev` keeps in its data dir, sent only to that agogd."""
-    data_dir = Path(os.environ.get("AGOG_DATA_DIR", DEFAULT_DATA_DIR))
+def local_token(url: str, data_dir: Path | None = None) -> tuple[str | None, str]:
+    """The token `agogd dev` keeps in its data dir, sent only to that agogd:
+    (the token, or None, and the file it came from, or why there is none)."""
+    directory, _ = data_dir_of(data_dir)
+    endpoints, problem = _read_endpoints(directory)
+    if endpoints is None:
+        return None, problem
+    theirs = str(endpoints["http_url"]).rstrip("/")
+    path = Path(str(endpoints.get("api_token_file") or directory / "api_token"))
+    if theirs != url:
+        return None, f"{path} is the token of the agogd at {theirs}, not sent to {url}"
     try:
-        endpoints = json.loads((data_dir / "endpoints.json").read_text())
-        if str(endpoints["http_url"]).rstrip("/") != url:
-            return None
-        return Path(endpoints["api_token_file"]).read_text().strip() or None
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+        token = path.read_text().strip()
+    except OSError as exc:
+        return None, f"cannot read {path}: {exc.strerror or exc}"
+    return (token, str(path)) if token else (None, f"{path} is empty")
+
+
+def target(ctx: click.Context, token: str | None) -> Target:
+    """The agogd to talk to and the token to send: --token or AGOG_API_TOKEN,
+    else the token file of `agogd dev`'s data dir."""
+    data_dir = ctx.obj.get("data_dir")
+    url = discover_url(ctx.obj.get("url"), data_dir)
+    directory, source = data_dir_of(data_dir)
+    found = Target(url, directory, source)
+    if token:
+        origin = ctx.get_parameter_source("token")
+        found.token = token
+        found.token_from = (
+            "AGOG_API_TOKEN" if origin == click.core.ParameterSource.ENVIRONMENT else "--token"
+        )
+    else:
+        found.token, where = local_token(url, data_dir)
+        if found.token is not None:
+            found.token_from = where
+        else:
+            found.token_note = where
+    ctx.obj["target"] = found
+    return found
+
+
+def auth_hint(status: int, error: str) -> str:
+    """The 401/403 message, saying where a token comes from (or came from)."""
+    ctx = click.get_current_context(silent=True)
+    found: Target | None = ctx.obj.get("target") if ctx and ctx.obj else None
+    if status == 403:
+        return f"{error} (agogd has no API token: set AGOG_API_TOKEN where agogd runs)"
+    if found is None:
+        return error
+    if found.token is None:
+        message = (
+            f"the API needs a token ({error}): set AGOG_API_TOKEN or pass --token, or pass"
+            " --data-dir DIR so agogctl reads DIR/api_token (`agogd dev --data-dir DIR` writes it)"
+        )
+        return f"{message} ({found.token_note})" if found.token_note else message
+    return (
+        f"the token from {found.token_from} was refused ({error}): it must equal the"
+        " AGOG_API_TOKEN of the agogd at " + found.url
+    )
 
 
 def exit_code(status: int) -> int:
@@ -80,14 +188,25 @@ def exit_code(status: int) -> int:
     "--url",
     envvar=None,
     default=None,
-    help="agogd's HTTP URL (else AGOG_URL, else .agogd/endpoints.json).",
+    help="agogd's HTTP URL (else --data-dir's endpoints.json, else AGOG_URL).",
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="The data dir of `agogd dev` (its --data-dir): agogctl reads endpoints.json"
+    " and api_token there (default: AGOG_DATA_DIR, else ./.agogd).",
 )
 @click.pass_context
-def main(ctx: click.Context, url: str | None) -> None:
+def main(ctx: click.Context, url: str | None, data_dir: Path | None) -> None:
     """Operate a running agogd through its HTTP API.
 
+    agogd is found from --url, else the endpoints.json in --data-dir, else
+    AGOG_URL, else the endpoints.json in AGOG_DATA_DIR or ./.agogd (where
+    `agogd dev` writes it).
+
     Actions need the API token: --token, else AGOG_API_TOKEN, else the token
-    of `agogd dev` (.agogd/api_token, sent only to that agogd). Reads send it
+    of `agogd dev` (DIR/api_token, sent only to that agogd). Reads send it
     too when known (needed with AGOG_API_READ_AUTH=true).
 
     \b
@@ -100,7 +219,7 @@ def main(ctx: click.Context, url: str | None) -> None:
       4  not found: unknown REQ (404)
       5  unauthorized: missing or wrong token (401), or none configured (403)
     """
-    ctx.obj = {"url": url}
+    ctx.obj = {"url": url, "data_dir": data_dir}
 
 
 def _token_option(func: F) -> F:
@@ -108,7 +227,7 @@ def _token_option(func: F) -> F:
         "--token",
         envvar="AGOG_API_TOKEN",
         default=None,
-        help="API token (default: AGOG_API_TOKEN, else agogd dev's).",
+        help="API token (default: AGOG_API_TOKEN, else agogd dev's DIR/api_token).",
     )(func)
 
 
@@ -117,8 +236,8 @@ def _json_option(func: F) -> F:
 
 
 def _target(ctx: click.Context, token: str | None) -> tuple[str, str | None]:
-    url = discover_url(ctx.obj["url"])
-    return url, token or local_token(url)
+    found = target(ctx, token)
+    return found.url, found.token
 
 
 def _unreachable(url: str, exc: BaseException) -> NoReturn:
@@ -162,7 +281,10 @@ def _fail(status: int, body: dict[str, Any], as_json: bool = False) -> NoReturn:
     """Report an error answer and exit with its code."""
     if as_json:
         click.echo(json.dumps(body, indent=2))
-    click.echo(f"agogctl: {body.get('error', status)}", err=True)
+    error = str(body.get("error", status))
+    if status in (401, 403):
+        error = auth_hint(status, error)
+    click.echo(f"agogctl: {error}", err=True)
     sys.exit(exit_code(status))
 
 
@@ -181,7 +303,7 @@ def _echo_lines(lines: list[str], paint: Painter) -> None:
 @click.pass_context
 def ready(ctx: click.Context, as_json: bool) -> None:
     """Ask agogd whether it is ready; exit 0 if so, 1 if not, 3 if unreachable."""
-    url = discover_url(ctx.obj["url"])
+    url = discover_url(ctx.obj["url"], ctx.obj["data_dir"])
     try:
         with urllib.request.urlopen(f"{url}/readyz", timeout=5) as resp:
             body, ok = json.loads(resp.read()), True
@@ -203,7 +325,7 @@ def ready(ctx: click.Context, as_json: bool) -> None:
 @main.command()
 @click.option("--status", "statuses", multiple=True, help="e.g. IN_PROGRESS, BLOCKED, active.")
 @click.option("--stage", "stages", multiple=True, help="Current stage: index, agent or name.")
-@click.option("--priority", "priorities", multiple=True, help="P0 to P3.")
+@click.option("--priority", "priorities", multiple=True, help="P0 to P3 (or 0 to 3).")
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 1000))
 @_token_option
 @_json_option
@@ -248,7 +370,9 @@ def req() -> None:
 @req.command("submit")
 @click.argument("req_number")
 @click.option("--title", default="", help="Short title.")
-@click.option("--priority", default="P2", show_default=True, help="P0 (urgent) to P3.")
+@click.option(
+    "--priority", default="P2", show_default=True, help="P0 (urgent) to P3; 2 or p2 also do."
+)
 @click.option("--owner", default=None)
 @click.option("--requirement", "requirements", multiple=True, help="One requirement line; repeat.")
 @_token_option
@@ -375,7 +499,12 @@ def _instructions(value: str | None) -> str | dict[str, Any] | None:
 
 @req.command("retry")
 @click.argument("req_number")
-@click.option("--stage", default=None, help="An earlier stage to restart from (index or agent).")
+@click.option(
+    "--stage",
+    default=None,
+    help="An earlier stage to restart from (index or agent), or a follow-up to run again"
+    " on a finished REQ (tim).",
+)
 @_reason_option
 @_instructions_option
 @_wait_option
@@ -392,7 +521,8 @@ def req_retry(
     token: str | None,
     as_json: bool,
 ) -> None:
-    """Run the current stage again (or restart from an earlier --stage)."""
+    """Run the current stage again (or restart from an earlier --stage, or
+    re-run a follow-up such as --stage tim: the REQ stays DEPLOYED)."""
     fields = {"stage": stage, "reason": reason, "instructions": _instructions(instructions)}
     _act(ctx, req_number, "retry", fields, token, wait, as_json)
 

@@ -93,7 +93,7 @@ def search(
     """Search memories for TEXT: ranked results with their scores and the mode used."""
     from orchestrator import ctl
 
-    url = ctl.discover_url(ctx.obj["url"])
+    found = ctl.target(ctx, token)
     query: dict[str, Any] = {"q": text, "limit": limit, "mode": mode}
     if agents:
         query["agent"] = ",".join(agents)
@@ -106,9 +106,12 @@ def search(
     if min_similarity is not None:
         query["min_similarity"] = min_similarity
     path = "/api/memory/search?" + urllib.parse.urlencode(query)
-    status, body = ctl._call(url, "GET", path, token=token or ctl.local_token(url), timeout=60)
+    status, body = ctl._call(found.url, "GET", path, token=found.token, timeout=60)
     if status >= 300:
-        click.echo(f"agogctl: {body.get('error', status)}", err=True)
+        error = str(body.get("error", status))
+        if status in (401, 403):
+            error = ctl.auth_hint(status, error)
+        click.echo(f"agogctl: {error}", err=True)
         sys.exit(3 if status in (502, 503, 504) else 5 if status in (401, 403) else 1)
     if as_json:
         click.echo(json.dumps(body, indent=2))

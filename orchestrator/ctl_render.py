@@ -142,7 +142,10 @@ def stamp(value: Any) -> str:
 
 
 def priority(value: Any) -> str:
-    return f"P{value}" if isinstance(value, int) else str(value)
+    """The API answers "P2"; an older agogd answered 2: shown the same way."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"P{value}"
+    return "-" if value is None else str(value)
 
 
 def cell_text(cell: Mapping[str, Any], paint: Painter) -> str:
@@ -242,7 +245,7 @@ def req_detail(body: Mapping[str, Any], paint: Painter, events: int = 20) -> lis
                     str(d.get("status") or "-")
                     + (f" ({d['verdict']})" if d.get("verdict") else ""),
                     clock(d.get("received_at")),
-                    _short(d.get("summary")),
+                    _short(d.get("summary")) + _copies(d.get("copies")),
                 ]
             )
         lines += table(rows, "  ")
@@ -293,6 +296,11 @@ def req_detail(body: Mapping[str, Any], paint: Painter, events: int = 20) -> lis
             )
         lines += table(rows, "  ")
     return lines
+
+
+def _copies(copies: Any) -> str:
+    """A notice received more than once is listed once, with how often it came."""
+    return f"  (received {copies}x)" if isinstance(copies, int) and copies > 1 else ""
 
 
 def _attempt_style(status: str) -> str | None:

@@ -43,13 +43,25 @@ class Daemon:
     """One agogd process: owns NATS, Postgres, the HTTP endpoint and services."""
 
     def __init__(
-        self, settings: Settings, pipeline: Pipeline | None = None, *, engine: bool = True
+        self,
+        settings: Settings,
+        pipeline: Pipeline | None = None,
+        *,
+        engine: bool = True,
+        any_http_port: bool = False,
     ) -> None:
+        """``any_http_port``: if AGOG_HTTP_PORT is taken, listen on a free port
+        instead of failing (for a runner whose port nobody chose)."""
         self.settings = settings
         self.pipeline = pipeline or settings.load_pipeline()
         self.readiness = Readiness()
         self.states = StateLog()
-        self.http = HttpServer(build_app(self.readiness), settings.http_host, settings.http_port)
+        self.http = HttpServer(
+            build_app(self.readiness),
+            settings.http_host,
+            settings.http_port,
+            any_port=any_http_port,
+        )
         self.nc: NATS | None = None
         self.pool: asyncpg.Pool | None = None
         self.publisher: Publisher | None = None  # set by the outbox relay
@@ -85,12 +97,23 @@ class Daemon:
             self.stopping.set()
 
     async def run(self, handle_signals: bool = True) -> int:
-        """Run until SIGTERM/SIGINT (or request_stop); returns the exit code."""
+        """Run until SIGTERM/SIGINT (or request_stop); returns the exit code.
+
+        Raises HttpBindError, before anything else starts, when the HTTP port
+        cannot be listened on: the caller reports it in one line.
+        """
         loop = asyncio.get_running_loop()
+        await self.http.start()
         signals = (signal.SIGTERM, signal.SIGINT) if handle_signals else ()
         for sig in signals:
             loop.add_signal_handler(sig, self.request_stop, sig.name)
-        await self.http.start()
+        if self.http.wanted_port is not None:
+            log.warning(
+                "http.port_in_use",
+                port=self.http.wanted_port,
+                http=self.http.url,
+                hint="AGOG_HTTP_PORT is not set, so a free port was taken; set it to choose one",
+            )
         log.info(
             "agogd.starting", http=self.http.url, stages=[s.agent for s in self.pipeline.stages]
         )

@@ -36,10 +36,8 @@ def _previous_ports(endpoints: Path) -> dict[str, int]:
         return {}
 
 
-def _choose_port(name: str, previous: dict[str, int], wanted: int | None = None) -> int:
-    if wanted == 0:
-        return free_port()
-    for candidate in (wanted, previous.get(name), PREFERRED_PORTS[name]):
+def _choose_port(name: str, previous: dict[str, int]) -> int:
+    for candidate in (previous.get(name), PREFERRED_PORTS[name]):
         if candidate and port_is_free(candidate):
             return candidate
     return free_port()
@@ -88,7 +86,12 @@ def run_dev(settings: Settings) -> int:
     lock_fd = _lock(data_dir)
     endpoints_file = data_dir / "endpoints.json"
     previous = _previous_ports(endpoints_file)
-    http_wanted = settings.http_port if "AGOG_HTTP_PORT" in os.environ else None
+    # AGOG_HTTP_PORT, when set, is used as it is (0: any free port): taken, it
+    # is a one-line error naming it, never a silent move to another port.
+    if "http_port" in settings.model_fields_set:
+        http_port = settings.http_port
+    else:
+        http_port = _choose_port("http", previous)
     nats = NatsServer(data_dir / "nats", port=_choose_port("nats", previous))
     postgres = PostgresServer(data_dir / "postgres", port=_choose_port("postgres", previous))
     try:
@@ -100,7 +103,7 @@ def run_dev(settings: Settings) -> int:
                 "nats_url": [nats.url],
                 "postgres_dsn": type(settings.postgres_dsn)(postgres.dsn()),
                 "postgres_password": None,
-                "http_port": _choose_port("http", previous, http_wanted),
+                "http_port": http_port,
                 "api_token": settings.api_token or SecretStr(dev_token(data_dir)),
                 "infra_data_dirs": settings.infra_data_dirs
                 or [str(nats.data_dir), str(postgres.data_dir)],

@@ -6,6 +6,8 @@ The status API (orchestrator.api) adds its routes to the same app.
 
 from __future__ import annotations
 
+import errno
+import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -87,21 +89,76 @@ def add_board(app: web.Application) -> None:
     app.router.add_get("/board/{name}", board_asset)
 
 
-class HttpServer:
-    """Runs the aiohttp app on host:port (port 0 picks a free one)."""
+class HttpBindError(RuntimeError):
+    """The HTTP endpoint cannot listen; the message is one line naming the
+    setting to change (AGOG_HTTP_PORT or AGOG_HTTP_HOST)."""
 
-    def __init__(self, app: web.Application, host: str, port: int) -> None:
+
+def bind_problem(host: str, port: int, exc: OSError) -> str:
+    """Why host:port cannot be listened on, as one line naming the setting."""
+    where = f"{host}:{port}"
+    if exc.errno == errno.EADDRINUSE:
+        return (
+            f"AGOG_HTTP_PORT: {where} is already in use (by another agogd, such as"
+            " `agogd dev`?); stop it, or set AGOG_HTTP_PORT to a free port (0 picks one)"
+        )
+    if exc.errno == errno.EACCES:
+        return (
+            f"AGOG_HTTP_PORT: binding {where} is not permitted; set AGOG_HTTP_PORT to a port"
+            " above 1023 (0 picks a free one)"
+        )
+    reason = exc.strerror or str(exc)
+    if isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL:
+        return (
+            f"AGOG_HTTP_HOST: cannot listen on {where}: {reason}; set AGOG_HTTP_HOST to an"
+            " address of this host (127.0.0.1, or 0.0.0.0 for all)"
+        )
+    return f"AGOG_HTTP_HOST/AGOG_HTTP_PORT: cannot listen on {where}: {reason}"
+
+
+class HttpServer:
+    """Runs the aiohttp app on host:port (port 0 picks a free one).
+
+    With ``any_port`` a port found in use is not an error: a free one is taken
+    instead, and ``wanted_port`` keeps the one asked for (``agogd runner``,
+    whose port nobody chose, beside an ``agogd dev`` that holds the default).
+    """
+
+    def __init__(
+        self, app: web.Application, host: str, port: int, *, any_port: bool = False
+    ) -> None:
         self.app, self.host, self.port = app, host, port
+        self.any_port = any_port
+        self.wanted_port: int | None = None
         self._runner = web.AppRunner(app, access_log=None)
 
     async def start(self) -> str:
+        """Listen; raises HttpBindError (one line, no traceback) if it cannot."""
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
-        await site.start()
+        try:
+            try:
+                await self._listen(self.port)
+            except OSError as exc:
+                if not (self.any_port and self.port and exc.errno == errno.EADDRINUSE):
+                    raise
+                self.wanted_port = self.port
+                await self._listen(0)
+        except OSError as exc:
+            await self._runner.cleanup()
+            raise HttpBindError(bind_problem(self.host, self.port, exc)) from None
+        return self.url
+
+    async def _listen(self, port: int) -> None:
+        site = web.TCPSite(self._runner, self.host, port)
+        try:
+            await site.start()
+        except OSError:
+            await site.stop()  # a site that never listened must not stay in the runner
+            raise
         server = site._server
+        self.port = port
         if server is not None and server.sockets:  # type: ignore[union-attr]
             self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        return self.url
 
     @property
     def url(self) -> str:

@@ -9,7 +9,15 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 
 from orchestrator import store, strict_json
 from orchestrator.memory import capture
@@ -39,6 +47,14 @@ def parse_priority(value: object) -> int:
     if text.strip().lower() in _PRIORITY_WORDS:
         return _PRIORITY_WORDS[text.strip().lower()]
     raise ValueError(f"priority {text!r} is not P0..P3")
+
+
+def priority_label(value: object) -> object:
+    """0..3 as "P0".."P3", the one form agogd shows (Postgres keeps the number,
+    which orders dispatch); anything else is returned as it is."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 3:
+        return f"P{value}"
+    return value
 
 
 class Requirement(BaseModel):
@@ -74,6 +90,11 @@ class Requirement(BaseModel):
     @classmethod
     def _priority(cls, value: Any) -> int:
         return parse_priority(value)
+
+    @field_serializer("priority")
+    def _priority_out(self, value: int) -> str:
+        # Stored as given back by the API: "P2", like every other output.
+        return f"P{value}"
 
     @field_validator("requirements", mode="before")
     @classmethod
@@ -146,7 +167,7 @@ async def submit(
             req.req_number,
             "workflow.queued",
             reason=f"from {source}",
-            detail={"priority": req.priority},
+            detail={"priority": priority_label(req.priority)},
         )
         if memory is not None:
             draft = capture.requirement(req.req_number, req.title, req.requirements, req.owner)

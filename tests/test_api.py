@@ -126,7 +126,8 @@ async def test_list_filters_and_full_history(
         assert [s["agent"] for s in everything["stages"]] == [*SEVEN, "tim"]
         rows = {r["req_number"]: r for r in everything["reqs"]}
         done, waiting = rows["REQ-API-1"], rows["REQ-API-2"]
-        assert (done["status"], done["priority"], done["finished"]) == ("DEPLOYED", 1, True)
+        assert (done["status"], done["priority"], done["finished"]) == ("DEPLOYED", "P1", True)
+        assert waiting["priority"] == "P0"
         assert [c["state"] for c in done["stages"]] == ["done"] * 8
         assert (waiting["current_stage"], waiting["current_agent"]) == (2, "roy")
         assert [c["state"] for c in waiting["stages"]] == ["done", "done", "running"] + [
@@ -182,6 +183,56 @@ async def test_list_filters_and_full_history(
         assert status == 404 and _is_error(body, "not_found") and "REQ-NOPE-1" in body["error"]
         status, body = await api.get("/api/reqs/REQ-a.b")
         assert status == 400 and _is_error(body, "bad_request")
+
+
+async def test_priority_is_one_form_out_and_any_form_in(
+    nats_server: NatsServer, pg_dsn: str
+) -> None:
+    """agogctl shows and takes "P2": the API answers the same form everywhere
+    (rows, filters, the stored requirement, the audit trail) and takes 2, "2",
+    "p2" or "P2" wherever a priority goes in. Postgres keeps the number."""
+    forms: dict[str, Any] = {
+        "REQ-PRI-INT": 2,
+        "REQ-PRI-TEXT": "2",
+        "REQ-PRI-LOWER": "p2",
+        "REQ-PRI-UPPER": "P2",
+        "REQ-PRI-URGENT": 0,
+    }
+    async with (
+        running_agogd(settings_for(nats_server.url, pg_dsn)) as daemon,
+        api_for(daemon) as api,
+    ):
+        for req, priority in forms.items():
+            status, body = await api.post("/api/reqs", {"req_number": req, "priority": priority})
+            assert status == 201, body
+
+        status, listing = await api.get("/api/reqs")
+        assert status == 200
+        shown = {r["req_number"]: r["priority"] for r in listing["reqs"]}
+        assert shown == {req: "P0" if req == "REQ-PRI-URGENT" else "P2" for req in forms}
+
+        for query in ("priority=2", "priority=p2", "priority=P2", "priority=P2,2"):
+            status, body = await api.get(f"/api/reqs?{query}")
+            assert status == 200, (query, body)
+            assert sorted(r["req_number"] for r in body["reqs"]) == sorted(
+                req for req in forms if req != "REQ-PRI-URGENT"
+            ), query
+            assert body["filters"]["priority"] == ["P2"], query
+        status, body = await api.get("/api/reqs?priority=0&priority=p2")
+        assert status == 200 and body["filters"]["priority"] == ["P0", "P2"]
+        assert body["total"] == len(forms)
+
+        status, history = await api.get("/api/reqs/REQ-PRI-INT")
+        assert status == 200
+        assert history["priority"] == "P2"
+        assert history["requirement"]["priority"] == "P2"
+        queued = next(e for e in history["events"] if e["kind"] == "workflow.queued")
+        assert queued["detail"]["priority"] == "P2"
+
+    rows = await _fetch(pg_dsn, "SELECT req_number, priority FROM workflow_state")
+    assert {r["req_number"]: r["priority"] for r in rows} == {
+        req: 0 if req == "REQ-PRI-URGENT" else 2 for req in forms
+    }
 
 
 async def test_submit_refuses_bad_input_and_bad_tokens(

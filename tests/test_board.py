@@ -112,6 +112,10 @@ async def test_board_follows_a_req_live(
         # Submitted through the API: its row appears and Cynthia starts, live.
         await submit(url, REQ, "Inventory API", "P1")
         await wait_cell(page, REQ, "cynthia", "running", attempt=1)
+        # The API's priority form, "P1", as agogctl shows it.
+        prio = f"document.querySelector('tr[data-req=\"{REQ}\"] .prio')"
+        assert await page.evaluate(f"{prio}.textContent") == "P1"
+        assert await page.evaluate(f"{prio}.classList.contains('p1')") is True
         assert await state_of(page, REQ, "sylvia") == "waiting"
         elapsed = f"{cell(REQ, 'cynthia')}.querySelector('.elapsed').textContent"
         first = await page.evaluate(elapsed)

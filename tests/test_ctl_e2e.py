@@ -15,12 +15,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 from nats.aio.client import Client as NATS
 
 from orchestrator.embedded import NatsServer
 from tests.agents import (
     PIPELINE,
     ScriptedAgents,
+    deliverable_subject,
     happy,
     notice,
     running_agogd,
@@ -28,6 +30,7 @@ from tests.agents import (
     wait_stage,
     wait_status,
 )
+from tests.daemon_proc import DaemonProcess
 
 AGOGCTL = str(Path(sys.executable).parent / "agogctl")
 SEVEN = ["cynthia", "sylvia", "roy", "jen", "billy", "priya", "berry"]
@@ -329,3 +332,185 @@ async def test_finding_agogd_and_exit_codes(
             assert denied.returncode == 5 and "bearer token" in denied.stderr, args
         shown = await ctl(url, "req", "show", "REQ-FIND-1")
         assert shown.returncode == 0 and "REQ-FIND-1" in shown.stdout
+
+
+async def _history_at_least(dsn: str, req: str, count: int) -> bool:
+    """Whether deliverable_history holds ``count`` rows of the REQ yet."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        sql = "SELECT count(*) FROM deliverable_history WHERE req_number = $1"
+        return int(await conn.fetchval(sql, req)) >= count
+    finally:
+        await conn.close()
+
+
+async def _until(check: Any, what: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not await check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+async def test_show_lists_a_notice_delivered_twice_once(
+    nats_server: NatsServer, nc: NATS, pg_dsn: str
+) -> None:
+    """deliverable_history keeps every message, so an agent that publishes its
+    notice twice (no Nats-Msg-Id, two stream messages) left it there twice:
+    `req show` listed it twice. Each distinct notice is shown once, with how
+    often it came; notices that differ are all kept."""
+    req = "REQ-DUP-1"
+    await ScriptedAgents(nc, lambda a: None).start()  # the test is every agent
+    async with running_agogd(settings_for(nats_server.url, pg_dsn)) as daemon:
+        url = daemon.http.url
+        assert (await ctl(url, "req", "submit", req)).returncode == 0
+        await wait_stage(pg_dsn, req, 0)
+        js = nc.jetstream()
+        research = json.dumps(notice("cynthia", req, summary="stock levels researched"))
+        for _ in range(2):
+            await js.publish(deliverable_subject("cynthia", req), research.encode())
+        await wait_stage(pg_dsn, req, 1)
+        await _until(lambda: _history_at_least(pg_dsn, req, 2), "both copies in history")
+        critique = notice("sylvia", req, summary="looks sound")
+        await js.publish(deliverable_subject("sylvia", req), json.dumps(critique).encode())
+        await wait_stage(pg_dsn, req, 2)
+        await _until(lambda: _history_at_least(pg_dsn, req, 3), "sylvia's notice in history")
+
+        raw = await ctl(url, "req", "show", req, "--json")
+        assert raw.returncode == 0, raw.stderr
+        deliverables = json.loads(raw.stdout)["deliverables"]
+        assert [(d["agent"], d["summary"], d["copies"]) for d in deliverables] == [
+            ("cynthia", "stock levels researched", 2),
+            ("sylvia", "looks sound", 1),
+        ]
+        first = deliverables[0]
+        assert first["received_at"] <= first["last_received_at"]
+
+        shown = await ctl(url, "req", "show", req)
+        assert shown.returncode == 0, shown.stderr
+        section = shown.stdout.split("deliverables\n", 1)[1].split("\n\n", 1)[0]
+        rows = [line.split()[0] for line in section.splitlines()[1:]]
+        assert rows == ["cynthia", "sylvia"], section
+        assert "stock levels researched  (received 2x)" in section
+
+
+async def test_priorities_read_P2_and_go_in_any_form(nats_server: NatsServer, pg_dsn: str) -> None:
+    """The API answered priority 2 where agogctl shows P2: now P2 everywhere,
+    and --priority takes 2, p2 or P2 (submit and the status filter)."""
+    async with running_agogd(settings_for(nats_server.url, pg_dsn)) as daemon:
+        url = daemon.http.url
+        for req, given in (("REQ-PRI-1", "2"), ("REQ-PRI-2", "p1"), ("REQ-PRI-3", "P0")):
+            done = await ctl(url, "req", "submit", req, "--priority", given)
+            assert done.returncode == 0, done.stderr
+        raw = await ctl(url, "status", "--json")
+        assert raw.returncode == 0, raw.stderr
+        rows = {r["req_number"]: r["priority"] for r in json.loads(raw.stdout)["reqs"]}
+        assert rows == {"REQ-PRI-1": "P2", "REQ-PRI-2": "P1", "REQ-PRI-3": "P0"}
+        grid = await ctl(url, "status")
+        assert [_row(grid.stdout, req).split()[1] for req in sorted(rows)] == ["P2", "P1", "P0"]
+        for given in ("2", "p2", "P2"):
+            only = await ctl(url, "status", "--priority", given, "--json")
+            assert only.returncode == 0, only.stderr
+            body = json.loads(only.stdout)
+            assert [r["req_number"] for r in body["reqs"]] == ["REQ-PRI-1"], given
+            assert body["filters"]["priority"] == ["P2"]
+        shown = await ctl(url, "req", "show", "REQ-PRI-2", "--json")
+        detail = json.loads(shown.stdout)
+        assert (detail["priority"], detail["requirement"]["priority"]) == ("P1", "P1")
+        human = await ctl(url, "req", "show", "REQ-PRI-2")
+        assert human.stdout.splitlines()[0].split()[:3] == ["REQ-PRI-2", "IN_PROGRESS", "P1"]
+
+
+def _bare_env(**extra: str) -> dict[str, str]:
+    """No AGOG_* at all: what a new terminal has."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGOG_")}
+    env.pop("FORCE_COLOR", None)
+    return {**env, **extra}
+
+
+async def bare(cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """agogctl run from ``cwd`` with only the given AGOG_* variables."""
+    return await asyncio.to_thread(
+        subprocess.run,
+        [AGOGCTL, *args],
+        capture_output=True,
+        text=True,
+        env=_bare_env(**env),
+        cwd=cwd,
+        timeout=60,
+        check=False,
+    )
+
+
+def _one_line(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, stderr
+    return lines[0]
+
+
+async def test_data_dir_of_agogd_dev_and_messages_that_say_what_to_set(tmp_path: Path) -> None:
+    """After `scripts/dev --data-dir DIR`, agogctl looked in ./.agogd only and
+    its errors named neither AGOG_DATA_DIR nor where the token is. It takes
+    --data-dir (or AGOG_DATA_DIR), and each error names what would fix it."""
+    data_dir = tmp_path / "elsewhere"
+    elsewhere = tmp_path / "a-checkout"  # the operator's cwd: no .agogd in it
+    elsewhere.mkdir()
+    dev = DaemonProcess({"AGOG_HTTP_PORT": "0"}, ("dev", "--data-dir", str(data_dir))).start()
+    try:
+        dev.wait_for(
+            lambda: any(line.startswith("agogd dev ready:") for line in dev.lines), 60, "ready"
+        )
+        url = json.loads((data_dir / "endpoints.json").read_text())["http_url"]
+
+        lost = await bare(elsewhere, "status")
+        assert lost.returncode == 2
+        message = _one_line(lost.stderr)
+        assert f"no endpoints.json in {elsewhere / '.agogd'}" in message, message
+        for name in ("--data-dir", "AGOG_DATA_DIR", "AGOG_URL"):
+            assert name in message, (name, message)
+
+        found = await bare(elsewhere, "--data-dir", str(data_dir), "status", "--json")
+        assert found.returncode == 0, found.stderr
+        assert json.loads(found.stdout)["reqs"] == []
+        # Actions use DIR/api_token, agogd dev's own token: no AGOG_API_TOKEN needed.
+        submitted = await bare(elsewhere, "--data-dir", str(data_dir), "req", "submit", "REQ-DD-1")
+        assert submitted.returncode == 0, submitted.stderr
+        assert submitted.stdout.strip() == "REQ-DD-1: submitted"
+        via_env = await bare(elsewhere, "req", "submit", "REQ-DD-2", AGOG_DATA_DIR=str(data_dir))
+        assert via_env.returncode == 0 and "submitted" in via_env.stdout, via_env.stderr
+        ready = await bare(elsewhere, "--data-dir", str(data_dir), "ready")
+        assert ready.returncode == 0 and ready.stdout.startswith("ready"), ready.stderr
+
+        # A --data-dir with no agogd dev in it says which one it read.
+        empty = tmp_path / "empty"
+        missing = await bare(elsewhere, "--data-dir", str(empty), "status")
+        assert missing.returncode == 2
+        message = _one_line(missing.stderr)
+        assert f"no endpoints.json in {empty}" in message and "agogd dev --data-dir" in message
+
+        # AGOG_URL alone finds agogd, but not its token: say where it is.
+        tokenless = await bare(elsewhere, "req", "cancel", "REQ-DD-1", AGOG_URL=url)
+        assert tokenless.returncode == 5
+        message = _one_line(tokenless.stderr)
+        for name in ("AGOG_API_TOKEN", "--data-dir", "DIR/api_token"):
+            assert name in message, (name, message)
+        wrong = await bare(
+            elsewhere, "req", "cancel", "REQ-DD-1", AGOG_URL=url, AGOG_API_TOKEN="wrong"
+        )
+        assert wrong.returncode == 5
+        assert "the token from AGOG_API_TOKEN was refused" in _one_line(wrong.stderr)
+        # With AGOG_URL and the data dir, the token is found again.
+        both = await bare(
+            elsewhere,
+            "--data-dir",
+            str(data_dir),
+            "req",
+            "cancel",
+            "REQ-DD-1",
+            "--wait",
+            "0",
+            AGOG_URL=url,
+        )
+        assert both.returncode == 0, both.stderr
+        assert "Traceback" not in lost.stderr + missing.stderr + tokenless.stderr
+    finally:
+        dev.stop()

@@ -201,9 +201,7 @@ async def test_metrics_after_reqs_flow(nats_server: NatsServer, nc: NATS, pg_dsn
     # Her critique's one rejection, not her runner's failure: that is a failure.
     assert delta(after, before, "agogd_stage_rejections_total", agent="sylvia") == 1
     assert delta(after, before, "agogd_stage_rejections_total", agent="billy") == 0
-    assert (
-        delta(after, before, "agogd_stage_failures_total", agent="sylvia", outcome="FAILED") == 1
-    )
+    assert delta(after, before, "agogd_stage_failures_total", agent="sylvia", outcome="FAILED") == 1
     assert delta(after, before, "agogd_stage_retries_total", agent="sylvia", kind="retry") == 1
     assert delta(after, before, "agogd_stage_retries_total", agent="cynthia", kind="rework") == 1
     assert delta(after, before, "agogd_escalations_total", priority="NEEDS_HUMAN_DECISION") == 1

@@ -68,6 +68,7 @@
     return Number.isNaN(d.getTime()) ? String(iso) : d.toLocaleString();
   }
   function prio(value) {
+    // The API answers "P2"; an agogd from before it did answered 2.
     if (value === null || value === undefined) return "";
     return typeof value === "number" ? `P${value}` : String(value);
   }
