@@ -5,7 +5,8 @@ current row in Postgres, with the same parser the engine uses
 (``messages.parse_decision``) and the pure ``workflow.apply``: a malformed body
 is a 400, an unknown REQ a 404, and an action the state machine refuses (retry
 a finished REQ) a 409 with its reason. Only then is it published on
-``agog.strategic.decisions.<REQ>`` with ``Nats-Msg-Id: api-decision:<REQ>:<id>``.
+``agog.strategic.decisions.<REQ>``, signed (``orchestrator.decision_auth``), with
+``Nats-Msg-Id: api-decision:<REQ>:<id>:<tag>``.
 The engine applies it through its durable consumer, exactly as a decision
 from Claude or a human on NATS; the API never writes workflow state itself.
 
@@ -49,7 +50,7 @@ from aiohttp import web
 from nats.errors import Error as NatsError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from orchestrator import api_views, store
+from orchestrator import api_views, decision_auth, store
 from orchestrator.api_common import (
     ApiError,
     daemon_of,
@@ -291,12 +292,18 @@ async def _publish(request: web.Request, req: str, decision_id: str, data: bytes
     if nc is None or not nc.is_connected:
         raise ApiError(503, "agogd is not connected to NATS; the action was not published")
     subject = daemon.pipeline.subject("decision", req=req)
+    key = decision_auth.signing_key(daemon.settings.api_token)
+    if key is None:  # require_token let the call through: there is a token
+        raise ApiError(503, "no API token is set; decisions cannot be signed")
     try:
         return await nc.jetstream().publish(
             subject,
             data,
             timeout=5,
-            headers={"Nats-Msg-Id": f"api-decision:{req}:{decision_id}"},
+            headers={
+                "Nats-Msg-Id": decision_auth.msg_id(key, req, decision_id),
+                decision_auth.HEADER: decision_auth.sign(key, data),
+            },
         )
     except (NatsError, OSError, TimeoutError) as exc:
         raise ApiError(

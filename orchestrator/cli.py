@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
 import click
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 from pydantic_settings import SettingsError
 
-from orchestrator import logs
+from orchestrator import logs, nats_auth
 from orchestrator.registry import RegistryError
 from orchestrator.settings import ENV_PREFIX, Settings, describe_error, load_settings
 
@@ -128,7 +129,7 @@ def runner(agents: str | None, demo: bool) -> None:
     overrides: dict[str, Any] = {"runner_agents": agents or "all"}
     if demo:
         overrides["demo"] = True
-    settings = settings_or_exit(**overrides)
+    settings = _same_host_nats(settings_or_exit(**overrides))
     chosen = "http_port" in settings.model_fields_set  # AGOG_HTTP_PORT, or in .env
     sys.exit(run_daemon(settings, engine=False, any_http_port=not chosen))
 
@@ -178,6 +179,87 @@ def memory_reembed(yes: bool) -> None:
     )
 
 
+def _same_host_nats(settings: Settings) -> Settings:
+    """Beside `agogd dev` on this machine, with no NATS credentials given: use
+    agogd's from its data dir (mode 0600, so only its owner can), as agogctl
+    uses its API token: no set-up on the same machine."""
+    from orchestrator.dev import nats_credentials_file
+
+    given = settings.nats_user or settings.nats_token or settings.nats_creds_file
+    path = nats_credentials_file(settings.data_dir.resolve())
+    if given or not path.is_file():
+        return settings
+    try:
+        password = json.loads(path.read_text())[nats_auth.AGOGD]
+    except (OSError, ValueError, KeyError):
+        return settings
+    return settings.model_copy(
+        update={"nats_user": nats_auth.AGOGD, "nats_password": SecretStr(password)}
+    )
+
+
+@main.command("nats-creds")
+@click.argument("name")
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="The `agogd dev` data dir whose credentials to read (default ./.agogd, AGOG_DATA_DIR).",
+)
+@click.option("--url", default=None, help="The NATS URL to write (default: agogd dev's).")
+def nats_creds(name: str, data_dir: Path | None, url: str | None) -> None:
+    """Print the NATS credentials of one identity (an agent such as cynthia,
+    strategic or operator), with what it may publish and subscribe to.
+
+    Secret: redirect it to a file only its user can read, e.g.
+    `agogd nats-creds roy > roy.env && chmod 600 roy.env`.
+    """
+    from orchestrator.dev import nats_credentials_file
+
+    settings = settings_or_exit(**({"data_dir": data_dir} if data_dir else {}))
+    found = {ident.name: ident for ident in nats_auth.identities(settings.load_pipeline())}
+    if name not in found:
+        fail_config(f"no NATS identity {name!r}; known: {', '.join(found)}")
+    path = nats_credentials_file(settings.data_dir.resolve())
+    try:
+        passwords = json.loads(path.read_text())
+    except (OSError, ValueError):
+        fail_config(f"no credentials in {path}: run `agogd dev` (with that --data-dir) first")
+    if name not in passwords:
+        fail_config(f"{path} has no password for {name}: restart `agogd dev` to make one")
+    if url is None:
+        try:
+            url = json.loads((path.parent / "endpoints.json").read_text())["nats_url"]
+        except (OSError, ValueError, KeyError):
+            url = settings.nats_url[0]
+    click.echo(nats_auth.creds_text(found[name], passwords[name], url), nl=False)
+
+
+@main.command("nats-auth-config")
+@click.option(
+    "--credentials",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="JSON file of identity -> password; made (0600) when missing, completed when short.",
+)
+@click.option(
+    "--agogd-password-env",
+    default="NATS_AGOGD_PASSWORD",
+    show_default=True,
+    help="agogd's password is read by nats-server from this environment variable.",
+)
+def nats_auth_config(credentials: Path, agogd_password_env: str) -> None:
+    """Print the nats-server authorization block for this pipeline (the compose
+    stack's NATS includes it): every identity, its password and allow lists."""
+    if not re.fullmatch(r"[A-Z_][A-Z0-9_]*", agogd_password_env):
+        fail_config("--agogd-password-env must be an environment variable name")
+    settings = settings_or_exit()
+    found = nats_auth.identities(settings.load_pipeline())
+    passwords = nats_auth.load_or_create(credentials, [i.name for i in found])
+    passwords[nats_auth.AGOGD] = f"${agogd_password_env}"
+    click.echo(nats_auth.authorization_block(found, passwords), nl=False)
+
+
 @main.command("check-config")
 def check_config() -> None:
     """Validate settings and the pipeline file, then exit."""
@@ -185,7 +267,7 @@ def check_config() -> None:
     pipeline = settings.load_pipeline()
     click.echo(
         f"ok: {len(pipeline.stages)} stages, {len(pipeline.streams)} streams, "
-        f"nats={','.join(settings.nats_url)} postgres={settings.public_dsn()}"
+        f"nats={settings.public_nats_urls()} postgres={settings.public_dsn()}"
     )
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import click
 from pydantic import SecretStr
 
-from orchestrator import logs
+from orchestrator import logs, nats_auth
 from orchestrator.daemon import Daemon
 from orchestrator.embedded import EmbeddedError, NatsServer, PostgresServer
 from orchestrator.embedded.procs import free_port, port_is_free
@@ -62,6 +62,12 @@ def _lock(data_dir: Path) -> int:
     return fd
 
 
+def nats_credentials_file(data_dir: Path) -> Path:
+    """Every NATS identity's password for this data dir (mode 0600): agogd's,
+    and the agents' that `agogd nats-creds AGENT` prints."""
+    return data_dir / "nats-credentials.json"
+
+
 def dev_token(data_dir: Path) -> str:
     """The local API token of this data dir: made once, readable by its owner only,
     so that `agogctl` on the same machine can act without any set-up."""
@@ -92,7 +98,18 @@ def run_dev(settings: Settings) -> int:
         http_port = settings.http_port
     else:
         http_port = _choose_port("http", previous)
-    nats = NatsServer(data_dir / "nats", port=_choose_port("nats", previous))
+    # NATS authentication on by default: each identity of the registry with
+    # its own password and allow lists (orchestrator.nats_auth); agogd is one.
+    pipeline = settings.load_pipeline()
+    found = nats_auth.identities(pipeline)
+    creds = nats_auth.load_or_create(
+        nats_credentials_file(data_dir), [ident.name for ident in found]
+    )
+    nats = NatsServer(
+        data_dir / "nats",
+        port=_choose_port("nats", previous),
+        extra_config=nats_auth.authorization_block(found, creds),
+    )
     postgres = PostgresServer(data_dir / "postgres", port=_choose_port("postgres", previous))
     try:
         log.info("dev.starting_servers", data_dir=str(data_dir))
@@ -101,6 +118,8 @@ def run_dev(settings: Settings) -> int:
         run_settings = settings.model_copy(
             update={
                 "nats_url": [nats.url],
+                "nats_user": nats_auth.AGOGD,
+                "nats_password": SecretStr(creds[nats_auth.AGOGD]),
                 "postgres_dsn": type(settings.postgres_dsn)(postgres.dsn()),
                 "postgres_password": None,
                 "http_port": http_port,
@@ -119,6 +138,7 @@ def run_dev(settings: Settings) -> int:
                 "data_dir": str(data_dir),
                 "ports": {"nats": nats.port, "postgres": postgres.port, "http": d.http.port},
                 "api_token_file": str(data_dir / "api_token"),
+                "nats_credentials_file": str(nats_credentials_file(data_dir)),
                 "pid": os.getpid(),
             }
             write_endpoints(endpoints_file, endpoints)

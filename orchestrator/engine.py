@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import asyncpg
 from nats.aio.msg import Msg
 
-from orchestrator import intake, metrics, store, strict_json
+from orchestrator import decision_auth, intake, metrics, store, strict_json
 from orchestrator.batch import BatchedConnection
 from orchestrator.effects import EffectRunner, deployment
 from orchestrator.logs import bound_context, get_logger
@@ -89,6 +89,8 @@ class Engine:
         # Deliverable memory (orchestrator.memory): rows and recall, no network call.
         self.memory = getattr(daemon, "memory", None)
         self.wake_dispatcher = asyncio.Event()
+        # What the API signs its decisions with (orchestrator.decision_auth).
+        self.signing_key = decision_auth.signing_key(daemon.settings.api_token)
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -355,16 +357,26 @@ class Engine:
             new, effects = apply(self.pipeline, locked.wf, decision_msg.to_event())
         except DecisionRejected as exc:
             raise Rejected("decision_not_applicable", str(exc), req) from None
+        # The document as parsed, not the raw bytes: a BOM, UTF-16 or a
+        # duplicate key hiding a NUL passed the parser but not jsonb, and the
+        # decision was redelivered in a loop.
+        payload = strict_json.loads(msg.data)
+        if not decision_auth.is_signed(self.signing_key, msg.headers, msg.data):
+            payload, claimed = decision_auth.unclaimed(payload)
+            if payload.get("claimed_source") == "api" or "decision_id" in claimed:
+                log.warning(
+                    "decision.unsigned_claim",
+                    req_number=req,
+                    claimed=claimed,
+                    note="only agogd's API may set source and decision_id: kept as claimed_*",
+                )
         await conn.execute(
             "INSERT INTO strategic_decisions (req_number, decision, reasoning, payload,"
             " applied_at) VALUES ($1, $2, $3, $4::jsonb, now())",
             req,
             decision_msg.decision,
             decision_msg.reasoning,
-            # The document as parsed, not the raw bytes: a BOM, UTF-16 or a
-            # duplicate key hiding a NUL passed the parser but not jsonb, and
-            # the decision was redelivered in a loop.
-            store.dumps(strict_json.loads(msg.data)),
+            store.dumps(payload),
         )
         await self._commit(conn, new, effects, locked)
         resolution = decision_msg.decision

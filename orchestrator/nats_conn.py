@@ -14,6 +14,7 @@ from typing import Any
 import nats
 from nats.aio.client import Client as NATS
 
+from orchestrator import nats_auth
 from orchestrator.backoff import delays
 from orchestrator.logs import get_logger
 from orchestrator.settings import Settings, redact_url
@@ -46,6 +47,9 @@ def connect_options(settings: Settings) -> dict[str, Any]:
         "allow_reconnect": True,
         "max_reconnect_attempts": -1,
         "reconnect_time_wait": 1,
+        # Inboxes of agogd's own: the generated authorization lets nobody else
+        # subscribe to them (pull deliveries and JetStream API answers).
+        "inbox_prefix": nats_auth.AGOGD_INBOX,
     }
     if settings.nats_user:
         opts["user"] = settings.nats_user

