@@ -20,10 +20,12 @@ GET      /api/memory/search          read     hybrid recall over the deliverable
 =======  ==========================  =======  ==================================
 
 *token*: ``Authorization: Bearer <AGOG_API_TOKEN>``; without a configured
-token, actions are refused (403) rather than left open. *read*: open, unless
-``AGOG_API_READ_AUTH`` is true; then every GET under ``/api/`` needs the
-token as well, as the header or ``?token=`` (an ``EventSource`` cannot send
-headers). /healthz, /readyz and /metrics stay open.
+token, actions are refused (403) rather than left open. *read*: open on
+loopback, unless ``AGOG_API_READ_AUTH`` is true (its default when
+``AGOG_HTTP_HOST`` is beyond loopback); then every GET under ``/api/`` needs
+the token as well, as the header or ``?token=`` (an ``EventSource`` cannot
+send headers). /healthz, /readyz and /metrics stay open. A request whose
+``Host`` agogd does not know is a 421 (orchestrator.http_guard).
 
 Errors are always JSON, ``{"error": "...", "code": "..."}``: 400 malformed,
 401 missing or wrong token, 403 no token configured, 404 unknown REQ or
@@ -42,7 +44,7 @@ from typing import TYPE_CHECKING
 import asyncpg
 from aiohttp import web
 
-from orchestrator import api_actions, api_events, api_memory, api_views, intake
+from orchestrator import api_actions, api_events, api_memory, api_views, http_guard, intake
 from orchestrator.api_common import (
     DAEMON_KEY,
     ApiError,
@@ -133,12 +135,13 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
 
 @web.middleware
 async def read_auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """With AGOG_API_READ_AUTH, GETs under /api/ need the token too."""
+    """With AGOG_API_READ_AUTH (by default whenever agogd listens beyond
+    loopback), GETs under /api/ need the token too."""
     if (
         request.method in ("GET", "HEAD")
         and request.path.startswith("/api/")
         and request.path not in OPEN_PATHS
-        and daemon_of(request).settings.api_read_auth
+        and daemon_of(request).settings.reads_need_token()
     ):
         problem = token_problem(request, allow_query=True)
         if problem is not None:
@@ -224,7 +227,13 @@ async def infra_report(request: web.Request) -> web.Response:
 
 def install(app: web.Application, daemon: Daemon) -> None:
     app[DAEMON_KEY] = daemon
+    settings = daemon.settings
+    allowed = http_guard.AllowedHosts.build(settings.http_host, settings.http_allowed_hosts)
+    # Outermost first: errors as JSON, the Host check (before anything is read
+    # or answered), the body deadline, then the read token.
     app.middlewares.insert(0, errors_middleware)
+    app.middlewares.insert(1, http_guard.host_middleware(allowed))
+    app.middlewares.insert(2, http_guard.body_timeout_middleware(settings.http_body_timeout))
     app.middlewares.append(read_auth_middleware)
     app.router.add_get("/api/reqs", list_reqs)
     app.router.add_post("/api/reqs", submit_req)

@@ -30,8 +30,10 @@ CODES = {
     403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
+    408: "request_timeout",
     409: "conflict",
     413: "too_large",
+    421: "misdirected_request",
     500: "internal",
     503: "unavailable",
 }
@@ -99,7 +101,11 @@ def token_problem(request: web.Request, allow_query: bool = False) -> ApiError |
     if token is None:
         return ApiError(403, "actions are disabled: set AGOG_API_TOKEN")
     given = given_token(request, allow_query)
-    if not given or not hmac.compare_digest(given.encode(), token.get_secret_value().encode()):
+    # surrogatepass: aiohttp decodes header bytes that are not UTF-8 (a Latin-1
+    # token, say) to lone surrogates, which a plain encode() refused with a 500.
+    sent = given.encode("utf-8", "surrogatepass")
+    wanted = token.get_secret_value().encode("utf-8", "surrogatepass")
+    if not given or not hmac.compare_digest(sent, wanted):
         return ApiError(401, "a valid bearer token is required")
     return None
 

@@ -2,9 +2,10 @@
 
 agogd subscribes (core NATS, no durable: a live view needs no replay) to
 ``agog.orchestration.events.>``, ``agog.strategic.escalations.>`` and
-``agog.strategic.decisions.>`` for each client, and writes every message as
-one SSE event. The subscription is dropped as soon as the client goes away
-(or agogd stops).
+``agog.strategic.decisions.>`` while any client is connected (one set of
+subscriptions for all of them, ``EventHub``), and writes every message as one
+SSE event to each client that wants it. The subscriptions are dropped when
+the last client goes away (or agogd stops).
 
 Query parameters:
 
@@ -58,14 +59,26 @@ eventType                                    status
 ``infra.*``, ``infra_report.*``              the message's own ``status``, if any
 ===========================================  ====================================
 
-Two control events may appear: ``lagged`` (``{"dropped": n}``: a slow client
-missed n events; refetch ``/api/reqs``) and ``bye`` (agogd is stopping; an
-``EventSource`` reconnects by itself after ``retry``).
+Every event is bounded: a string longer than ``FIELD_MAX`` bytes of JSON
+(``reason``, a summary, the subject...) keeps its head and ends with
+``…[cut: N bytes]`` (N: the UTF-8 bytes left out); past ``EXTRA_FIELDS_MAX``
+extra fields, or ``EVENT_MAX`` bytes in all, further fields are left out and
+``fields_cut`` says how many. A message is parsed and encoded once, however
+many clients see it.
+
+Control events: ``lagged`` (``{"dropped": n}``: a slow client missed n events;
+refetch ``/api/reqs``); ``dropped`` (``{"reason": ..., "budget": bytes}``: the
+client fell more than ``AGOG_EVENTS_CLIENT_BUDGET`` bytes behind, so agogd let
+go of its queue and closes the stream; reconnect and refetch); and ``bye``
+(agogd is stopping; an ``EventSource`` reconnects by itself after ``retry``).
+A client that does not take its final event within ``DROP_GRACE`` seconds is
+disconnected outright.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import re
@@ -78,7 +91,10 @@ from aiohttp import web
 from orchestrator import store, strict_json
 from orchestrator.api_common import ApiError, daemon_of
 from orchestrator.api_views import REWORK_REASONS
+from orchestrator.logs import get_logger
 from orchestrator.notices import validate_req_id
+
+log = get_logger("agogd.api.events")
 
 EVENTS = "agog.orchestration.events"
 ESCALATIONS = "agog.strategic.escalations"
@@ -87,6 +103,18 @@ SUBJECTS = (f"{EVENTS}.>", f"{ESCALATIONS}.>", f"{DECISIONS}.>")
 QUEUE_MAX = 10_000
 DEFAULT_PING = 15.0
 RETRY_MS = 3000
+# Bounds of one event (see the module docstring): a 9 MiB summary must not
+# become a 9 MiB event queued once per client.
+FIELD_MAX = 1024
+KIND_MAX = 64
+KEY_MAX = 64
+EXTRA_FIELDS_MAX = 32
+EVENT_MAX = 16 * 1024
+_MARKER_ROOM = 48  # JSON of "…[cut: 10485760 bytes]", with room to spare
+DROP_GRACE = 15.0
+# nats-py buffers a subscription's messages until its callback takes them;
+# its default (128 MiB each) is too much for a view.
+SUB_PENDING_BYTES = 32 * 1024 * 1024
 
 STATUS_OF = {
     "stage.started": "running",
@@ -103,19 +131,138 @@ STATUS_OF = {
     "message.rejected": "rejected",
 }
 _SKIP = {"reqNumber", "stageIndex", "agentId", "payload_excerpt"}
+CORE = (
+    "eventType",
+    "subject",
+    "req_number",
+    "stage",
+    "stage_index",
+    "agent",
+    "attempt",
+    "status",
+    "reason",
+    "timestamp",
+)
 _NAME = re.compile(r"[^A-Za-z0-9_.-]")
 
 
 @dataclass(eq=False)
 class Stream:
-    """One connected client, for bookkeeping (``EVENT_STREAMS_KEY``)."""
+    """One connected client: its filter, its queue of SSE-encoded events and
+    the bytes they hold (``EVENT_STREAMS_KEY`` lists the live ones)."""
 
     reqs: frozenset[str] | None
-    subscriptions: list[Any] = field(default_factory=list)
+    heartbeats: bool = False
+    budget: int = 4 * 1024 * 1024
+    transport: Any = None
+    queue: collections.deque[bytes] = field(default_factory=collections.deque)
+    queued_bytes: int = 0
+    lagged: int = 0
     sent: int = 0
+    overflow: str | None = None
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    overflowed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def wants(self, kind: str, req: str | None) -> bool:
+        if kind == "stage.heartbeat" and not self.heartbeats:
+            return False
+        return self.reqs is None or req in self.reqs
+
+    def behind(self) -> int:
+        """Bytes waiting for this client: its queue and what the socket has not sent."""
+        buffered = 0
+        if self.transport is not None:
+            with contextlib.suppress(Exception):
+                buffered = self.transport.get_write_buffer_size()
+        return self.queued_bytes + buffered
+
+    def offer(self, data: bytes) -> None:
+        """Queue one event; past the byte budget, give up on this client."""
+        if self.overflow is not None:
+            return
+        if self.behind() + len(data) > self.budget:
+            self.overflow = (
+                f"this client fell more than {self.budget} bytes behind the live events"
+                " (AGOG_EVENTS_CLIENT_BUDGET); reconnect and refetch /api/reqs"
+            )
+            self.queue.clear()  # the memory goes now, not when the client reads
+            self.queued_bytes = 0
+            self.wake.set()
+            self.overflowed.set()
+            return
+        if len(self.queue) >= QUEUE_MAX:
+            self.lagged += 1
+        else:
+            self.queue.append(data)
+            self.queued_bytes += len(data)
+        self.wake.set()
+
+    def take(self) -> bytes | None:
+        if not self.queue:
+            return None
+        data = self.queue.popleft()
+        self.queued_bytes -= len(data)
+        return data
 
 
 EVENT_STREAMS_KEY = web.AppKey("event_streams", set)
+
+
+class EventHub:
+    """One set of NATS subscriptions shared by every SSE client, made with the
+    first client and dropped with the last: each message is parsed, bounded
+    and encoded once, then offered to each client that wants it."""
+
+    def __init__(self, clients: set[Stream]) -> None:
+        self.clients = clients
+        self._subs: list[Any] = []
+        self._lock = asyncio.Lock()
+
+    async def join(self, nc: Any, client: Stream) -> None:
+        """Subscribe if nobody is yet (flushed: the server has the interest
+        before the client is told it is ready), then add the client."""
+        async with self._lock:
+            if not self._subs:
+                try:
+                    for subject in SUBJECTS:
+                        self._subs.append(
+                            await nc.subscribe(
+                                subject,
+                                cb=self._on_message,
+                                pending_bytes_limit=SUB_PENDING_BYTES,
+                            )
+                        )
+                    await nc.flush(timeout=5)
+                except BaseException:
+                    await self._unsubscribe()
+                    raise
+            self.clients.add(client)
+
+    async def leave(self, client: Stream) -> None:
+        self.clients.discard(client)
+        async with self._lock:
+            if not self.clients:
+                await self._unsubscribe()
+
+    async def _unsubscribe(self) -> None:
+        subs, self._subs = self._subs, []
+        for sub in subs:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    async def _on_message(self, msg: Any) -> None:
+        if not self.clients:
+            return
+        event = to_event(msg.subject, msg.data)
+        kind, req = event["eventType"], event["req_number"]
+        data: bytes | None = None
+        for client in list(self.clients):
+            if client.wants(kind, req):
+                data = data or sse(kind, event)
+                client.offer(data)
+
+
+HUB_KEY = web.AppKey("event_hub", EventHub)
 
 
 def _safe_req(value: object) -> str | None:
@@ -132,13 +279,59 @@ def event_type(subject: str, payload: dict[str, Any]) -> str:
         return "decision"
     declared = payload.get("eventType")
     if isinstance(declared, str) and declared:
-        return _NAME.sub("_", declared)
+        return _NAME.sub("_", declared[:KIND_MAX])
     tokens = subject.removeprefix(EVENTS + ".").split(".")
-    return _NAME.sub("_", ".".join(tokens[:2]))
+    return _NAME.sub("_", ".".join(tokens[:2]))[:KIND_MAX]
+
+
+def _json_width(ch: str) -> int:
+    """Bytes one character takes in ``json.dumps`` (ASCII-only) output."""
+    code = ord(ch)
+    if ch in '"\\\b\f\n\r\t':
+        return 2
+    if 0x20 <= code < 0x7F:
+        return 1
+    return 6 if code <= 0xFFFF else 12
+
+
+def _utf8_len(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+
+
+def cut(text: str, limit: int = FIELD_MAX) -> str:
+    """``text``, or its head and ``…[cut: N bytes]`` when its JSON would take
+    more than ``limit`` bytes (N: the UTF-8 bytes left out)."""
+    if len(text) * 12 <= limit:
+        return text  # fits however it is escaped
+    room, size, kept = limit - _MARKER_ROOM, 0, 0
+    for ch in text[:limit]:  # no character takes less than one byte
+        size += _json_width(ch)
+        if size > limit:
+            break
+        if size <= room:
+            kept += 1
+    else:
+        if len(text) <= limit:
+            return text  # the whole text fits after all
+    head = text[:kept]
+    return f"{head}…[cut: {_utf8_len(text) - _utf8_len(head)} bytes]"
+
+
+def _bounded(value: Any) -> Any:
+    if isinstance(value, str):
+        return cut(value)
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 1 << 63:
+        return cut(str(value))  # a 4,000-digit integer is text, and long
+    return value
+
+
+def _width(value: Any) -> int:
+    return len(json.dumps(value, default=str))
 
 
 def to_event(subject: str, data: bytes) -> dict[str, Any]:
-    """One NATS message as the SSE event's data (see the module docstring)."""
+    """One NATS message as the SSE event's data (see the module docstring),
+    every field bounded so that the event fits in ``EVENT_MAX`` bytes."""
     try:
         # strict_json: deep nesting is a ValueError, not a RecursionError that
         # escaped this NATS callback and lost the event (and any NaN is refused).
@@ -173,11 +366,29 @@ def to_event(subject: str, data: bytes) -> dict[str, Any]:
         event["status"] = event["reason"]
     if kind == "escalation" and event["stage_index"] is None and isinstance(event["stage"], int):
         event["stage_index"], event["stage"] = event["stage"], None
+    for key, value in event.items():
+        if value is None or isinstance(value, str | int | float | bool):
+            event[key] = _bounded(value)
+        elif _width(value) > FIELD_MAX:  # a big object where a scalar belongs
+            event[key] = cut(json.dumps(value, default=str))
+    size, left_out = _width(event), 0
     for key, value in payload.items():
         if key in event or key in _SKIP:
             continue
-        if value is None or isinstance(value, str | int | float | bool):
-            event[key] = value
+        if not (value is None or isinstance(value, str | int | float | bool)):
+            continue  # lists and objects are left out, as documented
+        if len(key) > KEY_MAX or len(event) >= len(CORE) + EXTRA_FIELDS_MAX:
+            left_out += 1
+            continue
+        value = _bounded(value)
+        extra = _width(key) + _width(value) + 2
+        if size + extra > EVENT_MAX:
+            left_out += 1
+            continue
+        event[key] = value
+        size += extra
+    if left_out:
+        event["fields_cut"] = left_out
     return event
 
 
@@ -201,7 +412,7 @@ def _options(request: web.Request) -> tuple[frozenset[str] | None, bool, float]:
         ping = float(raw_ping)
     except ValueError:
         raise ApiError(400, f"ping={raw_ping!r} is not a number of seconds") from None
-    if not 1 <= ping <= 60:
+    if not 1 <= ping <= 60:  # NaN fails this too
         raise ApiError(400, "ping must be between 1 and 60 seconds")
     return reqs, heartbeats, ping
 
@@ -211,31 +422,84 @@ def _closing(request: web.Request) -> bool:
     return transport is None or transport.is_closing()
 
 
+async def _pump(
+    request: web.Request, response: web.StreamResponse, stream: Stream, ping: float
+) -> None:
+    """Write the client's queue out, with keep-alives, until agogd stops, the
+    client leaves or falls past its budget (``_drop`` then has the last word:
+    the overflow is checked right before every write)."""
+    daemon = daemon_of(request)
+    last_write = time.monotonic()
+    while not daemon.stopping.is_set() and not _closing(request):
+        data = stream.take()
+        if data is None and not stream.lagged and stream.overflow is None:
+            stream.wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.5):
+                    await stream.wake.wait()
+            data = stream.take()
+        if stream.overflow is not None:
+            return
+        if stream.lagged:
+            lagged, stream.lagged = stream.lagged, 0
+            await response.write(sse("lagged", {"dropped": lagged}))
+            if stream.overflow is not None:
+                return
+        if data is not None:
+            await response.write(data)
+            stream.sent += 1
+            last_write = time.monotonic()
+        elif time.monotonic() - last_write >= ping:
+            await response.write(f": keep-alive {store.now_iso()}\n\n".encode())
+            last_write = time.monotonic()
+    if daemon.stopping.is_set() and not _closing(request) and stream.overflow is None:
+        await response.write(sse("bye", {"reason": "agogd is stopping"}))
+
+
+def _peer(request: web.Request) -> str:
+    peer = None
+    if request.transport is not None:
+        peer = request.transport.get_extra_info("peername")
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        return f"{peer[0]}:{peer[1]}"
+    return str(request.remote)
+
+
+async def _drop(request: web.Request, response: web.StreamResponse, stream: Stream) -> None:
+    """Tell an over-budget client why (its last event), then end the stream.
+    A client that does not take even that within DROP_GRACE is cut off: the
+    abort also ends the pump's write, which may be waiting on the same socket."""
+    log.warning(
+        "events.client_dropped", peer=_peer(request), budget=stream.budget, sent=stream.sent
+    )
+    transport = request.transport
+    if transport is None:
+        return
+    cutoff = asyncio.get_running_loop().call_later(DROP_GRACE, transport.abort)
+    try:
+        await response.write(sse("dropped", {"reason": stream.overflow, "budget": stream.budget}))
+        await response.write_eof()
+    except ConnectionError:
+        cutoff.cancel()
+    # Else the cutoff stays armed: closing waits for the last bytes to leave,
+    # and a client that stops reading now must not keep them for ever.
+
+
 async def events(request: web.Request) -> web.StreamResponse:
-    """Stream live events until the client leaves or agogd stops."""
+    """Stream live events until the client leaves, falls behind its byte
+    budget, or agogd stops."""
     daemon = daemon_of(request)
     reqs, heartbeats, ping = _options(request)
     nc = daemon.nc
     if nc is None or not nc.is_connected:
         raise ApiError(503, "agogd is not connected to NATS")
-    queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(QUEUE_MAX)
-    stream = Stream(reqs)
-    dropped = 0
-
-    async def on_message(msg: Any) -> None:
-        nonlocal dropped
-        event = to_event(msg.subject, msg.data)
-        if event["eventType"] == "stage.heartbeat" and not heartbeats:
-            return
-        if reqs is not None and event["req_number"] not in reqs:
-            return
-        try:
-            queue.put_nowait(event)
-        except asyncio.QueueFull:
-            dropped += 1
-
-    live: set[Stream] = request.app[EVENT_STREAMS_KEY]
-    live.add(stream)
+    hub = request.app[HUB_KEY]
+    stream = Stream(
+        reqs,
+        heartbeats=heartbeats,
+        budget=daemon.settings.events_client_budget,
+        transport=request.transport,
+    )
     response = web.StreamResponse(
         headers={
             "Content-Type": "text/event-stream; charset=utf-8",
@@ -243,42 +507,41 @@ async def events(request: web.Request) -> web.StreamResponse:
             "X-Accel-Buffering": "no",
         }
     )
+    response.force_close()  # the connection of an ended stream is not reused
+    pump: asyncio.Task[None] | None = None
     try:
-        for subject in SUBJECTS:
-            stream.subscriptions.append(await nc.subscribe(subject, cb=on_message))
-        await nc.flush(timeout=5)
+        await hub.join(nc, stream)
         await response.prepare(request)
         await response.write(f"retry: {RETRY_MS}\n\n".encode())
         hello = {"subjects": list(SUBJECTS), "req": sorted(reqs) if reqs else None}
         await response.write(sse("ready", {**hello, "heartbeats": heartbeats}))
-        last_write = time.monotonic()
-        while not daemon.stopping.is_set() and not _closing(request):
-            try:
-                event: dict[str, Any] | None = await asyncio.wait_for(queue.get(), 0.5)
-            except TimeoutError:
-                event = None
-            if dropped:
-                await response.write(sse("lagged", {"dropped": dropped}))
-                dropped = 0
-            if event is not None:
-                await response.write(sse(event["eventType"], event))
-                stream.sent += 1
-                last_write = time.monotonic()
-            elif time.monotonic() - last_write >= ping:
-                await response.write(f": keep-alive {store.now_iso()}\n\n".encode())
-                last_write = time.monotonic()
-        if daemon.stopping.is_set() and not _closing(request):
-            await response.write(sse("bye", {"reason": "agogd is stopping"}))
-    except ConnectionResetError:
+        pump = asyncio.create_task(_pump(request, response, stream, ping))
+        # The pump may sit in a write the client never reads: the overflow
+        # must not wait for it.
+        over = asyncio.create_task(stream.overflowed.wait())
+        try:
+            await asyncio.wait({pump, over}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            over.cancel()
+        if stream.overflow is not None:
+            await _drop(request, response, stream)
+        await asyncio.wait({pump})  # returns at its next step, or the cutoff ends it
+        pump.result()
+    except ConnectionError:
         pass  # the client went away mid-write
     finally:
-        for sub in stream.subscriptions:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
-        live.discard(stream)
+        if pump is not None and not pump.done():
+            pump.cancel()
+            await asyncio.wait({pump})
+        if pump is not None and pump.done() and not pump.cancelled():
+            pump.exception()  # retrieved: a reset client is no news
+        stream.queue.clear()
+        await hub.leave(stream)
     return response
 
 
 def install(app: web.Application) -> None:
-    app[EVENT_STREAMS_KEY] = set()
+    streams: set[Stream] = set()
+    app[EVENT_STREAMS_KEY] = streams
+    app[HUB_KEY] = EventHub(streams)
     app.router.add_get("/api/events", events)

@@ -21,6 +21,7 @@ from orchestrator.memory.recall import recall
 from orchestrator.notices import validate_req_id
 
 LIMIT_MAX = 100
+MAX_AGE_DAYS = 36_500  # a century: beyond it, leave the filter out
 
 
 def _names(raw: str) -> tuple[str, ...]:
@@ -54,8 +55,12 @@ def parse(query: web.MultiDictProxy[str]) -> tuple[str, Filters, int, str, float
     # NaN passes neither comparison: it is refused too.
     if min_similarity is not None and not -1.0 <= min_similarity <= 1.0:
         raise ApiError(400, "min_similarity must be a cosine similarity, between -1 and 1")
-    if max_age is not None and max_age <= 0:
-        raise ApiError(400, "max_age_days must be positive")
+    # Written so that NaN fails it (nan <= 0 is False: NaN, inf and 1e308 reached
+    # Postgres's interval arithmetic, a 500 with a traceback in the log).
+    if max_age is not None and not 0 < max_age <= MAX_AGE_DAYS:
+        raise ApiError(
+            400, f"max_age_days must be a number of days above 0, at most {MAX_AGE_DAYS}"
+        )
     if not 1 <= limit <= LIMIT_MAX:
         raise ApiError(400, f"limit must be between 1 and {LIMIT_MAX}")
     filters = Filters(

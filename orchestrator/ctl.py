@@ -20,6 +20,7 @@ import click
 
 from orchestrator import ctl_render
 from orchestrator.ctl_render import Painter
+from orchestrator.safe_text import neutralise, neutralise_data
 
 DEFAULT_DATA_DIR = Path(".agogd")
 
@@ -57,7 +58,7 @@ def data_dir_of(explicit: Path | None) -> tuple[Path, str]:
 
 
 def _usage(message: str) -> NoReturn:
-    click.echo(f"agogctl: {message}", err=True)
+    click.echo(f"agogctl: {neutralise(message)}", err=True)
     sys.exit(EXIT_USAGE)
 
 
@@ -242,7 +243,7 @@ def _target(ctx: click.Context, token: str | None) -> tuple[str, str | None]:
 
 def _unreachable(url: str, exc: BaseException) -> NoReturn:
     reason = getattr(exc, "reason", None) or exc
-    click.echo(f"agogctl: cannot reach agogd at {url}: {reason}", err=True)
+    click.echo(neutralise(f"agogctl: cannot reach agogd at {url}: {reason}"), err=True)
     sys.exit(EXIT_UNREACHABLE)
 
 
@@ -284,7 +285,7 @@ def _fail(status: int, body: dict[str, Any], as_json: bool = False) -> NoReturn:
     error = str(body.get("error", status))
     if status in (401, 403):
         error = auth_hint(status, error)
-    click.echo(f"agogctl: {error}", err=True)
+    click.echo(f"agogctl: {neutralise(error)}", err=True)  # errors quote what was sent
     sys.exit(exit_code(status))
 
 
@@ -293,8 +294,10 @@ def _painter() -> Painter:
 
 
 def _echo_lines(lines: list[str], paint: Painter) -> None:
-    # click strips ANSI codes off a non-terminal unless told (FORCE_COLOR)
-    click.echo("\n".join(lines), color=paint.enabled)
+    # click strips ANSI codes off a non-terminal unless told (FORCE_COLOR);
+    # only the painter's own colour codes pass (terminal_safe)
+    safe = [ctl_render.terminal_safe(line, paint.enabled) for line in lines]
+    click.echo("\n".join(safe), color=paint.enabled)
 
 
 # --- ready ---------------------------------------------------------------------------
@@ -315,9 +318,10 @@ def ready(ctx: click.Context, as_json: bool) -> None:
         click.echo(json.dumps(body, indent=2))
     else:
         checks = body.get("checks", {})
-        click.echo(
-            f"{body.get('status', 'unknown')}  " + "  ".join(f"{k}={v}" for k, v in checks.items())
+        line = f"{body.get('status', 'unknown')}  " + "  ".join(
+            f"{k}={v}" for k, v in checks.items()
         )
+        click.echo(neutralise(line))
     sys.exit(EXIT_OK if ok else EXIT_FAILED)
 
 
@@ -345,20 +349,25 @@ def status(
     query += [("status", s) for s in statuses] + [("stage", s) for s in stages]
     query += [("priority", p) for p in priorities]
     code, body = _call(url, "GET", "/api/reqs?" + urllib.parse.urlencode(query), token=token)
-    _show(code, body, as_json, lambda paint: ctl_render.status_grid(body, paint))
+    _show(code, body, as_json, ctl_render.status_grid)
 
 
 def _show(
-    code: int, body: dict[str, Any], as_json: bool, render: Callable[[Painter], list[str]]
+    code: int,
+    body: dict[str, Any],
+    as_json: bool,
+    render: Callable[[dict[str, Any], Painter], list[str]],
 ) -> None:
-    """An API answer: the error (with its exit code), the JSON, or the rendering."""
+    """An API answer: the error (with its exit code), the JSON (exactly the
+    API's data), or the rendering of it, every string in it neutralised first
+    (agents wrote titles, summaries and reasons: see orchestrator.safe_text)."""
     if code >= 300:
         _fail(code, body, as_json)
     if as_json:
         click.echo(json.dumps(body, indent=2))
         return
     paint = _painter()
-    _echo_lines(render(paint), paint)
+    _echo_lines(render(neutralise_data(body), paint), paint)
 
 
 # --- req -----------------------------------------------------------------------------
@@ -408,7 +417,8 @@ def req_submit(
     if as_json:
         click.echo(json.dumps(body, indent=2))
     else:
-        click.echo(f"{req_number}: {'submitted' if body.get('created') else 'already known'}")
+        done = "submitted" if body.get("created") else "already known"
+        click.echo(f"{neutralise(req_number)}: {done}")
 
 
 @req.command("show")
@@ -425,7 +435,7 @@ def req_show(
     url, token = _target(ctx, token)
     path = f"/api/reqs/{urllib.parse.quote(req_number, safe='')}"
     code, body = _call(url, "GET", path, token=token)
-    _show(code, body, as_json, lambda paint: ctl_render.req_detail(body, paint, events))
+    _show(code, body, as_json, lambda safe, paint: ctl_render.req_detail(safe, paint, events))
 
 
 def _act(
@@ -448,6 +458,7 @@ def _act(
     if as_json:
         click.echo(json.dumps(answer, indent=2))
         return
+    answer, req_number = neutralise_data(answer), neutralise(req_number)
     kind = answer.get("decision")
     if answer.get("outcome") == "applied":
         row = answer.get("req") or {}
@@ -608,7 +619,7 @@ def streams(ctx: click.Context, token: str | None, as_json: bool) -> None:
     """Every agog_* stream: messages, bytes, and each consumer's lag."""
     url, token = _target(ctx, token)
     code, body = _call(url, "GET", "/api/streams", token=token)
-    _show(code, body, as_json, lambda paint: ctl_render.streams_table(body, paint))
+    _show(code, body, as_json, ctl_render.streams_table)
 
 
 # --- tail ----------------------------------------------------------------------------
@@ -652,7 +663,8 @@ def tail(
                 if as_json:
                     click.echo(json.dumps({"event": event, **data}))
                 else:
-                    click.echo(ctl_render.event_line(event, data, paint), color=paint.enabled)
+                    line = ctl_render.event_line(neutralise(event), neutralise_data(data), paint)
+                    _echo_lines([line], paint)
                 seen += 1
                 if count and seen >= count:
                     return
@@ -714,7 +726,8 @@ def infra_report(ctx: click.Context, feature: str, token: str | None, as_json: b
     else:
         from workers.infra_render import render_text
 
-        click.echo(render_text(body))
+        text = render_text(neutralise_data(body))  # container logs, compose files...
+        click.echo("\n".join(neutralise(line) for line in text.split("\n")))
     sys.exit(EXIT_OK if body.get("published") and body.get("verdict") == "ok" else EXIT_FAILED)
 
 

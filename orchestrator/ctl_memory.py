@@ -9,11 +9,15 @@ from typing import Any
 
 import click
 
+from orchestrator.safe_text import excerpt, neutralise, neutralise_data
+
 EXCERPT = 160  # characters of a memory shown per result (the JSON has it all)
 
 
 def render(body: dict[str, Any]) -> list[str]:
-    """The human form: the mode, then one ranked block per result."""
+    """The human form: the mode, then one ranked block per result. Memories
+    are agents' text: every string is neutralised (orchestrator.safe_text)."""
+    body = neutralise_data(body)
     head = f"mode: {body.get('mode')}  provider: {body.get('provider')}"
     head += f"  results: {body.get('count', 0)}"
     if body.get("min_similarity"):
@@ -40,9 +44,7 @@ def render(body: dict[str, Any]) -> list[str]:
         )
         if item.get("title"):
             where += f' "{item["title"]}"'
-        content = " ".join(str(item.get("content") or "").split())
-        if len(content) > EXCERPT:
-            content = content[: EXCERPT - 1] + "…"
+        content = excerpt(str(item.get("content") or ""), EXCERPT)
         lines += [f"{rank:>3}. {scores}  {where}", f"     {content}"]
     return lines
 
@@ -111,9 +113,9 @@ def search(
         error = str(body.get("error", status))
         if status in (401, 403):
             error = ctl.auth_hint(status, error)
-        click.echo(f"agogctl: {error}", err=True)
+        click.echo(f"agogctl: {neutralise(error)}", err=True)
         sys.exit(3 if status in (502, 503, 504) else 5 if status in (401, 403) else 1)
     if as_json:
         click.echo(json.dumps(body, indent=2))
     else:
-        click.echo("\n".join(render(body)))
+        click.echo("\n".join(neutralise(line) for line in render(body)))

@@ -3,7 +3,9 @@
 Colours are used only when stdout is a TTY and ``NO_COLOR`` is unset
 (``FORCE_COLOR`` forces them, e.g. through ``less -R``). No dependency
 beyond the standard library: the API's JSON is the source, this only lays
-it out.
+it out. Agents wrote much of that JSON: agogctl neutralises every string in
+it before it is laid out, and ``terminal_safe`` lets no escape sequence but
+the painter's own colours reach the terminal.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import sys
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, TextIO
+
+from orchestrator.safe_text import excerpt, neutralise
 
 _CODES = {
     "bold": "1",
@@ -84,6 +88,18 @@ class Painter:
         if not self.enabled or not style or style not in _CODES:
             return text
         return f"\x1b[{_CODES[style]}m{text}\x1b[0m"
+
+
+def terminal_safe(line: str, colour: bool) -> str:
+    """A line as it may reach the terminal: every control character escaped
+    visibly, except (with colour on) the painter's own colour codes. The
+    safety net under the neutralised data: nothing else can move the cursor,
+    retitle the window or start a line."""
+    if not colour:
+        return neutralise(line)
+    parts = _ANSI.split(line)
+    codes = [*_ANSI.findall(line), ""]
+    return "".join(neutralise(part) + code for part, code in zip(parts, codes, strict=True))
 
 
 def visible_len(text: str) -> int:
@@ -187,8 +203,8 @@ def status_grid(body: Mapping[str, Any], paint: Painter) -> list[str]:
 
 
 def _short(text: Any, width: int = 70) -> str:
-    value = " ".join(str(text or "").split())
-    return value if len(value) <= width else value[: width - 1] + "…"
+    """A cell's excerpt of (neutralised) text, on one line."""
+    return excerpt(neutralise(str(text or "")), width)
 
 
 def req_detail(body: Mapping[str, Any], paint: Painter, events: int = 20) -> list[str]:

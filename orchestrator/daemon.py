@@ -61,6 +61,7 @@ class Daemon:
             settings.http_host,
             settings.http_port,
             any_port=any_http_port,
+            header_timeout=settings.http_header_timeout,
         )
         self.nc: NATS | None = None
         self.pool: asyncpg.Pool | None = None

@@ -333,6 +333,7 @@ class Engine:
             req = intake.parse_requirement(msg.data, self.settings.max_message_bytes)
         except intake.IntakeError as exc:
             raise Rejected(exc.reason, exc.message) from None
+        await self._check_quota(conn, req)
         created = await intake.submit(conn, req, "nats", self.memory)
         log.info(
             "intake.received",
@@ -342,6 +343,31 @@ class Engine:
         )
         conn.wake_dispatcher = True
         return "created" if created else "duplicate"
+
+    async def _check_quota(self, conn: BatchedConnection, req: intake.Requirement) -> None:
+        """A flood of P2/P3 intake stops at AGOG_INTAKE_MAX_PENDING waiting REQs:
+        further ones are refused, each with its reason. P0 and P1 are always
+        taken, and dispatch goes by priority, so a flood never starves them."""
+        limit = self.settings.intake_max_pending
+        if limit <= 0 or req.priority < 2:
+            return
+        waiting = await conn.fetchval(
+            "SELECT count(*) FROM (SELECT 1 FROM workflow_state WHERE status = 'PENDING'"
+            " AND priority >= 2 LIMIT $1) AS w",
+            limit,
+        )
+        if waiting < limit:
+            return
+        if await conn.fetchval(
+            "SELECT 1 FROM workflow_state WHERE req_number = $1", req.req_number
+        ):
+            return  # a duplicate: answered as one, not refused
+        raise Rejected(
+            "intake_quota",
+            f"{limit} P2/P3 REQs already wait (AGOG_INTAKE_MAX_PENDING); this"
+            f" {intake.priority_label(req.priority)} intake is refused, P0 and P1 are still taken",
+            req.req_number,
+        )
 
     # --- strategic decisions ---------------------------------------------------
     async def decision(self, conn: BatchedConnection, msg: Msg) -> str:

@@ -125,12 +125,27 @@ class HttpServer:
     """
 
     def __init__(
-        self, app: web.Application, host: str, port: int, *, any_port: bool = False
+        self,
+        app: web.Application,
+        host: str,
+        port: int,
+        *,
+        any_port: bool = False,
+        header_timeout: float = 20.0,
     ) -> None:
+        """``header_timeout``: seconds a connection has, from when it opens or
+        its last response ends, to send a complete request head; aiohttp's
+        keep-alive timer enforces it (its default, an hour, let slow-header
+        clients hold connections open)."""
         self.app, self.host, self.port = app, host, port
         self.any_port = any_port
         self.wanted_port: int | None = None
-        self._runner = web.AppRunner(app, access_log=None)
+        # lingering_time: after answering a request whose body did not all come
+        # (a 408, a 413), aiohttp reads on for this long so the client sees the
+        # answer; its default (10 s) let a trickling body hold on that long too.
+        self._runner = web.AppRunner(
+            app, access_log=None, keepalive_timeout=header_timeout, lingering_time=2.0
+        )
 
     async def start(self) -> str:
         """Listen; raises HttpBindError (one line, no traceback) if it cannot."""

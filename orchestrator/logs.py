@@ -2,7 +2,9 @@
 
 Context (``req_number``, ``stage``, ``agent``, ``msg_subject``) is bound with
 ``bound_context`` and rides on every line logged inside it. A redaction
-processor keeps anything that looks like a secret out of the output.
+processor keeps anything that looks like a secret out of the output. The
+console format escapes control characters in every value (agents' output
+and text are logged), so a log line can never drive the terminal.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from collections.abc import Iterator, MutableMapping
 from typing import Any
 
 import structlog
+
+from orchestrator.safe_text import neutralise
 
 CONTEXT_KEYS = ("req_number", "stage", "agent", "msg_subject")
 _SECRET_KEY = re.compile(r"pass(word)?|secret|token|creds|authorization|api_key", re.I)
@@ -33,6 +37,42 @@ def redact_secrets(
     return event_dict
 
 
+_LAYOUT_KEYS = frozenset({"exception", "stack"})  # multi-line by the renderer's own layout
+_COLUMNS = frozenset({"event", "timestamp", "level", "logger", "logger_name"})
+_QUOTED = frozenset(" \t=\r\n\"'")  # the console renderer quotes (reprs) such strings
+
+
+class _Shown(str):
+    """A value already quoted and made safe: the renderer prints it as it is."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return str.__str__(self)
+
+
+def neutralise_console(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """Escape control characters and bidi overrides in every key and value,
+    for the console renderer, which prints strings as they are: an agent's
+    output line with ESC ] 0; would retitle the operator's terminal, and one
+    with a newline would forge a log line. (JSON lines escape them already.)"""
+    items = list(event_dict.items())
+    event_dict.clear()
+    for key, value in items:
+        if key in _LAYOUT_KEYS and isinstance(value, str):
+            value = neutralise(value, keep_newlines=True)
+        elif key in _COLUMNS and isinstance(value, str):
+            value = neutralise(value)
+        elif isinstance(value, str) and not _QUOTED.intersection(value):
+            value = neutralise(value)
+        elif not (value is None or type(value) in (bool, int, float)):
+            value = _Shown(neutralise(repr(value)))  # what the renderer shows, escaped
+        event_dict[neutralise(key) if isinstance(key, str) else key] = value
+    return event_dict
+
+
 def configure(level: str = "info", fmt: str = "json") -> None:
     """Configure structlog and route stdlib logging (asyncio, nats) through it."""
     if fmt == "auto":
@@ -44,13 +84,16 @@ def configure(level: str = "info", fmt: str = "json") -> None:
         redact_secrets,
     ]
     renderer: Any
+    last: list[Any] = []
     if fmt == "console":
+        # colours (the renderer's own) only on a terminal; agents' text never
         renderer = structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty())
+        last = [neutralise_console]
     else:
         renderer = structlog.processors.JSONRenderer()
     numeric = logging.getLevelName(level.upper())
     structlog.configure(
-        processors=[*shared, structlog.processors.format_exc_info, renderer],
+        processors=[*shared, structlog.processors.format_exc_info, *last, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=structlog.PrintLoggerFactory(),  # follows sys.stdout
         cache_logger_on_first_use=False,
@@ -61,6 +104,7 @@ def configure(level: str = "info", fmt: str = "json") -> None:
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                 structlog.processors.format_exc_info,
+                *last,
                 renderer,
             ],
             foreign_pre_chain=[*shared, structlog.stdlib.ExtraAdder()],

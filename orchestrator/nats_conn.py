@@ -17,7 +17,8 @@ from nats.aio.client import Client as NATS
 from orchestrator import nats_auth
 from orchestrator.backoff import delays
 from orchestrator.logs import get_logger
-from orchestrator.settings import Settings, redact_url
+from orchestrator.redact import redact_text
+from orchestrator.settings import Settings
 from orchestrator.state_log import StateLog
 
 log = get_logger(__name__)
@@ -74,7 +75,7 @@ async def connect(
     stopping: Callable[[], bool] = lambda: False,
 ) -> NATS:
     """Connect, retrying with backoff until NATS answers; logs each change once."""
-    servers = ", ".join(redact_url(u) for u in settings.nats_url)
+    servers = ", ".join(redact_text(u) for u in settings.nats_url)  # user:***@host
 
     async def disconnected() -> None:
         # Draining at shutdown disconnects too; that is no cause for a warning.

@@ -6,7 +6,8 @@ fence inside free text (CRLF line ends included), with aliased keys, nested
 with regexes and took the first match, so nested JSON broke it and a rejection
 followed by an approval read as a rejection. Here the last notice wins, every
 variant seen in the wild is normalised, and every refusal carries a short
-machine reason. Pure logic: no I/O.
+machine reason. Pure logic: no I/O (but the warning ``parse_notice`` logs for
+a field it had to fix or drop).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import hashlib
 import json
 import re
 from collections.abc import Collection, Iterable, Mapping
+from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import (
@@ -27,7 +29,9 @@ from pydantic import (
 )
 
 from orchestrator import strict_json
+from orchestrator.logs import get_logger
 from orchestrator.notice_extract import NoNotice, extract_notice
+from orchestrator.safe_text import one_line
 
 __all__ = [
     "REQ_ID_MAX",
@@ -44,6 +48,8 @@ __all__ = [
     "parse_notice",
     "validate_req_id",
 ]
+
+log = get_logger("agogd.notices")
 
 # --- REQ ids ------------------------------------------------------------------
 REQ_ID_MAX = 64
@@ -176,6 +182,10 @@ _REWORK_KEYS = ("rework_agents", "send_back_to", "assign_to")
 REWORK_AGENTS = frozenset({"roy", "jen"})  # the agents QA may send work back to
 _ITEM_TEXT_KEYS = ("description", "issue", "title")
 _OPTIONAL_TEXT = ("deliverable", "commit_sha", "deployed_at", "deployed_by")
+# Berry's fields go into workflow_state and onto OWNER_REQUESTS.md lines.
+_COMMIT_SHA = re.compile(r"[0-9a-fA-F]{4,64}")
+DEPLOYED_BY_MAX = 120
+_DEPLOYED_AT_MAX = 64
 
 
 def _token(value: str) -> str:
@@ -380,6 +390,25 @@ class CompletionNotice(BaseModel):
             raise ValueError(f"attempt {value} is out of range")
         return value
 
+    @model_validator(mode="after")
+    def _deployment_fields(self) -> CompletionNotice:
+        """Berry's commit, deployer and time end up in workflow_state and on
+        OWNER_REQUESTS.md lines, where a second line (or an escape sequence)
+        would forge an entry or break every mirror pass. A value that cannot
+        stand there is fixed or dropped, and ``field_notes`` says so: refusing
+        the notice would leave a REQ whose deploy is done to time out."""
+        notes = _fix_deployment(self)
+        if notes:
+            assert self.__pydantic_extra__ is not None  # extra="allow"
+            self.__pydantic_extra__["field_notes"] = notes
+        return self
+
+    @property
+    def field_notes(self) -> dict[str, str]:
+        """The fields the parser fixed or dropped, and why (empty: none)."""
+        notes = (self.model_extra or {}).get("field_notes")
+        return dict(notes) if isinstance(notes, Mapping) else {}
+
     @property
     def qa_passed(self) -> bool:
         """QA passed: COMPLETE, no failed tests, and tests_passed not false (nor 0 with failures).
@@ -396,6 +425,41 @@ class CompletionNotice(BaseModel):
     def approved(self) -> bool:
         """The critique let the work through (conditions are carried as fixes)."""
         return self.critique_verdict in ("APPROVED", "APPROVED_WITH_CONDITIONS")
+
+
+def _fix_deployment(notice: CompletionNotice) -> dict[str, str]:
+    """Make commit_sha a hex sha (or nothing), deployed_by one plain line of
+    bounded length, deployed_at one short line; what changed, by field."""
+    notes: dict[str, str] = {}
+    if notice.commit_sha is not None:
+        sha = notice.commit_sha.strip()
+        if _COMMIT_SHA.fullmatch(sha):
+            notice.commit_sha = sha
+        else:
+            notes["commit_sha"] = (
+                f"dropped {_short(notice.commit_sha)}: not a hex commit sha of 4 to 64 characters"
+            )
+            notice.commit_sha = None
+    if notice.deployed_by is not None:
+        by = one_line(notice.deployed_by, DEPLOYED_BY_MAX)
+        if by != notice.deployed_by.strip():
+            notes["deployed_by"] = (
+                f"{_short(notice.deployed_by)} made one line without control characters,"
+                f" at most {DEPLOYED_BY_MAX} characters"
+            )
+        notice.deployed_by = by or None
+    if notice.deployed_at is not None:
+        at = notice.deployed_at.strip()
+        try:
+            datetime.fromisoformat(at)
+        except ValueError:
+            notes["deployed_at"] = (
+                f"{_short(notice.deployed_at)} is not an ISO 8601 timestamp:"
+                " the time agogd applies the notice is recorded"
+            )
+            at = one_line(at, _DEPLOYED_AT_MAX) or "unknown"  # still says it was deployed
+        notice.deployed_at = at
+    return notes
 
 
 def _fold_changes(d: dict[str, Any]) -> None:
@@ -597,6 +661,13 @@ def parse_notice(
         raise NoticeError(
             "wrong_schema",
             f"REQ mismatch: subject says {subject_req}, payload says {notice.req_number}",
+        )
+    if notice.field_notes:
+        log.warning(
+            "notice.fields_fixed",
+            req_number=notice.req_number,
+            agent=notice.agent,
+            fields=notice.field_notes,
         )
     return notice
 

@@ -38,6 +38,7 @@ __all__ = [
     "OwnerRequest",
     "OwnerRequestsFile",
     "changed_entries",
+    "check_update",
     "parse",
     "parse_report",
     "set_status",
@@ -397,6 +398,12 @@ def _check_args(status: str, extra: Mapping[str, str] | None) -> tuple[str, list
             raise ValueError(f"extra field {name!r} is not one agogd writes ({allowed})")
         extras.append((norm, _check_value(_AGOGD_NAMES[norm], value)))
     return status, extras
+
+
+def check_update(status: str, extra: Mapping[str, str] | None = None) -> None:
+    """Raise ValueError (or TypeError) if a status update would be refused,
+    so a caller can leave one bad update out instead of failing the batch."""
+    _check_args(status, extra)
 
 
 def _newline(text: str) -> str:

@@ -16,7 +16,13 @@ import asyncpg
 
 from orchestrator import intake
 from orchestrator.logs import get_logger
-from orchestrator.owner_requests import OwnerRequest, OwnerRequestsFile, changed_entries
+from orchestrator.owner_requests import (
+    OwnerRequest,
+    OwnerRequestsFile,
+    changed_entries,
+    check_update,
+)
+from orchestrator.safe_text import one_line
 
 if TYPE_CHECKING:
     from orchestrator.daemon import Daemon
@@ -133,8 +139,8 @@ async def _mirror_locked(conn: asyncpg.Connection, file: OwnerRequestsFile) -> i
         rows += await _drifted(conn, file, MIRROR_BATCH - len(rows))
     if not rows:
         return 0
-    updates = [(row["req_number"], *file_status(row)) for row in rows]
-    written = await asyncio.to_thread(file.update_statuses, updates)
+    updates = [u for row in rows if (u := _checked_update(row)) is not None]
+    written = await asyncio.to_thread(file.update_statuses, updates) if updates else set()
     await conn.executemany(
         "UPDATE workflow_state SET mirrored_status = $2 WHERE req_number = $1 AND status = $2",
         [(row["req_number"], row["status"]) for row in rows],
@@ -180,20 +186,57 @@ async def _drifted(
     return drifted
 
 
+def _checked_update(
+    row: Mapping[str, Any],
+) -> tuple[str, str, Mapping[str, str] | None] | None:
+    """The file update for one row, or None: an update the file would refuse
+    is left out (its extra lines first, then the entry), logged once (the row
+    is marked mirrored all the same), so one bad entry never stops the others."""
+    status, extra = file_status(row)
+    try:
+        check_update(status, extra)
+        return row["req_number"], status, extra
+    except (TypeError, ValueError) as exc:
+        problem = str(exc)
+    try:
+        check_update(status)
+    except (TypeError, ValueError) as exc:
+        log.warning(
+            "owner_requests.entry_skipped",
+            req_number=row["req_number"],
+            status=status,
+            error=str(exc),
+        )
+        return None
+    log.warning(
+        "owner_requests.extra_lines_skipped",
+        req_number=row["req_number"],
+        status=status,
+        error=problem,
+    )
+    return row["req_number"], status, None
+
+
 def file_status(row: Mapping[str, Any]) -> tuple[str, dict[str, str]]:
-    """The file's status for a workflow row, and the lines that go with it."""
+    """The file's status for a workflow row, and the lines that go with it.
+
+    Values are made one line without control characters: rows written before
+    notices were normalised (``CompletionNotice``) may hold anything."""
     status = FILE_STATUS.get(row["status"], row["status"])
     extra: dict[str, str] = {}
     if row["status"] == "COMPLETE" and row["commit_sha"]:
-        extra = {"Commit": row["commit_sha"]}
+        extra = {"Commit": _line(row["commit_sha"])}
     if row["status"] == "DEPLOYED":
         extra = {
             "Deployed At": row["deployed_at"].isoformat() if row["deployed_at"] else "",
-            "Commit": row["commit_sha"] or "",
-            "Deployed By": row["deployed_by"] or "",
+            "Commit": _line(row["commit_sha"]),
+            "Deployed By": _line(row["deployed_by"]),
         }
-        extra = {k: v for k, v in extra.items() if v}
-    return status, extra
+    return status, {k: v for k, v in extra.items() if v}
+
+
+def _line(value: str | None, limit: int = 120) -> str:
+    return one_line(value, limit) if value else ""
 
 
 async def watch(daemon: Daemon) -> None:

@@ -7,6 +7,7 @@ A bad value becomes one readable line naming the variable (see
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -17,6 +18,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from orchestrator import registry
 from orchestrator.memory.retention import Rule as MemoryRetention
 from orchestrator.memory.retention import check_kinds
+from orchestrator.redact import redact_text
 
 ENV_PREFIX = "AGOG_"
 
@@ -105,6 +107,12 @@ class Settings(BaseSettings):
         " attempt counts as published before its stage's current attempt only when JetStream"
         " stored it more than this before the attempt was assigned.",
     )
+    intake_max_pending: int = Field(
+        default=1000,
+        ge=0,
+        description="P2/P3 REQs that may wait (PENDING) before further P2/P3 intake on NATS is"
+        " refused (a flood); P0 and P1 are always taken. 0: no limit.",
+    )
     owner_requests_file: Path | None = Field(
         default=None, description="OWNER_REQUESTS.md to watch (intake) and mirror (status)."
     )
@@ -116,9 +124,10 @@ class Settings(BaseSettings):
     api_token: SecretStr | None = Field(
         default=None, description="Bearer token required for API actions (submit, decide...)."
     )
-    api_read_auth: bool = Field(
-        default=False,
-        description="GETs under /api/ need the token too (/healthz, /readyz, /metrics stay open).",
+    api_read_auth: bool | None = Field(
+        default=None,
+        description="GETs under /api/ need the token too (/healthz, /readyz, /metrics stay open);"
+        " unset: true when AGOG_HTTP_HOST is beyond loopback (see reads_need_token).",
     )
 
     # --- agent runner (off unless agents are listed, or demo) -------------
@@ -213,6 +222,16 @@ class Settings(BaseSettings):
     berry_release_tag: str = Field(
         default="", description="Tag template for a deployed REQ, e.g. 'release-{req}' ('' = none)."
     )
+    berry_git_hooks: bool = Field(
+        default=False,
+        description="Let the workspace repository's git hooks run on Berry's git commands"
+        " (off: agents can write hooks, and a hook is a command).",
+    )
+    berry_git_config: Path | None = Field(
+        default=None,
+        description="The only git config file outside the repository Berry's git reads"
+        " (GIT_CONFIG_GLOBAL; unset: none). Keep it out of the workspace.",
+    )
 
     # --- deliverable memory (recall for agents; see orchestrator/memory) ----
     memory_enabled: bool = Field(
@@ -282,6 +301,29 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console", "auto"] = "json"
 
+    # --- HTTP hardening (issue 15: rebinding, slow clients, live-event memory) ---
+    http_allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Host headers accepted besides the loopback names and a non-wildcard"
+        " AGOG_HTTP_HOST ('name' any port, 'name:port' that port; '*' any Host).",
+    )
+    http_header_timeout: float = Field(
+        default=20.0,
+        gt=0,
+        description="Seconds a connection gets to send a whole request head (also the idle"
+        " keep-alive limit between requests: above aiohttp clients' own 15 s, so that a"
+        " client never reuses a connection the server is closing).",
+    )
+    http_body_timeout: float = Field(
+        default=30.0, gt=0, description="Seconds a request gets to send its whole body."
+    )
+    events_client_budget: int = Field(
+        default=4 * 1024 * 1024,
+        ge=64 * 1024,
+        description="Bytes of live events (/api/events) one client may have waiting; past it"
+        " the client is sent a final 'dropped' event and disconnected.",
+    )
+
     # --- embedded default (agogd dev) ------------------------------------
     data_dir: Path = Path(".agogd")
 
@@ -293,6 +335,7 @@ class Settings(BaseSettings):
         "berry_compose_files",
         "berry_services",
         "berry_health_urls",
+        "http_allowed_hosts",
         mode="before",
     )
     @classmethod
@@ -306,6 +349,19 @@ class Settings(BaseSettings):
     def _split_paths(cls, value: Any) -> Any:
         if isinstance(value, str):
             return [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+    @field_validator("http_allowed_hosts")
+    @classmethod
+    def _check_hosts(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            if entry != "*":
+                from orchestrator.http_guard import BadHost, split_host
+
+                try:
+                    split_host(entry)
+                except BadHost as exc:
+                    raise ValueError(f"{exc}: use host, host:port, [ipv6]:port or *") from None
         return value
 
     @field_validator("nats_url", mode="before")
@@ -391,6 +447,30 @@ class Settings(BaseSettings):
         """The Postgres DSN safe to print: no password."""
         return redact_url(self.postgres_dsn.get_secret_value())
 
+    def public_nats_urls(self) -> str:
+        """The NATS URLs safe to print: no password or token in any of them."""
+        return ",".join(redact_url(u) for u in self.nats_url)
+
+    def reads_need_token(self) -> bool:
+        """Whether GETs under /api/ need the token: AGOG_API_READ_AUTH when set,
+        else only when the API listens beyond loopback (anyone who can reach a
+        wildcard or LAN address could read every REQ otherwise)."""
+        if self.api_read_auth is not None:
+            return self.api_read_auth
+        return not is_loopback_host(self.http_host)
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether a listen address reaches this machine only (127.0.0.0/8, ::1,
+    localhost); wildcards such as 0.0.0.0 and :: are not."""
+    name = host.strip().strip("[]").lower().rstrip(".")
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
 
 def redact_url(url: str) -> str:
     """Drop the password (and token-style user info) from a URL."""
@@ -408,7 +488,7 @@ def redact_url(url: str) -> str:
 def describe_error(exc: ValidationError | ValueError) -> str:
     """One line naming each offending variable, for the start-up error."""
     if not isinstance(exc, ValidationError):
-        return f"invalid settings: {exc}"
+        return redact_text(f"invalid settings: {exc}")
     parts = []
     for err in exc.errors():
         loc = [str(x) for x in err.get("loc", ()) if x != "__root__"]
@@ -418,7 +498,7 @@ def describe_error(exc: ValidationError | ValueError) -> str:
             parts.append(f"{name}: {message}")
         else:
             parts.append(message)
-    return "invalid settings: " + "; ".join(parts)
+    return redact_text("invalid settings: " + "; ".join(parts))
 
 
 def load_settings(**overrides: Any) -> Settings:

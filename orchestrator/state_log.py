@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from orchestrator.logs import get_logger
+from orchestrator.redact import redact_value
 
 log = get_logger("agogd.state")
 
@@ -24,6 +25,8 @@ class StateLog:
             return False
         previous = self._last.get(component, "").split(":", 1)[0] or None
         self._last[component] = key
+        # Details carry server lists and error texts: never a URL's password.
+        detail = {k: redact_value(v) for k, v in detail.items()}
         getattr(log, level)(f"{component}.{state}", previous=previous, **detail)
         return True
 

@@ -15,8 +15,10 @@ import aiohttp
 import asyncpg
 from nats.aio.client import Client as NATS
 from nats.js.api import AckPolicy, DeliverPolicy
+from pydantic import SecretStr
 from structlog.testing import capture_logs
 
+from orchestrator import decision_auth
 from orchestrator.api_events import EVENT_STREAMS_KEY
 from orchestrator.daemon import Daemon
 from orchestrator.embedded import NatsServer
@@ -385,7 +387,13 @@ async def test_actions_are_checked_then_applied_by_the_engine(
             "agog_strategic_decisions", "agog.strategic.decisions.REQ-ACT-1"
         )
         assert msg.headers is not None
-        assert msg.headers["Nats-Msg-Id"] == f"api-decision:REQ-ACT-1:{body['decision_id']}"
+        # Signed, and its key tagged with the same secret (orchestrator.decision_auth).
+        key = decision_auth.signing_key(SecretStr("test-token"))
+        assert key is not None
+        assert msg.headers["Nats-Msg-Id"] == decision_auth.msg_id(
+            key, "REQ-ACT-1", body["decision_id"]
+        )
+        assert decision_auth.is_signed(key, msg.headers, msg.data)
 
         # retry from an earlier stage: REQUEST_CHANGES back to Cynthia.
         status, body = await api.post("/api/reqs/REQ-ACT-2/retry?wait=10", {"stage": "cynthia"})

@@ -33,6 +33,7 @@ DUMMY = {
     "AGENT_DB_PASSWORD": "dummy-agent-db-pw-3f9a1c",
     "AGENT_DB_SUPERUSER_PASSWORD": "dummy-agent-db-super-pw-91d0e2",
     "NATS_AGOGD_PASSWORD": "dummy-nats-agogd-pw-5c3b7a",
+    "AGOG_API_TOKEN": "dummy-api-token-0e4f8b",
     "APP_DB_PASSWORD": "dummy-app-db-pw-7b2e4d",
 }
 
@@ -41,7 +42,12 @@ STACKS: dict[str, dict[str, Any]] = {
         "file": AGENTS_FILE,
         "network": "agogsaas_agents_network",
         "volume_prefix": "agogsaas_agents_",
-        "required": ["AGENT_DB_PASSWORD", "AGENT_DB_SUPERUSER_PASSWORD", "NATS_AGOGD_PASSWORD"],
+        "required": [
+            "AGENT_DB_PASSWORD",
+            "AGENT_DB_SUPERUSER_PASSWORD",
+            "NATS_AGOGD_PASSWORD",
+            "AGOG_API_TOKEN",
+        ],
         # (host ip, host port, container port) for each service.
         "ports": {
             "agent-postgres": {("127.0.0.1", "5434", 5432)},
@@ -68,6 +74,7 @@ STACKS: dict[str, dict[str, Any]] = {
                 "services.nats.environment.NATS_AGOGD_PASSWORD",
                 "services.agent-backend.environment.AGOG_NATS_PASSWORD",
             },
+            "AGOG_API_TOKEN": {"services.agent-backend.environment.AGOG_API_TOKEN"},
             "APP_DB_PASSWORD": set(),
         },
     },
@@ -90,6 +97,7 @@ STACKS: dict[str, dict[str, Any]] = {
             "AGENT_DB_PASSWORD": set(),
             "AGENT_DB_SUPERUSER_PASSWORD": set(),
             "NATS_AGOGD_PASSWORD": set(),
+            "AGOG_API_TOKEN": set(),
             "APP_DB_PASSWORD": {
                 "services.postgres.environment.POSTGRES_PASSWORD",
                 "services.backend.environment.DB_PASSWORD",

@@ -57,7 +57,8 @@ async def test_dev_runs_on_embedded_servers_and_keeps_data(tmp_path: Path) -> No
         with pytest.raises(Exception, match=r"(?i)authorization"):
             await nats.connect(endpoints["nats_url"], allow_reconnect=False)
         # An operator's credentials, printed by the documented command, look on.
-        creds = subprocess.run(
+        creds = await asyncio.to_thread(
+            subprocess.run,
             [str(Path(sys.executable).parent / "agogd"), "nats-creds", "operator",
              "--data-dir", str(data_dir)],
             capture_output=True, text=True, check=False, timeout=60,

@@ -332,3 +332,57 @@ async def test_the_compose_authorization_and_an_agents_creds_file_work_on_a_real
         assert unknown.returncode == 2 and "no NATS identity 'mallory'" in unknown.stderr
     finally:
         server.stop()
+
+
+async def test_an_intake_flood_is_capped_and_never_starves_p0(
+    nats_server: NatsServer, nc: NATS, pg_dsn: str
+) -> None:
+    """Twenty P3 intakes, then a P0, with room for three to wait: the rest are
+    refused with their reason, the P0 is taken and admitted first."""
+    import asyncpg
+
+    js = nc.jetstream()
+    settings = settings_for(nats_server.url, pg_dsn, intake_max_pending=3, max_in_flight=1)
+    async with running_agogd(settings):
+        for n in range(20):
+            body = {"req_number": f"REQ-FLOOD-{n}", "title": "flood", "priority": "P3"}
+            await js.publish("agog.requirements.new", json.dumps(body).encode())
+        p0 = {"req_number": "REQ-URGENT-1", "title": "urgent", "priority": "P0"}
+        await js.publish("agog.requirements.new", json.dumps(p0).encode())
+        conn = await asyncpg.connect(pg_dsn)
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                settled = await conn.fetchval(
+                    "SELECT count(*) FROM processed_messages WHERE stream = 'agog_requirements'"
+                    " AND outcome <> 'processing'"
+                )
+                if settled == 21:
+                    break
+                assert time.monotonic() < deadline, f"only {settled} intakes settled"
+                await asyncio.sleep(0.05)
+            rows = await conn.fetch("SELECT req_number, status FROM workflow_state")
+            refused = await conn.fetch(
+                "SELECT detail FROM processed_messages WHERE outcome = 'rejected'"
+            )
+            # At most three P3s wait (one more may have been admitted to the one
+            # slot before the others came); every other one was refused.
+            statuses = {r["req_number"]: r["status"] for r in rows}
+            urgent = statuses.pop("REQ-URGENT-1")
+            assert list(statuses.values()).count("PENDING") == 3, statuses
+            assert len(refused) == 20 - len(statuses), statuses
+            assert all(r["detail"].startswith("intake_quota:") for r in refused)
+            # The P0 was taken, and goes first as soon as the slot is free.
+            running = [r for r, s in statuses.items() if s == "IN_PROGRESS"]
+            if urgent != "IN_PROGRESS":
+                (busy,) = running
+                await js.publish(
+                    f"agog.strategic.decisions.{busy}", json.dumps({"decision": "CANCEL"}).encode()
+                )
+            await wait_status(pg_dsn, "REQ-URGENT-1", "IN_PROGRESS")
+            waiting = await conn.fetchval(
+                "SELECT count(*) FROM workflow_state WHERE status = 'PENDING'"
+            )
+            assert waiting == 3
+        finally:
+            await conn.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import subprocess
 import urllib.error
 import urllib.request
@@ -184,3 +185,29 @@ def _post(url: str, body: dict[str, str], token: str) -> int:
             return int(resp.status)
     except urllib.error.HTTPError as exc:
         return exc.code
+
+
+def test_every_threat_in_the_threat_model_names_a_test_that_exists() -> None:
+    """docs/security.md: each row of a threat table cites at least one test,
+    and each cited test is a real test function of the suite."""
+    repo = Path(__file__).resolve().parent.parent
+    doc = (repo / "docs" / "security.md").read_text()
+    defined = {
+        name
+        for path in (repo / "tests").rglob("test_*.py")
+        for name in re.findall(r"^(?:async )?def (test_\w+)", path.read_text(), re.M)
+    }
+    threat_rows, header = [], ""
+    for line in doc.splitlines():
+        if not line.startswith("|"):
+            header = ""
+        elif not header:
+            header = line
+        elif header.startswith("| threat") and not line.startswith("|---"):
+            threat_rows.append(line)
+    assert len(threat_rows) >= 25, len(threat_rows)
+    for row in threat_rows:
+        cited = set(re.findall(r"(test_\w+)", row.rsplit("|", 2)[-2]))
+        functions = {c for c in cited if not (repo / "tests" / f"{c}.py").exists()}
+        assert functions or "the same test" in row or "same test" in row, row
+        assert functions <= defined, (row, functions - defined)

@@ -16,9 +16,10 @@ import contextlib
 import json
 import os
 import shlex
+import stat
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
@@ -68,6 +69,35 @@ def inside_workspace(root: Path, path: str) -> str | None:
     return None
 
 
+def file_problem(root: Path, path: str) -> str | None:
+    """Why ``path`` (inside ``root``) is not a regular file Berry may stage,
+    or None; a missing path is for the caller (a deletion, if tracked).
+
+    Only regular files: a directory's pathspec would stage everything in it
+    (untracked files, links the per-file checks refuse), and a symbolic link,
+    or one on the way, is not the file it names."""
+    parts = PurePosixPath(path).parts
+    if not parts or parts == (".",):
+        return "names the whole workspace: list the files"
+    for depth in range(1, len(parts)):
+        try:
+            if stat.S_ISLNK(os.lstat(root.joinpath(*parts[:depth])).st_mode):
+                return f"goes through the symbolic link {'/'.join(parts[:depth])}"
+        except FileNotFoundError:
+            return None  # a directory that is gone: a deletion, if tracked
+    try:
+        mode = os.lstat(root / path).st_mode
+    except FileNotFoundError:
+        return None
+    if stat.S_ISDIR(mode):
+        return "a directory: only files are committed (list each file)"
+    if stat.S_ISLNK(mode):
+        return "a symbolic link: only regular files are committed"
+    if not stat.S_ISREG(mode):
+        return "not a regular file"
+    return None
+
+
 class NativeBerry:
     """One agogd's native Berry: settings in, a notice out."""
 
@@ -79,8 +109,20 @@ class NativeBerry:
                 "AGOG_BERRY_MODE=native needs AGOG_BERRY_WORKSPACE (a git working tree)"
             )
         self.workspace = settings.berry_workspace.resolve()
+        git_config = settings.berry_git_config
+        if git_config is not None:
+            git_config = git_config.resolve()
+            if git_config == self.workspace or self.workspace in git_config.parents:
+                raise ValueError(
+                    "AGOG_BERRY_GIT_CONFIG must be outside AGOG_BERRY_WORKSPACE"
+                    " (agents write the workspace)"
+                )
         self.repo = GitRepo(
-            self.workspace, Author(settings.berry_author_name, settings.berry_author_email)
+            self.workspace,
+            Author(settings.berry_author_name, settings.berry_author_email),
+            global_config=git_config,
+            hooks=settings.berry_git_hooks,
+            home=settings.data_dir.resolve() / "berry" / "home",  # when HOME is unusable
         )
         self.deployer = deployer_for(settings)
         self._local_lock = asyncio.Lock()
@@ -192,16 +234,21 @@ class NativeBerry:
             why = path_problem(value)
             if why is None:
                 assert isinstance(value, str)
-                path = value.strip().removeprefix("./")
-                why = inside_workspace(self.workspace, path)
+                path = str(PurePosixPath(value.strip()))  # "./a//b" is "a/b"; "./" is "."
+                why = inside_workspace(self.workspace, path) or file_problem(self.workspace, path)
                 if (
                     why is None
-                    and not (self.workspace / path).exists()
-                    and not await self.repo.tracked(path)
+                    and not (self.workspace / path).exists()  # links refused above
+                    and not await self.repo.tracked_file(path)
                 ):
-                    why = "listed but neither in the workspace nor tracked by git"
+                    why = (
+                        "a tracked directory: list its files"
+                        if await self.repo.tracked(path)
+                        else "listed but neither in the workspace nor tracked by git"
+                    )
                 if why is None:
-                    paths.append(path)
+                    if path not in paths:
+                        paths.append(path)
                     continue
             refused.append({"path": str(value)[:300], "reason": why})
         if refused:

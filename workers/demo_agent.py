@@ -44,7 +44,7 @@ def answer(assignment: dict[str, Any], reject: set[str]) -> dict[str, Any]:
             notice["qa_failures"] = ["[DEMO] the inventory API returns 500 on an empty list"]
             notice["rework_agents"] = ["roy"]
     elif agent == "berry":
-        notice["commit_sha"] = "demo" + req.encode().hex()[-8:]
+        notice["commit_sha"] = "dec0de" + req.encode().hex()[-8:]  # a commit sha is hex
         notice["deployed_by"] = "berry (demo)"
         notice["deployed_at"] = datetime.now(UTC).isoformat()
     return notice

@@ -2,6 +2,15 @@
 
 Paths reach git as ``:(literal)`` pathspecs after ``--``, so a file named
 like an option or a glob is only ever that file.
+
+Agents write the workspace, so nothing in it may configure git: git reads
+no system config and, as its global config, only the file the operator
+names (``AGOG_BERRY_GIT_CONFIG``, else none); ``HOME`` is never the
+workspace (a ``workspace/.gitconfig`` would be the global config, and
+``workspace/.ssh/config`` ssh's); and every command runs with
+``core.fsmonitor=false``, hooks off (``core.hooksPath`` at an empty place)
+unless the operator opts in, the ``ext::`` transport refused and ssh
+unconfigured by any repository.
 """
 
 from __future__ import annotations
@@ -12,6 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 GIT_TIMEOUT = 120.0
+# Commands that git runs because a config file says so, overridden on every call.
+SAFE_CONFIG = (
+    "core.fsmonitor=false",
+    "protocol.ext.allow=never",
+    "protocol.file.allow=user",
+    "core.sshCommand=ssh",
+)
 
 
 class GitError(RuntimeError):
@@ -25,17 +41,51 @@ class Author:
 
 
 class GitRepo:
-    """One working tree, driven through the git CLI."""
+    """One working tree, driven through the git CLI, with git's configuration
+    its own (see the module's docstring): ``global_config`` is the only config
+    file outside the repository git reads (None: none at all), ``hooks``
+    lets the repository's hooks run, ``home`` is HOME when the environment's
+    is unset or inside the workspace."""
 
-    def __init__(self, root: Path, author: Author, timeout: float = GIT_TIMEOUT) -> None:
+    def __init__(
+        self,
+        root: Path,
+        author: Author,
+        timeout: float = GIT_TIMEOUT,
+        *,
+        global_config: Path | None = None,
+        hooks: bool = False,
+        home: Path | None = None,
+    ) -> None:
         self.root, self.author, self.timeout = root, author, timeout
+        self.global_config, self.hooks, self.home = global_config, hooks, home
+
+    def _home(self) -> str:
+        """HOME for git and ssh: the environment's, unless unset or in the workspace."""
+        home = os.environ.get("HOME")
+        if home and not _within(Path(home), self.root):
+            return home
+        if self.home is None:
+            return os.devnull
+        self.home.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return str(self.home)
+
+    def config_args(self) -> list[str]:
+        """The ``-c`` options every git command gets."""
+        safe = list(SAFE_CONFIG)
+        if not self.hooks:
+            safe.append(f"core.hooksPath={os.devnull}")  # nothing there can be run
+        return [arg for item in safe for arg in ("-c", item)]
 
     def _env(self) -> dict[str, str]:
-        keep = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "SSH_AUTH_SOCK", "GIT_SSH_COMMAND")
+        keep = ("PATH", "LANG", "LC_ALL", "TMPDIR", "SSH_AUTH_SOCK", "GIT_SSH_COMMAND")
         env = {k: os.environ[k] for k in keep if k in os.environ}
-        env.setdefault("HOME", str(self.root))
         return {
             **env,
+            "HOME": self._home(),
+            "GIT_CONFIG_NOSYSTEM": "1",
+            "GIT_CONFIG_GLOBAL": str(self.global_config) if self.global_config else os.devnull,
+            "GIT_ATTR_NOSYSTEM": "1",
             "GIT_AUTHOR_NAME": self.author.name,
             "GIT_AUTHOR_EMAIL": self.author.email,
             "GIT_COMMITTER_NAME": self.author.name,
@@ -55,6 +105,7 @@ class GitRepo:
             "git",
             "-C",
             str(self.root),
+            *self.config_args(),
             *args,
             stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
@@ -85,10 +136,17 @@ class GitRepo:
         code, _, _ = await self.call("ls-files", "--error-unmatch", "--", literal(path))
         return code == 0
 
+    async def tracked_file(self, path: str) -> bool:
+        """Whether git tracks exactly this file (not a directory of files)."""
+        code, out, _ = await self.call("ls-files", "-z", "--", literal(path))
+        return code == 0 and out.split("\0")[:-1] == [path]
+
     async def stage(self, paths: list[str]) -> None:
-        """Stage additions, changes and deletions of exactly these paths."""
-        if paths:
-            await self.run("add", "--all", "--", *[literal(p) for p in paths])
+        """Stage additions, changes and deletions of exactly these paths, one
+        file at a time: each is a checked regular file or a tracked one that
+        is gone, so a ``:(literal)`` pathspec matches it and nothing else."""
+        for path in paths:
+            await self.run("add", "--all", "--", literal(path))
 
     async def staged_files(self) -> list[str]:
         out = await self.run("diff", "--cached", "--name-only", "-z")
@@ -134,5 +192,11 @@ class GitRepo:
 
 
 def literal(path: str) -> str:
-    """A pathspec that matches this one path, with no glob or magic."""
+    """A pathspec that matches this one path, with no glob or magic (a
+    directory's pathspec still matches what is inside: list files only)."""
     return f":(literal){path}"
+
+
+def _within(path: Path, root: Path) -> bool:
+    real, real_root = Path(os.path.realpath(path)), Path(os.path.realpath(root))
+    return real == real_root or real_root in real.parents
