@@ -129,7 +129,7 @@ def runner(agents: str | None, demo: bool) -> None:
     overrides: dict[str, Any] = {"runner_agents": agents or "all"}
     if demo:
         overrides["demo"] = True
-    settings = _same_host_nats(settings_or_exit(**overrides))
+    settings = _same_host_dev(settings_or_exit(**overrides))
     chosen = "http_port" in settings.model_fields_set  # AGOG_HTTP_PORT, or in .env
     sys.exit(run_daemon(settings, engine=False, any_http_port=not chosen))
 
@@ -179,23 +179,31 @@ def memory_reembed(yes: bool) -> None:
     )
 
 
-def _same_host_nats(settings: Settings) -> Settings:
-    """Beside `agogd dev` on this machine, with no NATS credentials given: use
-    agogd's from its data dir (mode 0600, so only its owner can), as agogctl
-    uses its API token: no set-up on the same machine."""
+def _same_host_dev(settings: Settings) -> Settings:
+    """Beside `agogd dev` on this machine, with nothing else configured: use
+    its servers, agogd's NATS credentials and its Postgres password file, from
+    its data dir (readable by its owner only), as agogctl uses its API token:
+    no set-up on the same machine. What was configured is kept."""
     from orchestrator.dev import nats_credentials_file
 
-    given = settings.nats_user or settings.nats_token or settings.nats_creds_file
-    path = nats_credentials_file(settings.data_dir.resolve())
-    if given or not path.is_file():
-        return settings
+    data_dir = settings.data_dir.resolve()
+    update: dict[str, Any] = {}
     try:
-        password = json.loads(path.read_text())[nats_auth.AGOGD]
+        endpoints = json.loads((data_dir / "endpoints.json").read_text())
+    except (OSError, ValueError):
+        endpoints = {}
+    if "nats_url" not in settings.model_fields_set and endpoints.get("nats_url"):
+        update["nats_url"] = [endpoints["nats_url"]]
+    if "postgres_dsn" not in settings.model_fields_set and endpoints.get("postgres_dsn"):
+        update["postgres_dsn"] = SecretStr(endpoints["postgres_dsn"])
+    given = settings.nats_user or settings.nats_token or settings.nats_creds_file
+    try:
+        password = json.loads(nats_credentials_file(data_dir).read_text())[nats_auth.AGOGD]
     except (OSError, ValueError, KeyError):
-        return settings
-    return settings.model_copy(
-        update={"nats_user": nats_auth.AGOGD, "nats_password": SecretStr(password)}
-    )
+        password = None
+    if not given and password:
+        update.update(nats_user=nats_auth.AGOGD, nats_password=SecretStr(password))
+    return settings.model_copy(update=update) if update else settings
 
 
 @main.command("nats-creds")

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import aiohttp
 import asyncpg
 import nats
 import pytest
@@ -149,3 +150,46 @@ async def test_dev_survives_a_sigkilled_predecessor(tmp_path: Path) -> None:
         second.wait_ready()
     finally:
         second.stop()
+
+
+async def test_a_runner_beside_agogd_dev_needs_no_set_up(tmp_path: Path) -> None:
+    """`agogd runner` on the same machine finds agogd dev's servers and uses
+    agogd's NATS credentials and Postgres password file from its data dir."""
+    data_dir = tmp_path / "agogd-data"
+    d = _dev(data_dir)
+    runner = None
+    try:
+        _ready_line(d)
+        d.wait_ready()
+        runner = DaemonProcess(
+            {"AGOG_DATA_DIR": str(data_dir)}, ("runner", "--demo", "--agents", "cynthia")
+        )
+        del runner.env["AGOG_HTTP_PORT"]
+        runner.start()
+        runner.wait_ready(60)
+        token = (data_dir / "api_token").read_text().strip()
+        async with aiohttp.ClientSession() as http:
+            resp = await http.post(
+                f"{d.http_url}/api/reqs",
+                json={"req_number": "REQ-RUNNER-1", "title": "t"},
+                headers={"Authorization": f"Bearer {token}"},
+            )
+            assert resp.status == 201, await resp.text()
+        dsn = json.loads((data_dir / "endpoints.json").read_text())["postgres_dsn"]
+        conn = await asyncpg.connect(dsn)
+        try:
+            for _ in range(600):
+                status = await conn.fetchval(
+                    "SELECT status FROM stage_attempts WHERE req_number = 'REQ-RUNNER-1'"
+                    " AND stage = 0 AND attempt = 1"
+                )
+                if status == "COMPLETE":
+                    break
+                await asyncio.sleep(0.1)
+            assert status == "COMPLETE", f"the runner never answered Cynthia's stage ({status})"
+        finally:
+            await conn.close()
+    finally:
+        if runner is not None:
+            runner.stop()
+        d.stop()
