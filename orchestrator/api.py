@@ -240,6 +240,6 @@ def install(app: web.Application, daemon: Daemon) -> None:
     app.router.add_get("/api/reqs/{req}", get_req)
     app.router.add_post("/api/reqs/{req}/{action}", api_actions.act)
     app.router.add_get("/api/streams", streams)
-    api_events.install(app)
+    api_events.install(app, daemon.pipeline)
     app.router.add_post("/api/infra/report", infra_report)
     api_memory.install(app)

@@ -93,13 +93,34 @@ from orchestrator.api_common import ApiError, daemon_of
 from orchestrator.api_views import REWORK_REASONS
 from orchestrator.logs import get_logger
 from orchestrator.notices import validate_req_id
+from orchestrator.registry import Pipeline
 
 log = get_logger("agogd.api.events")
 
-EVENTS = "agog.orchestration.events"
-ESCALATIONS = "agog.strategic.escalations"
-DECISIONS = "agog.strategic.decisions"
-SUBJECTS = (f"{EVENTS}.>", f"{ESCALATIONS}.>", f"{DECISIONS}.>")
+
+@dataclass(frozen=True)
+class Prefixes:
+    """The subject prefixes live events come from, from the registry's streams
+    (``agog.orchestration.events``, ``.strategic.escalations``, ``.decisions``)."""
+
+    events: str
+    escalations: str
+    decisions: str
+
+    @classmethod
+    def of(cls, pipeline: Pipeline) -> Prefixes:
+        req = "REQ-X-1"
+        return cls(
+            pipeline.stream_prefix("workflow_event", event="x", req=req),
+            pipeline.stream_prefix("escalation", target="human"),
+            pipeline.stream_prefix("decision", req=req),
+        )
+
+    @property
+    def subjects(self) -> tuple[str, ...]:
+        return (f"{self.events}.>", f"{self.escalations}.>", f"{self.decisions}.>")
+
+
 QUEUE_MAX = 10_000
 DEFAULT_PING = 15.0
 RETRY_MS = 3000
@@ -213,8 +234,8 @@ class EventHub:
     first client and dropped with the last: each message is parsed, bounded
     and encoded once, then offered to each client that wants it."""
 
-    def __init__(self, clients: set[Stream]) -> None:
-        self.clients = clients
+    def __init__(self, clients: set[Stream], prefixes: Prefixes) -> None:
+        self.clients, self.prefixes = clients, prefixes
         self._subs: list[Any] = []
         self._lock = asyncio.Lock()
 
@@ -224,7 +245,7 @@ class EventHub:
         async with self._lock:
             if not self._subs:
                 try:
-                    for subject in SUBJECTS:
+                    for subject in self.prefixes.subjects:
                         self._subs.append(
                             await nc.subscribe(
                                 subject,
@@ -253,7 +274,7 @@ class EventHub:
     async def _on_message(self, msg: Any) -> None:
         if not self.clients:
             return
-        event = to_event(msg.subject, msg.data)
+        event = to_event(msg.subject, msg.data, self.prefixes)
         kind, req = event["eventType"], event["req_number"]
         data: bytes | None = None
         for client in list(self.clients):
@@ -272,15 +293,15 @@ def _safe_req(value: object) -> str | None:
         return None
 
 
-def event_type(subject: str, payload: dict[str, Any]) -> str:
-    if subject.startswith(ESCALATIONS + "."):
+def event_type(subject: str, payload: dict[str, Any], prefixes: Prefixes) -> str:
+    if subject.startswith(prefixes.escalations + "."):
         return "escalation"
-    if subject.startswith(DECISIONS + "."):
+    if subject.startswith(prefixes.decisions + "."):
         return "decision"
     declared = payload.get("eventType")
     if isinstance(declared, str) and declared:
         return _NAME.sub("_", declared[:KIND_MAX])
-    tokens = subject.removeprefix(EVENTS + ".").split(".")
+    tokens = subject.removeprefix(prefixes.events + ".").split(".")
     return _NAME.sub("_", ".".join(tokens[:2]))[:KIND_MAX]
 
 
@@ -329,7 +350,7 @@ def _width(value: Any) -> int:
     return len(json.dumps(value, default=str))
 
 
-def to_event(subject: str, data: bytes) -> dict[str, Any]:
+def to_event(subject: str, data: bytes, prefixes: Prefixes) -> dict[str, Any]:
     """One NATS message as the SSE event's data (see the module docstring),
     every field bounded so that the event fits in ``EVENT_MAX`` bytes."""
     try:
@@ -340,7 +361,7 @@ def to_event(subject: str, data: bytes) -> dict[str, Any]:
         payload = {}
     if not isinstance(payload, dict):
         payload = {}
-    kind = event_type(subject, payload)
+    kind = event_type(subject, payload, prefixes)
     tokens = subject.split(".")
     req = _safe_req(payload.get("req_number")) or _safe_req(payload.get("reqNumber"))
     if req is None and (kind.startswith(("stage.", "workflow.")) or kind in STATUS_OF):
@@ -513,7 +534,7 @@ async def events(request: web.Request) -> web.StreamResponse:
         await hub.join(nc, stream)
         await response.prepare(request)
         await response.write(f"retry: {RETRY_MS}\n\n".encode())
-        hello = {"subjects": list(SUBJECTS), "req": sorted(reqs) if reqs else None}
+        hello = {"subjects": list(hub.prefixes.subjects), "req": sorted(reqs) if reqs else None}
         await response.write(sse("ready", {**hello, "heartbeats": heartbeats}))
         pump = asyncio.create_task(_pump(request, response, stream, ping))
         # The pump may sit in a write the client never reads: the overflow
@@ -540,8 +561,8 @@ async def events(request: web.Request) -> web.StreamResponse:
     return response
 
 
-def install(app: web.Application) -> None:
+def install(app: web.Application, pipeline: Pipeline) -> None:
     streams: set[Stream] = set()
     app[EVENT_STREAMS_KEY] = streams
-    app[HUB_KEY] = EventHub(streams)
+    app[HUB_KEY] = EventHub(streams, Prefixes.of(pipeline))
     app.router.add_get("/api/events", events)

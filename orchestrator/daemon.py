@@ -86,6 +86,8 @@ class Daemon:
         self.runner = runner.install(self)
         self.health = health.install(self)
         self.infra_reports = infra_report.install(self)
+        if engine:  # the engine's process reads every consumer the registry declares
+            self.startup_checks.append(_every_consumer_has_a_reader)
         self.observer = observe.install(self)  # /metrics, and the board with the engine
 
     # --- public API --------------------------------------------------------
@@ -281,3 +283,17 @@ async def health_monitor(daemon: Daemon) -> None:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(daemon.settings.health_interval):
                 await daemon.stopping.wait()
+
+
+async def _every_consumer_has_a_reader(daemon: Daemon) -> None:
+    """A consumer in pipeline.toml that no service reads would fill up
+    unread: refuse to start, in one line, instead of skipping it."""
+    read = set(daemon.engine.consumers if daemon.engine is not None else ())
+    if daemon.infra_reports is not None:
+        read.add(daemon.infra_reports.consumer.name)
+    unread = [c.name for c in daemon.pipeline.consumers if c.name not in read]
+    if unread:
+        raise StartupError(
+            f"pipeline consumer(s) {', '.join(unread)} have no handler in agogd: remove them"
+            " from the pipeline file or name a consumer agogd reads"
+        )

@@ -164,6 +164,9 @@ class EffectRunner:
             extra={
                 "deadline": deadline.isoformat(),
                 "timeout": stage.timeout,
+                # What the stage is for (none, critique, qa, deploy), from the
+                # registry: agents and templates go by it, not by a name.
+                "gate": stage.gate,
                 "deliverableSubject": self.pipeline.deliverable_subject(stage, req),
                 "instructions": instructions,
                 "memories": memories,

@@ -89,6 +89,8 @@ class Engine:
         # Deliverable memory (orchestrator.memory): rows and recall, no network call.
         self.memory = getattr(daemon, "memory", None)
         self.wake_dispatcher = asyncio.Event()
+        # The registry's consumers this engine reads (the rest are other services').
+        self.consumers: list[str] = []
         # What the API signs its decisions with (orchestrator.decision_auth).
         self.signing_key = decision_auth.signing_key(daemon.settings.api_token)
 
@@ -597,7 +599,8 @@ def install(daemon: Daemon) -> Engine:
     for consumer in pipeline.consumers:
         handler = handlers.get(consumer.name)
         if handler is None:
-            continue
+            continue  # another service's (checked at start: Daemon, every consumer read)
+        engine.consumers.append(consumer.name)
         for stream in consumer.streams:
             daemon.add_service(
                 f"consume:{stream}:{consumer.name}",

@@ -135,7 +135,8 @@ def completed_event(
         status=notice.status,
         verdict=notice.critique_verdict,
         qa_passed=notice.qa_passed,
-        rework_agents=tuple(notice.rework_agents),
+        # Only those the registry lets this gate send work back to.
+        rework_agents=tuple(a for a in notice.rework_agents if a in stage.rework_to),
         instructions=instructions,
         commit_sha=notice.commit_sha,
         deployed_by=notice.deployed_by,

@@ -35,7 +35,6 @@ from orchestrator.safe_text import one_line
 
 __all__ = [
     "REQ_ID_MAX",
-    "REWORK_AGENTS",
     "CompletionNotice",
     "InvalidReqId",
     "NoticeError",
@@ -179,7 +178,6 @@ _CHANGE_KEYS = (*_FILE_KEYS, "tables_created", "migrations_added", "key_changes"
 _TEXT_LIST_KEYS = ("containers_affected", "required_fixes", "issues_found", "blockers")
 _QA_FAILURE_KEYS = ("qa_failures", "failures", "test_failures")
 _REWORK_KEYS = ("rework_agents", "send_back_to", "assign_to")
-REWORK_AGENTS = frozenset({"roy", "jen"})  # the agents QA may send work back to
 _ITEM_TEXT_KEYS = ("description", "issue", "title")
 _OPTIONAL_TEXT = ("deliverable", "commit_sha", "deployed_at", "deployed_by")
 # Berry's fields go into workflow_state and onto OWNER_REQUESTS.md lines.
@@ -549,7 +547,9 @@ def _fold_qa(d: dict[str, Any]) -> None:
     names = [name for key in _REWORK_KEYS for name in _texts(d.pop(key, None))]
     names.extend(_texts(d.get("next_agent")))
     rework = [n.strip().lower() for n in names]
-    d["rework_agents"] = _unique(n for n in rework if n in REWORK_AGENTS)
+    # Every name it gives; which of them a gate may send work back to is the
+    # registry's word (Stage.rework_to), applied where the notice meets its stage.
+    d["rework_agents"] = _unique(n for n in rework if n)
 
 
 # --- the entry points ---------------------------------------------------------

@@ -106,6 +106,13 @@ class Stage:
     gate: str = "none"
     rework_budget: int = 0
     after: str | None = None
+    # A gate's send-back targets: the earlier stages' agents it may return work
+    # to, and the one it returns it to when it names none (QA: roy, jen; roy).
+    rework_to: tuple[str, ...] = ()
+    rework_default: str | None = None
+    # Which memories its assignments recall: (kind, author) pairs, author an
+    # agent, "self" or "*" (orchestrator.memory.policy); empty: the default.
+    recall: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -165,6 +172,38 @@ class Pipeline:
 
     def is_followup(self, index: int | None) -> bool:
         return index is not None and index >= len(self.stages)
+
+    def stream_prefix(self, kind: str, **fields: str) -> str:
+        """The subject prefix of the stream that binds ``kind``'s subjects, e.g.
+        ``agog.strategic.escalations`` (its subjects pattern without ``.>``)."""
+        subject = self.subject(kind, **fields)
+        (name,) = self.streams_binding(subject)
+        pattern = next(p for p in self.stream(name).subjects if subject_matches(p, subject))
+        return pattern.removesuffix(".>")
+
+    def gate_stage(self, gate: str) -> Stage | None:
+        """The stage holding a gate (qa, critique, deploy), if the pipeline has one."""
+        return next((s for s in self.stages if s.gate == gate), None)
+
+    def rework_target(self, stage: Stage, named: tuple[str, ...] = ()) -> int:
+        """Where a gate sends work back: the earliest earlier stage among those
+        it names and may return work to, else its default, else the start."""
+        allowed = [
+            s.index
+            for a in named
+            if a in stage.rework_to
+            and (s := self.stage_for_agent(a)) is not None
+            and s.index < stage.index
+        ]
+        if allowed:
+            return min(allowed)
+        default = self.stage_for_agent(stage.rework_default) if stage.rework_default else None
+        return default.index if default is not None else 0
+
+    def default_restart(self) -> int:
+        """Where REQUEST_CHANGES without a restart_stage goes: the QA gate's default."""
+        qa = self.gate_stage("qa")
+        return self.rework_target(qa) if qa is not None else 0
 
     def next_stage(self, index: int) -> Stage | None:
         return self.stages[index + 1] if index + 1 < len(self.stages) else None
@@ -260,6 +299,22 @@ def validate(pipeline: Pipeline) -> list[str]:
             problems.append(f"stage {stage.name!r} has unknown gate {stage.gate!r}")
         if stage.retries < 0 or stage.rework_budget < 0:
             problems.append(f"stage {stage.name!r} has a negative budget")
+    for stage in pipeline.stages:
+        earlier = {s.agent for s in pipeline.stages if s.index < stage.index}
+        for agent in stage.rework_to:
+            if agent not in earlier:
+                problems.append(
+                    f"stage {stage.name!r} sends work back to {agent!r}, not an earlier stage"
+                )
+        if stage.rework_default is not None and stage.rework_default not in stage.rework_to:
+            problems.append(
+                f"stage {stage.name!r}: rework_default {stage.rework_default!r} is not in rework_to"
+            )
+    known = {s.agent for s in (*pipeline.stages, *pipeline.followups, *pipeline.reporters)}
+    for stage in (*pipeline.stages, *pipeline.followups):
+        for kind, author in stage.recall:
+            if author not in known | {"self", "*"}:
+                problems.append(f"stage {stage.name!r} recalls {kind} of unknown agent {author!r}")
     for followup in pipeline.followups:
         if followup.after not in {s.agent for s in pipeline.stages}:
             problems.append(f"follow-up {followup.name!r} runs after unknown {followup.after!r}")
@@ -330,7 +385,18 @@ def _stage(raw: Mapping[str, Any], index: int) -> Stage:
         gate=raw.get("gate", "none"),
         rework_budget=int(raw.get("rework_budget", 0)),
         after=raw.get("after"),
+        rework_to=tuple(str(a) for a in raw.get("rework_to", ())),
+        rework_default=raw.get("rework_default"),
+        recall=tuple(_recall_pair(str(p)) for p in raw.get("recall", ())),
     )
+
+
+def _recall_pair(text: str) -> tuple[str, str]:
+    """``"qa_failure:*"`` -> ("qa_failure", "*")."""
+    kind, sep, author = text.partition(":")
+    if not sep or not kind or not author:
+        raise RegistryError(f"recall entry {text!r} is not kind:author (author: agent, self or *)")
+    return kind.strip(), author.strip()
 
 
 def _consumer(raw: Mapping[str, Any], defaults: Mapping[str, Any]) -> ConsumerSpec:

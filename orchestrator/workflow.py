@@ -442,10 +442,7 @@ def _completed(pipeline: Pipeline, wf: Workflow, ev: Completed) -> tuple[Workflo
     if ev.status == "IN_PROGRESS":
         return wf, [Ignored("in-progress notice (treated as a heartbeat)")]
     if stage.gate == "qa" and (ev.status in ("BLOCKED", "FAILED") or not ev.qa_passed):
-        targets = [pipeline.stage_for_agent(a) for a in ev.rework_agents]
-        indices = [t.index for t in targets if t is not None and t.index < stage.index]
-        backend = pipeline.stage_for_agent("roy")
-        target = min(indices) if indices else (backend.index if backend else 0)
+        target = pipeline.rework_target(stage, ev.rework_agents)
         return _rework(pipeline, wf, stage, target, "qa", ev, "FAILED", "QA failed")
     if ev.status == "BLOCKED":
         return _block(
@@ -538,10 +535,7 @@ def _decision(pipeline: Pipeline, wf: Workflow, ev: Decision) -> tuple[Workflow,
         new, effects = _dispatch(pipeline, wf, wf.stage, instructions)
         return new, [*closing, *resumed, *effects]
     if ev.kind == "REQUEST_CHANGES":
-        backend = pipeline.stage_for_agent("roy")
-        target = (
-            ev.restart_stage if ev.restart_stage is not None else (backend.index if backend else 0)
-        )
+        target = ev.restart_stage if ev.restart_stage is not None else pipeline.default_restart()
         target = max(0, min(target, wf.stage))  # a restart goes back, never skips ahead
         new, effects = _dispatch(pipeline, wf, target, instructions)
         return new, [*closing, *resumed, *effects]

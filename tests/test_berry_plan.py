@@ -25,15 +25,15 @@ def billy(**kw: object) -> dict[str, object]:
 
 
 def test_billys_approval() -> None:
-    assert qa_refusal(billy(tests_passed=True)) is None
-    assert qa_refusal(billy(tests_passed=12)) is None
-    assert "no QA deliverable" in (qa_refusal(None) or "")
-    assert "did not approve" in (qa_refusal(billy(status="BLOCKED")) or "")
-    assert "did not approve" in (qa_refusal(billy(tests_passed=False)) or "")
-    assert "did not approve" in (qa_refusal(billy(tests_failed=3)) or "")
-    failures = qa_refusal(billy(status="FAILED", qa_failures=["login 500"]))
+    assert qa_refusal(billy(tests_passed=True), "billy") is None
+    assert qa_refusal(billy(tests_passed=12), "billy") is None
+    assert "no QA deliverable" in (qa_refusal(None, "billy") or "")
+    assert "did not approve" in (qa_refusal(billy(status="BLOCKED"), "billy") or "")
+    assert "did not approve" in (qa_refusal(billy(tests_passed=False), "billy") or "")
+    assert "did not approve" in (qa_refusal(billy(tests_failed=3), "billy") or "")
+    failures = qa_refusal(billy(status="FAILED", qa_failures=["login 500"]), "billy")
     assert failures is not None and "login 500" in failures
-    assert "cannot be read" in (qa_refusal({"agent": "billy", "status": "maybe"}) or "")
+    assert "cannot be read" in (qa_refusal({"agent": "billy", "status": "maybe"}, "billy") or "")
 
 
 def test_listed_files_in_stage_order_once_each_malformed_kept() -> None:

@@ -222,3 +222,19 @@ async def test_refused_topology_stops_the_start(
     assert d.wait_exit(timeout=30) == 1
     failure = d.named("agogd.startup_failed")[0]["error"]
     assert "agog_features_qa" in failure and "storage" in failure
+
+
+async def test_a_consumer_nobody_reads_stops_the_start(
+    nats_server: NatsServer, pg_dsn: str, tmp_path: Path, daemons: list[DaemonProcess]
+) -> None:
+    """A consumer in the pipeline file without a handler would fill up unread:
+    agogd refuses to start, in one line naming it, instead of skipping it."""
+    source = Path(registry.__file__).with_name("pipeline.toml").read_text()
+    pipeline = tmp_path / "pipeline.toml"
+    pipeline.write_text(
+        source + '\n[[consumers]]\nname = "agogd_nobody"\nstreams = ["agog_requirements"]\n'
+    )
+    d = _start(daemons, _env(nats_server, pg_dsn, AGOG_PIPELINE_FILE=str(pipeline)))
+    assert d.wait_exit(timeout=30) == 1
+    failure = d.named("agogd.startup_failed")[0]["error"]
+    assert "agogd_nobody" in failure and "no handler" in failure

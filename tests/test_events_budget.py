@@ -17,7 +17,8 @@ from urllib.parse import urlsplit
 import aiohttp
 from nats.aio.client import Client as NATS
 
-from orchestrator.api_events import EVENT_MAX, FIELD_MAX, cut, to_event
+from orchestrator import registry
+from orchestrator.api_events import EVENT_MAX, FIELD_MAX, Prefixes, cut, to_event
 from orchestrator.embedded import NatsServer
 from tests.daemon_proc import DaemonProcess
 
@@ -111,7 +112,7 @@ def sse_events(raw: bytes) -> list[tuple[str, str]]:
 
 
 def test_a_huge_field_is_cut_with_a_visible_marker() -> None:
-    event = to_event(SUBJECT, huge_message(1))
+    event = to_event(SUBJECT, huge_message(1), Prefixes.of(registry.load()))
     wire = json.dumps(event)
     assert len(wire) <= EVENT_MAX
     assert event["reason"].startswith("rrr") and event["reason"].endswith(

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from orchestrator import registry
 from orchestrator.embeddings.base import EmbeddingUnavailable
 from orchestrator.memory import capture, chunking, policy, retention, sql, vectors
 from orchestrator.memory.fusion import rrf
@@ -48,6 +49,9 @@ def test_rows_fit_the_provider_and_give_the_text_back(text: str, limit: int) -> 
     # Strip the "<header> (part i/n)" line of later chunks: the text comes back whole.
     body = rows[0].content + "".join(r.content.split("\n", 1)[1] for r in rows[1:])
     assert body == text.strip()
+
+
+REGISTRY = registry.load()
 
 
 def test_long_text_is_chunked_at_sentence_ends_with_a_header() -> None:
@@ -198,14 +202,18 @@ def test_roy_gets_backend_work_and_qa_failures_sylvia_rejections() -> None:
         _item("rejection", "sylvia", "p4", 0.6),
         _item("deliverable", "roy", "p2", 0.5),  # another chunk of p2
     ]
-    assert [i["id"] for i in policy.pick(items, "roy", 5)] == ["p2deliverable", "p3qa_failure"]
-    assert [i["id"] for i in policy.pick(items, "sylvia", 5)] == [
+    # The policies are the registry's (pipeline.toml: recall).
+    recall = {s.agent: s.recall for s in (*REGISTRY.stages, *REGISTRY.followups)}
+    roy = policy.pick(items, "roy", 5, recall["roy"])
+    assert [i["id"] for i in roy] == ["p2deliverable", "p3qa_failure"]
+    assert [i["id"] for i in policy.pick(items, "sylvia", 5, recall["sylvia"])] == [
         "p1deliverable",
         "p4rejection",
     ]
-    assert len(policy.pick(items, "roy", 1)) == 1
-    assert "parent_hash" not in policy.pick(items, "roy", 1)[0]
-    by_stage = policy.picks_by_stage(items, [(0, "cynthia"), (2, "roy")], 5)
+    assert len(policy.pick(items, "roy", 1, recall["roy"])) == 1
+    assert "parent_hash" not in policy.pick(items, "roy", 1, recall["roy"])[0]
+    stages = [(0, "cynthia", recall["cynthia"]), (2, "roy", recall["roy"])]
+    by_stage = policy.picks_by_stage(items, stages, 5)
     assert set(by_stage) == {"0", "2"}
 
 

@@ -9,6 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from orchestrator import registry
+from orchestrator.messages import completed_event
 from orchestrator.notices import (
     REQ_ID_MAX,
     CompletionNotice,
@@ -21,6 +23,8 @@ from orchestrator.notices import (
 )
 
 AGENTS = ("cynthia", "sylvia", "roy", "jen", "billy", "priya", "berry", "tim", "miki")
+
+PIPELINE = registry.load()
 
 
 def parse(data: bytes | str, **kwargs: Any) -> CompletionNotice:
@@ -127,7 +131,8 @@ def test_seed_notice_in_markdown() -> None:
     assert n.files_modified == ["docker-compose.yml"]
     assert n.containers_affected == ["agogsaas-nats", "agogsaas-frontend"]
     assert n.next_agent == "billy"
-    assert n.rework_agents == []
+    # Names only: which one a gate may send work back to is the registry's word.
+    assert n.rework_agents == ["billy"]
 
 
 def test_seed_notice_as_bare_json() -> None:
@@ -481,7 +486,12 @@ def test_qa_failures_are_merged_from_every_key() -> None:
     ],
 )
 def test_rework_agents(fields: dict[str, Any], agents: list[str]) -> None:
-    assert billy(status="FAILED", **fields).rework_agents == agents
+    """The names a notice gives, kept to those the registry lets QA send work
+    back to (pipeline.toml: rework_to) when it meets Billy's stage."""
+    notice = billy(status="FAILED", **fields)
+    qa = PIPELINE.gate_stage("qa")
+    assert qa is not None
+    assert list(completed_event(qa, notice).rework_agents) == agents
 
 
 @pytest.mark.parametrize(("key", "value"), [("attempt", 2), ("stage_attempt", 3), ("attempt", "4")])

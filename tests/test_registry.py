@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import re
 import tomllib
 from pathlib import Path
@@ -248,3 +249,34 @@ def test_overlap_is_implied_by_a_common_match(
     subject = ".".join(s)
     if subject_matches(pa, subject) and subject_matches(pb, subject):
         assert registry.patterns_overlap(pa, pb)
+
+
+def test_no_agent_name_is_written_in_the_code() -> None:
+    """The registry is the whole truth: no string in orchestrator/ or workers/
+    (docstrings aside) is an agent's name; agents are found by stage, gate
+    (qa, deploy), rework_to, recall or reporter in pipeline.toml."""
+    repo = Path(__file__).resolve().parent.parent
+    agents = set(registry.load().agents)
+    found = []
+    for base in ("orchestrator", "workers"):
+        for path in sorted((repo / base).rglob("*.py")):
+            tree = ast.parse(path.read_text())
+            docs = {
+                id(node.body[0].value)
+                for node in ast.walk(tree)
+                if isinstance(
+                    node, ast.Module | ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef
+                )
+                and node.body
+                and isinstance(node.body[0], ast.Expr)
+                and isinstance(node.body[0].value, ast.Constant)
+            }
+            found += [
+                f"{path.relative_to(repo)}:{node.lineno}: {node.value!r}"
+                for node in ast.walk(tree)
+                if isinstance(node, ast.Constant)
+                and isinstance(node.value, str)
+                and node.value in agents
+                and id(node) not in docs
+            ]
+    assert not found, "agent names in code:\n" + "\n".join(found)

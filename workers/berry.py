@@ -104,6 +104,9 @@ class NativeBerry:
     def __init__(self, daemon: Daemon) -> None:
         self.daemon, self.settings = daemon, daemon.settings
         settings = self.settings
+        deploy = daemon.pipeline.gate_stage("deploy")
+        # Its own corner of the data dir, named after the deploy gate's agent.
+        self.state_dir = settings.data_dir.resolve() / (deploy.agent if deploy else "deploy")
         if settings.berry_workspace is None:
             raise ValueError(
                 "AGOG_BERRY_MODE=native needs AGOG_BERRY_WORKSPACE (a git working tree)"
@@ -122,7 +125,7 @@ class NativeBerry:
             Author(settings.berry_author_name, settings.berry_author_email),
             global_config=git_config,
             hooks=settings.berry_git_hooks,
-            home=settings.data_dir.resolve() / "berry" / "home",  # when HOME is unusable
+            home=self.state_dir / "home",  # when HOME is unusable
         )
         self.deployer = deployer_for(settings)
         self._local_lock = asyncio.Lock()
@@ -136,11 +139,12 @@ class NativeBerry:
     ) -> dict[str, Any]:
         """Take the REQ from Billy's approval to a deployment; the notice says what happened."""
         req, attempt = assignment["req_number"], assignment["attempt"]
+        me = assignment["agent"]  # the deploy gate's agent, as the registry names it
         notice: dict[str, Any] = {
-            "agent": "berry",
+            "agent": me,
             "req_number": req,
             "attempt": attempt,
-            "deployed_by": "berry",
+            "deployed_by": me,
             "deployed": False,
         }
         try:
@@ -167,9 +171,13 @@ class NativeBerry:
             for p in previous
             if isinstance(p.get("deliverable"), dict)
         ]
-        # 1. Billy's approval, as cached.
-        billy = next((i.deliverable for i in reversed(items) if i.agent == "billy"), None)
-        if (why := qa_refusal(billy)) is not None:
+        # 1. Billy's approval (the QA gate's agent), as cached.
+        qa = self.daemon.pipeline.gate_stage("qa")
+        approval = next(
+            (i.deliverable for i in reversed(items) if qa is not None and i.agent == qa.agent),
+            None,
+        )
+        if (why := qa_refusal(approval, qa.agent if qa else "the QA gate")) is not None:
             raise BerryStop("BLOCKED", why)
         # 2. The files, all inside the workspace.
         if not await self.repo.is_repo():
@@ -196,11 +204,10 @@ class NativeBerry:
         if deploy["outcome"] == "failed":
             raise BerryStop("FAILED", deploy["reason"], deploy=deploy)
         deployed = deploy["outcome"] == "deployed"
-        result: dict[str, Any] = {
-            "status": "COMPLETE",
-            "deployed": deployed,
-            "next_agent": "tim",
-        }
+        result: dict[str, Any] = {"status": "COMPLETE", "deployed": deployed}
+        after = self.daemon.pipeline.followups_after(assignment["agent"])
+        if after:  # seed 002: Berry names Tim as the next agent
+            result["next_agent"] = after[0].agent
         if deployed:
             result["deployed_at"] = deploy["deployed_at"]
             result["summary"] = f"{req} committed ({sha[:12]}), tested and deployed"
@@ -396,7 +403,7 @@ class NativeBerry:
         """Redeploy the previous commit (a worktree of it) and check health again."""
         if previous is None:
             return {"attempted": False, "healthy": False, "reason": "no earlier commit"}
-        tree = self.settings.data_dir.resolve() / "berry" / "rollback" / project / previous
+        tree = self.state_dir / "rollback" / project / previous
         try:
             if not tree.exists():
                 tree.parent.mkdir(parents=True, exist_ok=True)

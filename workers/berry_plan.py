@@ -31,20 +31,21 @@ class StageDeliverable:
     deliverable: Mapping[str, Any]
 
 
-def qa_refusal(billy: Mapping[str, Any] | None) -> str | None:
-    """Why Billy's deliverable does not approve the REQ, or None if it does."""
-    if billy is None:
-        return "no QA deliverable from billy in nats_deliverable_cache"
+def qa_refusal(approval: Mapping[str, Any] | None, qa_agent: str) -> str | None:
+    """Why the QA gate's deliverable (Billy's) does not approve the REQ, or None if it does."""
+    if approval is None:
+        return f"no QA deliverable from {qa_agent} in nats_deliverable_cache"
     try:
-        notice = CompletionNotice.model_validate(dict(billy))
+        notice = CompletionNotice.model_validate(dict(approval))
     except ValueError as exc:
-        return f"billy's QA deliverable cannot be read: {str(exc).splitlines()[0]}"
+        return f"{qa_agent}'s QA deliverable cannot be read: {str(exc).splitlines()[0]}"
     if notice.qa_passed:
         return None
     failures = "; ".join(notice.qa_failures[:5])
     detail = f" ({failures})" if failures else ""
-    return f"billy did not approve: status {notice.status}, tests_passed {notice.tests_passed}" + (
-        detail
+    return (
+        f"{qa_agent} did not approve: status {notice.status}, tests_passed {notice.tests_passed}"
+        + detail
     )
 
 
@@ -104,31 +105,34 @@ def commit_message(
     is how a re-run finds the REQ's commit instead of making another)."""
     items = {d.agent: d for d in deliverables}
     stage_of = {s.agent: s for s in pipeline.stages}
+    qa_stage, deploy_stage = pipeline.gate_stage("qa"), pipeline.gate_stage("deploy")
+    qa = qa_stage.agent if qa_stage else None
+    deployer = deploy_stage.agent if deploy_stage else None
     heading = _one_line(title or "", 72) or "deliver the requirement"
     lines = [f"feat({req}): {heading}", "", "Summary:"]
     summaries = [
         f"- {stage_of[a].name}: {_one_line(d.deliverable.get('summary'))}"
         for a, d in items.items()
-        if a in stage_of and a != "billy" and _one_line(d.deliverable.get("summary"))
+        if a in stage_of and a != qa and _one_line(d.deliverable.get("summary"))
     ]
     lines += summaries or ["- (no summaries in the deliverables)"]
-    billy = items.get("billy")
-    lines += ["", "QA Status: APPROVED by Billy"]
-    if billy is not None:
+    approval = items.get(qa) if qa else None
+    lines += ["", f"QA Status: APPROVED by {(qa or 'QA').capitalize()}"]
+    if approval is not None:
         for key, label in (("summary", "Report"), ("tests_passed", "Tests passed")):
-            value = billy.deliverable.get(key)
+            value = approval.deliverable.get(key)
             if value not in (None, ""):
                 lines.append(f"- {label}: {_one_line(value)}")
     lines += ["", "Deliverables:"]
     for stage in pipeline.stages:
-        if stage.agent == "berry" or stage.agent not in items:
+        if stage.agent == deployer or stage.agent not in items:
             continue
         deliverable = items[stage.agent].deliverable
         verdict = deliverable.get("critique_verdict") or deliverable.get("status") or ""
         lines.append(f"- {stage.name}: {stage.agent.capitalize()} ({verdict})")
     lines += ["", f"Agog-Req: {req}"]
     for stage in pipeline.stages:
-        if stage.agent in items or stage.agent == "berry":
+        if stage.agent in items or stage.agent == deployer:
             lines.append(
                 f"Co-Authored-By: {stage.agent.capitalize()} ({stage.name})"
                 f" <{stage.agent}@{email_domain}>"

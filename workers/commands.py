@@ -23,9 +23,13 @@ class CommandError(ValueError):
     """A runner setting that cannot work; said once at start-up."""
 
 
-def native_agents(settings: Settings) -> frozenset[str]:
-    """Agents whose stage agogd does itself instead of spawning a process."""
-    return frozenset({"berry"}) if settings.berry_mode == "native" else frozenset()
+def native_agents(settings: Settings, pipeline: Pipeline) -> frozenset[str]:
+    """Agents whose stage agogd does itself instead of spawning a process: the
+    deploy gate's agent (Berry in pipeline.toml) with AGOG_BERRY_MODE=native."""
+    deploy = pipeline.gate_stage("deploy")
+    if settings.berry_mode != "native" or deploy is None:
+        return frozenset()
+    return frozenset({deploy.agent})
 
 
 def runner_stages(settings: Settings, pipeline: Pipeline) -> list[Stage]:
@@ -40,7 +44,7 @@ def runner_stages(settings: Settings, pipeline: Pipeline) -> list[Stage]:
     unknown = wanted - {s.agent for s in every}
     if unknown:
         raise CommandError(f"AGOG_RUNNER_AGENTS: unknown agents {sorted(unknown)}")
-    wanted |= native_agents(settings)
+    wanted |= native_agents(settings, pipeline)
     return [s for s in every if s.agent in wanted]
 
 
@@ -82,7 +86,7 @@ def agent_env(settings: Settings) -> dict[str, str]:
 def check_runner(settings: Settings, pipeline: Pipeline) -> list[Stage]:
     """Validate the runner settings at start-up; CommandError says what is wrong."""
     stages = runner_stages(settings, pipeline)
-    native = native_agents(settings)
+    native = native_agents(settings, pipeline)
     for stage in stages:
         if stage.agent not in native:
             agent_argv(settings, stage)

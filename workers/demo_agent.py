@@ -31,19 +31,19 @@ def answer(assignment: dict[str, Any], reject: set[str]) -> dict[str, Any]:
         "summary": f"[DEMO] {agent} finished {assignment.get('stage', 'its stage')} for {req}",
         "deliverable": assignment.get("deliverableSubject"),
     }
-    if agent == "sylvia":
-        rejecting = "sylvia" in reject and first_try
+    gate = assignment.get("gate")  # the registry's word for what the stage is
+    if gate == "critique":
+        rejecting = agent in reject and first_try
         notice["critique_verdict"] = "REJECTED" if rejecting else "APPROVED"
         if rejecting:
             notice["required_fixes"] = ["[DEMO] cover the error paths in the research"]
-    elif agent == "billy":
-        failing = "billy" in reject and first_try
+    elif gate == "qa":
+        failing = agent in reject and first_try
         notice["tests_passed"] = not failing
         if failing:
             notice["status"] = "FAILED"
             notice["qa_failures"] = ["[DEMO] the inventory API returns 500 on an empty list"]
-            notice["rework_agents"] = ["roy"]
-    elif agent == "berry":
+    elif gate == "deploy":
         notice["commit_sha"] = "dec0de" + req.encode().hex()[-8:]  # a commit sha is hex
         notice["deployed_by"] = "berry (demo)"
         notice["deployed_at"] = datetime.now(UTC).isoformat()

@@ -15,7 +15,6 @@ from orchestrator.registry import Pipeline, Reporter
 Verdict = Literal["ok", "degraded", "failed"]
 _RANK: dict[str, int] = {"ok": 0, "degraded": 1, "failed": 2}
 
-REPORTER_AGENT = "miki"
 STREAM_PREFIX = "agog_"
 DEFAULT_FEATURE = "infra"
 REQUEST_SUBJECT = "infra_report_request"  # the subject template's key in pipeline.toml

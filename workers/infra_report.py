@@ -41,12 +41,11 @@ from nats.errors import Error as NatsError
 from orchestrator import store
 from orchestrator.logs import get_logger
 from orchestrator.pull import PullFeed
-from orchestrator.registry import ConsumerSpec, Pipeline, Reporter
+from orchestrator.registry import ConsumerSpec, Pipeline, RegistryError, Reporter
 from orchestrator.settings import Settings, redact_url
 from workers.infra_compose import ComposeProject, compose_entry
 from workers.infra_entries import (
     DEFAULT_FEATURE,
-    REPORTER_AGENT,
     REQUEST_CONSUMER,
     REQUEST_SUBJECT,
     deliverable,
@@ -177,13 +176,11 @@ async def build_report(
 
 
 def reporter_of(pipeline: Pipeline) -> Reporter:
-    """Miki's reporter entry of the registry (the first reporter if renamed)."""
-    for reporter in pipeline.reporters:
-        if reporter.agent == REPORTER_AGENT:
-            return reporter
-    if pipeline.reporters:
-        return pipeline.reporters[0]
-    return Reporter("Infrastructure", REPORTER_AGENT, "devops", "agog_features_devops")
+    """The registry's reporter that publishes the report (Miki in pipeline.toml:
+    the first of its ``[[reporters]]``); a pipeline without one has no report."""
+    if not pipeline.reporters:
+        raise RegistryError("the pipeline has no [[reporters]] entry to publish the report as")
+    return pipeline.reporters[0]
 
 
 async def publish_report(

@@ -25,15 +25,15 @@ def expected_notice(assignment: dict[str, Any]) -> dict[str, Any]:
         "deliverable": assignment.get("deliverableSubject"),
         "changes": {"files_created": [], "files_modified": [], "key_changes": []},
     }
-    agent = assignment["agent"]
-    if agent == "sylvia":
+    gate = assignment.get("gate")
+    if gate == "critique":
         notice["critique_verdict"] = "APPROVED | APPROVED_WITH_CONDITIONS | REJECTED"
         notice["required_fixes"] = []
-    elif agent == "billy":
+    elif gate == "qa":
         notice["tests_passed"] = True
         notice["qa_failures"] = []
         notice["rework_agents"] = []
-    elif agent == "berry":
+    elif gate == "deploy":
         notice["commit_sha"] = "<the deployed commit>"
     return notice
 

@@ -57,10 +57,11 @@ class Runner:
     def __init__(self, daemon: Daemon, stages: list[Stage]) -> None:
         self.daemon, self.settings, self.pipeline = daemon, daemon.settings, daemon.pipeline
         self.stages = stages
-        native = native_agents(self.settings)
+        native = native_agents(self.settings, self.pipeline)
+        deploy = self.pipeline.gate_stage("deploy")
         # Both fail early on a setting that cannot work.
         self.argv = {s.agent: agent_argv(self.settings, s) for s in stages if s.agent not in native}
-        self.berry = NativeBerry(daemon) if "berry" in native else None
+        self.berry = NativeBerry(daemon) if deploy is not None and deploy.agent in native else None
         self.env = agent_env(self.settings)
         self.slots = asyncio.Semaphore(self.settings.runner_concurrency)
         self.name = f"{socket.gethostname()}:{os.getpid()}"

@@ -89,7 +89,8 @@ class Context:
 class Recaller:
     """Computes and serves per-REQ contexts for one pipeline."""
 
-    stages: tuple[tuple[int, str], ...]  # (index, agent) of every stage and follow-up
+    # (index, agent, recall policy) of every stage and follow-up (the registry's).
+    stages: tuple[tuple[int, str, tuple[policy.Pair, ...]], ...]
     top_k: int = 5
     tuning: Tuning = field(default_factory=Tuning)
     # When a dispatch computes the context itself (it holds the REQ's lock, and
@@ -107,7 +108,7 @@ class Recaller:
         return row["vector"], capture.query_text(row["title"] or "", requirement) or None
 
     def empty(self) -> Context:
-        return Context({str(i): [] for i, _ in self.stages}, "none", 0)
+        return Context({str(stage[0]): [] for stage in self.stages}, "none", 0)
 
     async def compute(self, conn: asyncpg.Connection, req: str, tuning: Tuning) -> Context | None:
         """The REQ's context from the database alone; None if the REQ is unknown."""

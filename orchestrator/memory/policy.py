@@ -3,8 +3,8 @@
 A policy is a list of (kind, agent) pairs; agent ``*`` means any agent and
 ``self`` the stage's own agent. Past work of the same kind of stage, plus
 what went wrong downstream of it: Roy gets past backend deliverables and QA
-failures, Sylvia past rejections, Berry past rollbacks. A stage not listed
-(an eleven-stage pipeline) gets the default.
+failures, Sylvia past rejections, Berry past rollbacks. Each stage's policy
+is its ``recall`` in pipeline.toml; a stage without one gets the default.
 """
 
 from __future__ import annotations
@@ -20,46 +20,6 @@ DEFAULT: tuple[Pair, ...] = (
     ("escalation", "self"),
     ("resolution", "*"),
 )
-POLICIES: dict[str, tuple[Pair, ...]] = {
-    "cynthia": (
-        ("deliverable", "cynthia"),
-        ("rejection", "*"),
-        ("requirement", "*"),
-        ("resolution", "*"),
-    ),
-    "sylvia": (
-        ("rejection", "*"),
-        ("deliverable", "sylvia"),
-        ("deliverable", "cynthia"),
-        ("escalation", "*"),
-    ),
-    "roy": (
-        ("deliverable", "roy"),
-        ("qa_failure", "*"),
-        ("rollback", "*"),
-        ("escalation", "roy"),
-        ("resolution", "*"),
-    ),
-    "jen": (
-        ("deliverable", "jen"),
-        ("qa_failure", "*"),
-        ("escalation", "jen"),
-        ("resolution", "*"),
-    ),
-    "billy": (("qa_failure", "*"), ("deliverable", "billy"), ("rollback", "*")),
-    "priya": (("deliverable", "priya"), ("qa_failure", "*")),
-    "berry": (
-        ("rollback", "*"),
-        ("deliverable", "berry"),
-        ("escalation", "berry"),
-        ("resolution", "*"),
-    ),
-    "tim": (("deliverable", "*"), ("decision", "*")),
-}
-
-
-def pairs_for(agent: str) -> tuple[Pair, ...]:
-    return POLICIES.get(agent, DEFAULT)
 
 
 def allows(pairs: Iterable[Pair], agent: str, kind: str, author: str) -> bool:
@@ -71,10 +31,15 @@ def allows(pairs: Iterable[Pair], agent: str, kind: str, author: str) -> bool:
     return False
 
 
-def pick(candidates: Sequence[Mapping[str, Any]], agent: str, top_k: int) -> list[dict[str, Any]]:
-    """The best ``top_k`` fused candidates this agent's policy allows, one chunk
-    per memory (its best). ``candidates`` are best first."""
-    pairs = pairs_for(agent)
+def pick(
+    candidates: Sequence[Mapping[str, Any]],
+    agent: str,
+    top_k: int,
+    pairs: Sequence[Pair] = DEFAULT,
+) -> list[dict[str, Any]]:
+    """The best ``top_k`` fused candidates this agent's policy (``pairs``, the
+    registry's ``recall``) allows, one chunk per memory (its best).
+    ``candidates`` are best first."""
     chosen: list[dict[str, Any]] = []
     seen: set[str] = set()
     for item in candidates:
@@ -89,7 +54,9 @@ def pick(candidates: Sequence[Mapping[str, Any]], agent: str, top_k: int) -> lis
 
 
 def picks_by_stage(
-    candidates: Sequence[Mapping[str, Any]], stages: Iterable[tuple[int, str]], top_k: int
+    candidates: Sequence[Mapping[str, Any]],
+    stages: Iterable[tuple[int, str, Sequence[Pair]]],
+    top_k: int,
 ) -> dict[str, list[dict[str, Any]]]:
-    """{stage index (as text, a JSON key): picks} for every (index, agent)."""
-    return {str(index): pick(candidates, agent, top_k) for index, agent in stages}
+    """{stage index (as text, a JSON key): picks} for every (index, agent, policy)."""
+    return {str(index): pick(candidates, agent, top_k, pairs) for index, agent, pairs in stages}

@@ -25,7 +25,7 @@ import asyncpg
 from orchestrator import db
 from orchestrator.embeddings.base import EmbeddingProvider, EmbeddingUnavailable
 from orchestrator.logs import get_logger
-from orchestrator.memory import context, dimension, prune
+from orchestrator.memory import context, dimension, policy, prune
 from orchestrator.memory.embedder import Embedder
 from orchestrator.memory.hooks import Bound
 from orchestrator.memory.model import PENDING_CHANNEL
@@ -59,7 +59,9 @@ def min_similarity_for(provider_name: str) -> float:
 class Memory:
     """The memory of one agogd: what the engine, the API and the services share."""
 
-    def __init__(self, settings: Settings, stages: tuple[tuple[int, str], ...]) -> None:
+    def __init__(
+        self, settings: Settings, stages: tuple[tuple[int, str, tuple[policy.Pair, ...]], ...]
+    ) -> None:
         self.settings = settings
         self.problem: str | None = None
         try:
@@ -174,7 +176,10 @@ class Memory:
 def install(daemon: Daemon) -> Memory:
     settings = daemon.settings
     pipeline = daemon.pipeline
-    stages = tuple((s.index, s.agent) for s in (*pipeline.stages, *pipeline.followups))
+    stages = tuple(
+        (s.index, s.agent, s.recall or policy.DEFAULT)
+        for s in (*pipeline.stages, *pipeline.followups)
+    )
     memory = Memory(settings, stages)
     daemon.startup_checks.append(memory.startup_check)
     daemon.add_service("memory-listen", memory.listen)
