@@ -24,6 +24,7 @@ from nats.aio.client import Client as NATS
 from orchestrator import migrate
 from orchestrator.embedded import NatsServer, PostgresServer
 from orchestrator.embedded.engine import ContainerEngine
+from tests.daemon_proc import DaemonProcess
 
 _db_counter = itertools.count()
 
@@ -42,6 +43,15 @@ def _isolated_log_config() -> Iterator[None]:
     saved = structlog.get_config()
     yield
     structlog.configure(**saved)
+
+
+@pytest.fixture
+def daemons() -> Iterator[list[DaemonProcess]]:
+    """agogd subprocesses a test starts (append them): stopped after it, whatever happens."""
+    started: list[DaemonProcess] = []
+    yield started
+    for d in started:
+        d.stop()
 
 
 @pytest.fixture(scope="session")

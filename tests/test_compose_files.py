@@ -8,6 +8,7 @@ Dockerfile is checked statically. No container is started.
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import json
 import os
@@ -544,3 +545,62 @@ def test_nats_config_parses_and_lets_the_streams_messages_through(rendered, tmp_
     largest = max(s.max_msg_size or 0 for s in registry.load().streams)
     assert payload >= largest > 1024 * 1024, (payload, largest)
     assert re.search(r'store_dir:\s*"/data"', content) and "/data" in str(nats["volumes"])
+
+
+async def test_agent_postgres_init_makes_agogds_role_owner_and_no_superuser(
+    rendered, tmp_path: Path
+) -> None:
+    """The agents stack's init script, as `up` would run it in the pgvector
+    image (its psql, the superuser's environment), on a real PostgreSQL 16 with
+    pgvector: agogd's role can log in with AGENT_DB_PASSWORD, owns
+    agent_memory, has pgvector there, and is no superuser."""
+    import asyncpg
+
+    from orchestrator.embedded import PostgresServer
+
+    service = rendered["agents"]["services"]["agent-postgres"]
+    (mount,) = service["configs"]
+    assert mount["target"].startswith("/docker-entrypoint-initdb.d/")
+    # `config` prints a file compose reads again: a literal $ stays escaped
+    # as $$; the container gets it as a single $.
+    script = rendered["agents"]["configs"][mount["source"]]["content"].replace("$$", "$")
+    assert "${AGENT_DB_PASSWORD}" in script and DUMMY["AGENT_DB_PASSWORD"] not in script
+    # The image's own superuser and database, as its entrypoint has them.
+    server = PostgresServer(tmp_path / "pg", durable=False, user="image_owner", database="postgres")
+    server.start()
+    try:
+        (tmp_path / "init.sh").write_text(script)
+        env = {
+            "PATH": f"{server.bin}:/usr/bin:/bin",
+            "PGHOST": server.host,
+            "PGPORT": str(server.port),
+            "PGPASSFILE": str(server.passfile),
+            "POSTGRES_USER": "postgres",
+            "AGENT_DB_PASSWORD": DUMMY["AGENT_DB_PASSWORD"],
+        }
+        ran = await asyncio.to_thread(
+            subprocess.run,
+            ["sh", str(tmp_path / "init.sh")],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
+        assert ran.returncode == 0, ran.stderr
+        base = f"postgresql://agent_user:{DUMMY['AGENT_DB_PASSWORD']}@{server.host}:{server.port}"
+        conn = await asyncpg.connect(f"{base}/agent_memory")
+        try:
+            assert not await conn.fetchval(
+                "SELECT rolsuper FROM pg_roles WHERE rolname = current_user"
+            )
+            assert (
+                await conn.fetchval(
+                    "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = 'agent_memory'"
+                )
+                == "agent_user"
+            )
+            assert await conn.fetchval("SELECT 1 FROM pg_extension WHERE extname = 'vector'")
+        finally:
+            await conn.close()
+    finally:
+        server.stop()

@@ -6,12 +6,10 @@ import asyncio
 import shutil
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
 import nats
-import pytest
 from nats.js.api import StorageType, StreamConfig
 
 from orchestrator import migrate, registry
@@ -25,15 +23,6 @@ MIGRATIONS = len(migrate.discover())
 
 def _env(nats_server: NatsServer, dsn: str, **extra: str) -> dict[str, str]:
     return {"AGOG_NATS_URL": nats_server.url, "AGOG_POSTGRES_DSN": dsn, **extra}
-
-
-@pytest.fixture
-def daemons() -> Iterator[list[DaemonProcess]]:
-    """Started daemons are stopped after the test, whatever happens."""
-    started: list[DaemonProcess] = []
-    yield started
-    for d in started:
-        d.stop()
 
 
 def _start(daemons: list[DaemonProcess], env: dict[str, str]) -> DaemonProcess:

@@ -12,11 +12,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
-
-import pytest
 
 from orchestrator.embedded import NatsServer
 from tests.agents import running_agogd, settings_for
@@ -24,14 +21,6 @@ from tests.daemon_proc import DaemonProcess
 
 TOKEN = "hardening-Tok-3c9a"
 NATS_SECRET = "url-Pw-8d1e77b0"
-
-
-@pytest.fixture
-def daemons() -> Iterator[list[DaemonProcess]]:
-    started: list[DaemonProcess] = []
-    yield started
-    for d in started:
-        d.stop()
 
 
 def _start(daemons: list[DaemonProcess], env: dict[str, str]) -> DaemonProcess:

@@ -9,11 +9,9 @@ import re
 import subprocess
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
-import pytest
 
 from orchestrator.embedded import NatsServer, PostgresServer
 from tests.daemon_proc import DaemonProcess
@@ -22,14 +20,6 @@ NATS_PASSWORD = "nats-Pw-7f3a9c1e"
 DSN_PASSWORD = "dsn-Pw-41b8d2aa"
 API_TOKEN = "api-Tok-99e0c5f2"
 SECRETS = (NATS_PASSWORD, DSN_PASSWORD, API_TOKEN)
-
-
-@pytest.fixture
-def daemons() -> Iterator[list[DaemonProcess]]:
-    started: list[DaemonProcess] = []
-    yield started
-    for d in started:
-        d.stop()
 
 
 def _start(daemons: list[DaemonProcess], env: dict[str, str]) -> DaemonProcess:
