@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from orchestrator.ctl_client import auth_hint, call, target
 from orchestrator.safe_text import excerpt, neutralise, neutralise_data
 
 EXCERPT = 160  # characters of a memory shown per result (the JSON has it all)
@@ -93,9 +94,7 @@ def search(
     as_json: bool,
 ) -> None:
     """Search memories for TEXT: ranked results with their scores and the mode used."""
-    from orchestrator import ctl
-
-    found = ctl.target(ctx, token)
+    found = target(ctx, token)
     query: dict[str, Any] = {"q": text, "limit": limit, "mode": mode}
     if agents:
         query["agent"] = ",".join(agents)
@@ -108,11 +107,11 @@ def search(
     if min_similarity is not None:
         query["min_similarity"] = min_similarity
     path = "/api/memory/search?" + urllib.parse.urlencode(query)
-    status, body = ctl._call(found.url, "GET", path, token=found.token, timeout=60)
+    status, body = call(found.url, "GET", path, token=found.token, timeout=60)
     if status >= 300:
         error = str(body.get("error", status))
         if status in (401, 403):
-            error = ctl.auth_hint(status, error)
+            error = auth_hint(status, error)
         click.echo(f"agogctl: {neutralise(error)}", err=True)
         sys.exit(3 if status in (502, 503, 504) else 5 if status in (401, 403) else 1)
     if as_json:
