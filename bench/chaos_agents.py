@@ -43,9 +43,11 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import BadRequestError
 
+from orchestrator import registry
+from orchestrator.embedded.seed_notices import notice
 from orchestrator.pull import PullFeed
-from tests.agents import notice
 
+PIPELINE = registry.load()
 STREAM = "agog_orchestration_events"
 ASSIGNMENTS = "agog.orchestration.events.stage.started.>"
 CONSUMER = "chaos_agents"
@@ -223,7 +225,7 @@ class Agents:
                 deployed_at=datetime.now(UTC).isoformat(timespec="seconds"),
                 deployed_by="berry",
             )
-        data = json.dumps(notice(agent, req, **extra)).encode()
+        data = json.dumps(notice(PIPELINE, agent, req, **extra)).encode()
         subject = assignment["deliverableSubject"]
         msg_id = f"notice:{req}:{stage}:{attempt}"
         await self._publish(subject, data, msg_id)

@@ -53,7 +53,7 @@ from bench.workflow_bench import (  # noqa: E402
 )
 from orchestrator import registry  # noqa: E402
 from orchestrator.embedded import NatsServer, PostgresServer  # noqa: E402
-from tests.daemon_proc import DaemonProcess  # noqa: E402
+from orchestrator.embedded.daemon_proc import DaemonProcess  # noqa: E402
 
 PIPELINE = registry.load()
 ASSIGNMENTS = "agog.orchestration.events.stage.started.>"

@@ -45,7 +45,7 @@ from bench.workflow_bench import (  # noqa: E402
     run_engine,
 )
 from orchestrator.embedded import NatsServer, PostgresServer  # noqa: E402
-from tests.daemon_proc import DaemonProcess  # noqa: E402
+from orchestrator.embedded.daemon_proc import DaemonProcess  # noqa: E402
 
 
 def postgres_pids() -> list[int]:

@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 from orchestrator import registry  # noqa: E402
 from orchestrator.embedded import NatsServer, PostgresServer  # noqa: E402
-from tests.daemon_proc import DaemonProcess  # noqa: E402
+from orchestrator.embedded.daemon_proc import DaemonProcess  # noqa: E402
 
 PIPELINE = registry.load()
 

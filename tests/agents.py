@@ -22,6 +22,7 @@ from nats.aio.msg import Msg
 
 from orchestrator import registry
 from orchestrator.daemon import Daemon
+from orchestrator.embedded import seed_notices
 from orchestrator.settings import Settings
 
 PIPELINE = registry.load()
@@ -30,21 +31,7 @@ Script = Callable[[dict[str, Any]], dict[str, Any] | None]
 
 def notice(agent: str, req: str, status: str = "COMPLETE", **extra: Any) -> dict[str, Any]:
     """A completion notice in the seeds' shape, with sensible gate fields."""
-    body: dict[str, Any] = {
-        "agent": agent,
-        "req_number": req,
-        "status": status,
-        "deliverable": f"nats://agog.deliverables.{agent}/{req}",
-        "summary": f"{agent} did the work",
-        "files_modified": [],
-    }
-    if agent == "sylvia" and status == "COMPLETE":
-        body["critique_verdict"] = "APPROVED"
-    if agent == "billy" and status == "COMPLETE":
-        body["tests_passed"] = True
-    if agent == "berry" and status == "COMPLETE":
-        body.update(commit_sha="abc1234", deployed_at="2026-11-23T10:00:00Z", next_agent="tim")
-    return {**body, **extra}
+    return seed_notices.notice(PIPELINE, agent, req, status, **extra)
 
 
 def happy(assignment: dict[str, Any]) -> dict[str, Any] | None:

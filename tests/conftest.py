@@ -23,8 +23,8 @@ from nats.aio.client import Client as NATS
 
 from orchestrator import migrate
 from orchestrator.embedded import NatsServer, PostgresServer
+from orchestrator.embedded.daemon_proc import DaemonProcess
 from orchestrator.embedded.engine import ContainerEngine
-from tests.daemon_proc import DaemonProcess
 
 _db_counter = itertools.count()
 

@@ -19,6 +19,7 @@ import asyncpg
 from nats.aio.client import Client as NATS
 
 from orchestrator.embedded import NatsServer
+from orchestrator.embedded.daemon_proc import DaemonProcess
 from tests.agents import (
     PIPELINE,
     ScriptedAgents,
@@ -30,7 +31,6 @@ from tests.agents import (
     wait_stage,
     wait_status,
 )
-from tests.daemon_proc import DaemonProcess
 
 AGOGCTL = str(Path(sys.executable).parent / "agogctl")
 SEVEN = ["cynthia", "sylvia", "roy", "jen", "billy", "priya", "berry"]

@@ -14,8 +14,8 @@ from nats.js.api import StorageType, StreamConfig
 
 from orchestrator import migrate, registry
 from orchestrator.embedded import NatsServer, PostgresServer
+from orchestrator.embedded.daemon_proc import DaemonProcess
 from orchestrator.embedded.procs import free_port
-from tests.daemon_proc import DaemonProcess
 
 STREAMS = {s.name for s in registry.load().streams}
 MIGRATIONS = len(migrate.discover())

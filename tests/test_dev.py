@@ -15,9 +15,9 @@ import nats
 import pytest
 
 from orchestrator import registry
+from orchestrator.embedded.daemon_proc import DaemonProcess
 from orchestrator.embedded.postgres import _bin_dir
 from orchestrator.embedded.procs import port_is_free
-from tests.daemon_proc import DaemonProcess
 
 TABLES = (
     "nats_deliverable_cache",

@@ -17,8 +17,8 @@ import asyncpg
 from nats.aio.client import Client as NATS
 
 from orchestrator.embedded import NatsServer
+from orchestrator.embedded.daemon_proc import DaemonProcess
 from tests.agents import ScriptedAgents, submit
-from tests.daemon_proc import DaemonProcess
 
 FINAL = 8  # seven stages and Tim
 

@@ -20,7 +20,7 @@ from nats.aio.client import Client as NATS
 from orchestrator import registry
 from orchestrator.api_events import EVENT_MAX, FIELD_MAX, Prefixes, cut, to_event
 from orchestrator.embedded import NatsServer
-from tests.daemon_proc import DaemonProcess
+from orchestrator.embedded.daemon_proc import DaemonProcess
 
 MIB = 1024 * 1024
 BUDGET = 64 * 1024

@@ -16,8 +16,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from orchestrator.embedded import NatsServer
+from orchestrator.embedded.daemon_proc import DaemonProcess
 from tests.agents import running_agogd, settings_for
-from tests.daemon_proc import DaemonProcess
 
 TOKEN = "hardening-Tok-3c9a"
 NATS_SECRET = "url-Pw-8d1e77b0"

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from orchestrator.embedded import NatsServer
+from orchestrator.embedded.daemon_proc import DaemonProcess
 from orchestrator.settings import Settings
-from tests.daemon_proc import DaemonProcess
 
 DEFAULT_PORT = Settings.model_fields["http_port"].default
 

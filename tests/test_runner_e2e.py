@@ -13,6 +13,7 @@ import asyncpg
 from nats.aio.client import Client as NATS
 
 from orchestrator.embedded import NatsServer
+from orchestrator.embedded.daemon_proc import DaemonProcess
 from tests.agents import (
     ScriptedAgents,
     collect,
@@ -22,7 +23,6 @@ from tests.agents import (
     submit,
     wait_status,
 )
-from tests.daemon_proc import DaemonProcess
 
 # An agent that records each spawn, takes a while, and answers from its prompt.
 AGENT = """

@@ -14,7 +14,7 @@ from pathlib import Path
 import asyncpg
 
 from orchestrator.embedded import NatsServer, PostgresServer
-from tests.daemon_proc import DaemonProcess
+from orchestrator.embedded.daemon_proc import DaemonProcess
 
 NATS_PASSWORD = "nats-Pw-7f3a9c1e"
 DSN_PASSWORD = "dsn-Pw-41b8d2aa"

@@ -21,10 +21,10 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from orchestrator.embedded import NatsServer
+from orchestrator.embedded.daemon_proc import DaemonProcess
 from orchestrator.safe_text import UNSAFE
 from tests.agents import ScriptedAgents, happy, notice, running_agogd, settings_for, submit
 from tests.agents import wait_status as wait_req
-from tests.daemon_proc import DaemonProcess
 from tests.test_ctl_e2e import AGOGCTL, ctl
 
 # ESC ] 0; ... BEL (retitles the window), a clear screen (CSI 2J), a colour,

@@ -1,4 +1,5 @@
-"""Run agogd as a real subprocess and read its JSON log lines (test helper)."""
+"""Run agogd as a real subprocess and read its JSON log lines: the harness
+that the tests and the benches share (``bench/`` never imports ``tests/``)."""
 
 from __future__ import annotations
 
