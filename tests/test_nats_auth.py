@@ -365,11 +365,13 @@ async def test_an_intake_flood_is_capped_and_never_starves_p0(
             refused = await conn.fetch(
                 "SELECT detail FROM processed_messages WHERE outcome = 'rejected'"
             )
-            # At most three P3s wait (one more may have been admitted to the one
-            # slot before the others came); every other one was refused.
+            # Three P3s were let in to wait (a fourth if the one slot took the
+            # first before the others came); every other one was refused. The
+            # slot may have taken one of the three since, after the quota's count.
             statuses = {r["req_number"]: r["status"] for r in rows}
             urgent = statuses.pop("REQ-URGENT-1")
-            assert list(statuses.values()).count("PENDING") == 3, statuses
+            assert len(statuses) in (3, 4), statuses
+            assert list(statuses.values()).count("PENDING") >= len(statuses) - 1, statuses
             assert len(refused) == 20 - len(statuses), statuses
             assert all(r["detail"].startswith("intake_quota:") for r in refused)
             # The P0 was taken, and goes first as soon as the slot is free.
@@ -380,9 +382,10 @@ async def test_an_intake_flood_is_capped_and_never_starves_p0(
                     f"agog.strategic.decisions.{busy}", json.dumps({"decision": "CANCEL"}).encode()
                 )
             await wait_status(pg_dsn, "REQ-URGENT-1", "IN_PROGRESS")
+            # No waiting P3 was admitted ahead of it.
             waiting = await conn.fetchval(
                 "SELECT count(*) FROM workflow_state WHERE status = 'PENDING'"
             )
-            assert waiting == 3
+            assert waiting == list(statuses.values()).count("PENDING")
         finally:
             await conn.close()
