@@ -23,6 +23,7 @@ from orchestrator import logs, nats_auth
 from orchestrator.daemon import Daemon
 from orchestrator.embedded import EmbeddedError, NatsServer, PostgresServer
 from orchestrator.embedded.procs import free_port, port_is_free
+from orchestrator.private_file import write_private
 from orchestrator.settings import Settings
 
 # The compose stack's host ports, used when free so habits carry over.
@@ -45,11 +46,7 @@ def _choose_port(name: str, previous: dict[str, int]) -> int:
 
 def write_endpoints(path: Path, data: dict[str, Any]) -> None:
     """Atomically replace endpoints.json."""
-    tmp = path.with_suffix(".json.tmp")
-    fd = os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_private(path, json.dumps(data, indent=2) + "\n")
 
 
 def _lock(data_dir: Path) -> int:
@@ -128,7 +125,7 @@ def run_dev(settings: Settings) -> int:
                 or [str(nats.data_dir), str(postgres.data_dir)],
             }
         )
-        daemon = Daemon(run_settings)
+        daemon = Daemon(run_settings, pipeline)  # loaded once, for the authorization too
 
         async def announce(d: Daemon) -> None:
             endpoints = {

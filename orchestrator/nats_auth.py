@@ -23,12 +23,12 @@ an operator's idempotency key either: the API signs what it publishes
 from __future__ import annotations
 
 import json
-import os
 import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from orchestrator.private_file import write_private
 from orchestrator.registry import Pipeline
 
 AGOGD = "agogd"
@@ -149,12 +149,7 @@ def load_or_create(path: Path, names: Iterable[str]) -> dict[str, str]:
     wanted = {name: known.get(name) or secrets.token_urlsafe(24) for name in names}
     if wanted != known:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.unlink(missing_ok=True)
-        fd = os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(json.dumps(wanted, indent=2) + "\n")
-        os.replace(tmp, path)
+        write_private(path, json.dumps(wanted, indent=2) + "\n")
     return wanted
 
 

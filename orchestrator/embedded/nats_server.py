@@ -16,6 +16,7 @@ from orchestrator.embedded.procs import (
     stop_process,
     wait_until,
 )
+from orchestrator.private_file import write_private
 
 # The feature streams accept 10 MiB messages (the old daemon's limit), so the
 # server's own max_payload has to allow them.
@@ -61,10 +62,9 @@ class NatsServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         conf = self.data_dir / "nats-server.conf"
         # It may hold the users' passwords: readable by its owner only.
-        conf.touch(mode=0o600, exist_ok=True)
-        conf.chmod(0o600)
         # JSON strings are valid NATS config strings.
-        conf.write_text(
+        write_private(
+            conf,
             "\n".join(
                 [
                     f"host: {json.dumps(self.host)}",
@@ -76,7 +76,7 @@ class NatsServer:
                     self.extra_config,
                     "",
                 ]
-            )
+            ),
         )
         return conf
 

@@ -35,6 +35,7 @@ from orchestrator.embedded.procs import (
     stop_process,
     wait_until,
 )
+from orchestrator.private_file import write_private
 
 SYSTEM_USER = "pgserver"
 SUPERUSER = "postgres"
@@ -123,14 +124,9 @@ class PostgresServer:
     def _write_passwords(self) -> None:
         """Replace the pgpass file atomically, created 0600 (never readable by others)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.passfile.with_suffix(".tmp")
-        tmp.unlink(missing_ok=True)
-        fd = os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write("# host:port:database:user:password (written by agogd)\n")
-            for user, password in sorted(self._passwords.items()):
-                handle.write(f"*:*:*:{user}:{password}\n")
-        os.replace(tmp, self.passfile)
+        lines = ["# host:port:database:user:password (written by agogd)"]
+        lines += [f"*:*:*:{user}:{pw}" for user, pw in sorted(self._passwords.items())]
+        write_private(self.passfile, "\n".join(lines) + "\n")
 
     # --- set-up -------------------------------------------------------------
     def _prepare_root(self) -> None:
