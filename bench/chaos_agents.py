@@ -43,9 +43,9 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import BadRequestError
 
-from orchestrator import registry
+from orchestrator.core import registry
 from orchestrator.embedded.seed_notices import notice
-from orchestrator.pull import PullFeed
+from orchestrator.runtime.pull import PullFeed
 
 PIPELINE = registry.load()
 STREAM = "agog_orchestration_events"

@@ -19,9 +19,9 @@ import nats
 from nats.aio.client import Client as NATS
 
 from bench.chaos_agents import ASSIGNMENTS, Key, Record, commit_for
-from orchestrator.owner_requests import OwnerRequestsFile
-from orchestrator.owner_sync import FILE_STATUS
-from orchestrator.registry import Pipeline
+from orchestrator.core.registry import Pipeline
+from orchestrator.engine.owner_sync import FILE_STATUS
+from orchestrator.inbound.owner_requests import OwnerRequestsFile
 
 EXPECTED_STATUS = "DEPLOYED"
 SHOWN = 8  # violations printed per check

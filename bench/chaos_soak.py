@@ -46,7 +46,7 @@ if str(ROOT) not in sys.path:
 from bench import chaos_checks  # noqa: E402
 from bench.chaos_agents import Agents, Plan  # noqa: E402
 from bench.chaos_stack import Stack  # noqa: E402
-from orchestrator.owner_requests import OwnerRequestsFile  # noqa: E402
+from orchestrator.inbound.owner_requests import OwnerRequestsFile  # noqa: E402
 
 KINDS = ("replica_kill", "nats_kill", "postgres_restart", "replica_pause")
 TRANSITIONS = "(kind LIKE 'stage.%' OR kind LIKE 'workflow.%')"

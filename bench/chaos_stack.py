@@ -20,7 +20,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from orchestrator import registry
+from orchestrator.core import registry
 from orchestrator.embedded.nats_cluster import NatsCluster
 from orchestrator.embedded.postgres import PostgresServer
 from orchestrator.embedded.procs import EmbeddedError, free_port, parent_death_signal, tail

@@ -51,7 +51,7 @@ from bench.workflow_bench import (  # noqa: E402
     pct,
     run_engine,
 )
-from orchestrator import registry  # noqa: E402
+from orchestrator.core import registry  # noqa: E402
 from orchestrator.embedded import NatsServer, PostgresServer  # noqa: E402
 from orchestrator.embedded.daemon_proc import DaemonProcess  # noqa: E402
 

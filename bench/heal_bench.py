@@ -28,9 +28,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from orchestrator.embedded.engine import BUSYBOX_IMAGE, ContainerEngine  # noqa: E402
-from workers.engine_api import PROJECT_LABEL  # noqa: E402
-from workers.heal_policy import HealPolicy  # noqa: E402
-from workers.health import HealthWatcher  # noqa: E402
+from workers.adapters.engine_api import PROJECT_LABEL  # noqa: E402
+from workers.infra.heal_policy import HealPolicy  # noqa: E402
+from workers.infra.health import HealthWatcher  # noqa: E402
 
 AUTOHEAL_INTERVAL = 5.0
 

@@ -50,7 +50,6 @@ from pgvector.asyncpg import register_vector
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from orchestrator import migrate  # noqa: E402
 from orchestrator.embedded import PostgresServer  # noqa: E402
 from orchestrator.embeddings import LocalEmbeddings  # noqa: E402
 from orchestrator.memory import dimension  # noqa: E402
@@ -58,6 +57,7 @@ from orchestrator.memory.embedder import Embedder  # noqa: E402
 from orchestrator.memory.model import Draft, Filters  # noqa: E402
 from orchestrator.memory.recall import Tuning, candidates, plan_vector, recall  # noqa: E402
 from orchestrator.memory.writes import Writer  # noqa: E402
+from orchestrator.runtime import migrate  # noqa: E402
 
 AGENTS = ["cynthia", "sylvia", "roy", "jen", "billy", "priya", "berry", "tim", "strategic"]
 KINDS = ["deliverable"] * 6 + ["qa_failure", "rejection", "escalation", "decision", "rollback"]

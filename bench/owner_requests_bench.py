@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from orchestrator.owner_requests import (
+from orchestrator.inbound.owner_requests import (
     OwnerRequestsFile,
     parse_report,
     set_status,

@@ -35,7 +35,7 @@ from nats.js.api import StreamConfig
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from orchestrator import registry  # noqa: E402
+from orchestrator.core import registry  # noqa: E402
 from orchestrator.embedded import NatsServer, PostgresServer  # noqa: E402
 from orchestrator.embedded.daemon_proc import DaemonProcess  # noqa: E402
 

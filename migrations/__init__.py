@@ -1,1 +1,1 @@
-"""SQL migrations for the agent_memory database (applied by orchestrator.migrate)."""
+"""SQL migrations for the agent_memory database (applied by orchestrator.runtime.migrate)."""

@@ -13,9 +13,9 @@ import click
 from pydantic import SecretStr, ValidationError
 from pydantic_settings import SettingsError
 
-from orchestrator import logs, nats_auth
-from orchestrator.registry import RegistryError
-from orchestrator.settings import ENV_PREFIX, Settings, describe_error, load_settings
+from orchestrator.core.registry import RegistryError
+from orchestrator.runtime import logs, nats_auth
+from orchestrator.runtime.settings import ENV_PREFIX, Settings, describe_error, load_settings
 
 EXIT_BAD_CONFIG = 2
 
@@ -38,7 +38,7 @@ def settings_or_exit(**overrides: Any) -> Settings:
         fail_config(f"invalid settings: {name}: not valid JSON")
     except RegistryError as exc:
         fail_config(f"invalid pipeline: {exc}")
-    from workers.commands import CommandError, check_runner
+    from workers.runner.commands import CommandError, check_runner
 
     try:
         check_runner(settings, settings.load_pipeline())
@@ -48,8 +48,8 @@ def settings_or_exit(**overrides: Any) -> Settings:
 
 
 def run_daemon(settings: Settings, *, engine: bool = True, any_http_port: bool = False) -> int:
-    from orchestrator.daemon import Daemon
-    from orchestrator.http_server import HttpBindError
+    from orchestrator.runtime.daemon import Daemon
+    from orchestrator.runtime.http_server import HttpBindError
 
     logs.configure(settings.log_level, settings.log_format)
     try:
@@ -106,7 +106,7 @@ def dev(data_dir: Path | None, demo: bool) -> None:
         # No external service in dev: the offline model, when installed, embeds
         # the memories (the daemon's default, Ollama, is not running here).
         settings = settings.model_copy(update={"embedding_provider": "local"})
-    from orchestrator.http_server import HttpBindError
+    from orchestrator.runtime.http_server import HttpBindError
 
     try:
         sys.exit(run_dev(settings))

@@ -19,12 +19,12 @@ from typing import Any
 import click
 from pydantic import SecretStr
 
-from orchestrator import logs, nats_auth
-from orchestrator.daemon import Daemon
 from orchestrator.embedded import EmbeddedError, NatsServer, PostgresServer
 from orchestrator.embedded.procs import free_port, port_is_free
-from orchestrator.private_file import write_private
-from orchestrator.settings import Settings
+from orchestrator.runtime import logs, nats_auth
+from orchestrator.runtime.daemon import Daemon
+from orchestrator.runtime.private_file import write_private
+from orchestrator.runtime.settings import Settings
 
 # The compose stack's host ports, used when free so habits carry over.
 PREFERRED_PORTS = {"nats": 4222, "postgres": 5434, "http": 8090}
@@ -96,7 +96,7 @@ def run_dev(settings: Settings) -> int:
     else:
         http_port = _choose_port("http", previous)
     # NATS authentication on by default: each identity of the registry with
-    # its own password and allow lists (orchestrator.nats_auth); agogd is one.
+    # its own password and allow lists (orchestrator.runtime.nats_auth); agogd is one.
     pipeline = settings.load_pipeline()
     found = nats_auth.identities(pipeline)
     creds = nats_auth.load_or_create(

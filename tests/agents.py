@@ -20,10 +20,10 @@ import nats
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from orchestrator import registry
-from orchestrator.daemon import Daemon
+from orchestrator.core import registry
 from orchestrator.embedded import seed_notices
-from orchestrator.settings import Settings
+from orchestrator.runtime.daemon import Daemon
+from orchestrator.runtime.settings import Settings
 
 PIPELINE = registry.load()
 Script = Callable[[dict[str, Any]], dict[str, Any] | None]

@@ -21,10 +21,10 @@ import structlog
 from hypothesis import HealthCheck, settings
 from nats.aio.client import Client as NATS
 
-from orchestrator import migrate
 from orchestrator.embedded import NatsServer, PostgresServer
 from orchestrator.embedded.daemon_proc import DaemonProcess
 from orchestrator.embedded.engine import ContainerEngine
+from orchestrator.runtime import migrate
 
 _db_counter = itertools.count()
 

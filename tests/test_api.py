@@ -18,10 +18,10 @@ from nats.js.api import AckPolicy, DeliverPolicy
 from pydantic import SecretStr
 from structlog.testing import capture_logs
 
-from orchestrator import decision_auth
-from orchestrator.api_events import EVENT_STREAMS_KEY
-from orchestrator.daemon import Daemon
+from orchestrator.api.events import EVENT_STREAMS_KEY
+from orchestrator.core import decision_auth
 from orchestrator.embedded import NatsServer
+from orchestrator.runtime.daemon import Daemon
 from tests.agents import (
     PIPELINE,
     ScriptedAgents,
@@ -387,7 +387,7 @@ async def test_actions_are_checked_then_applied_by_the_engine(
             "agog_strategic_decisions", "agog.strategic.decisions.REQ-ACT-1"
         )
         assert msg.headers is not None
-        # Signed, and its key tagged with the same secret (orchestrator.decision_auth).
+        # Signed, and its key tagged with the same secret (orchestrator.core.decision_auth).
         key = decision_auth.signing_key(SecretStr("test-token"))
         assert key is not None
         assert msg.headers["Nats-Msg-Id"] == decision_auth.msg_id(

@@ -7,7 +7,7 @@ import asyncio
 import asyncpg
 import pytest
 
-from orchestrator.batch import CTE_MAX, BatchedConnection
+from orchestrator.runtime.batch import CTE_MAX, BatchedConnection
 
 HEAD = "INSERT INTO log (tag, n)"
 

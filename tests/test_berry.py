@@ -19,9 +19,10 @@ import asyncpg
 import pytest
 from nats.aio.client import Client as NATS
 
-from orchestrator import migrate, registry
+from orchestrator.core import registry
 from orchestrator.embedded import NatsServer
 from orchestrator.embedded.engine import BUSYBOX_IMAGE, ContainerEngine
+from orchestrator.runtime import migrate
 from tests.agents import (
     ScriptedAgents,
     collect,
@@ -32,9 +33,9 @@ from tests.agents import (
     submit,
     wait_status,
 )
-from workers.berry import NativeBerry
-from workers.compose_cli import compose_env, run_compose
-from workers.engine_api import PROJECT_LABEL
+from workers.adapters.compose_cli import compose_env, run_compose
+from workers.adapters.engine_api import PROJECT_LABEL
+from workers.release.berry import NativeBerry
 
 PIPELINE = registry.load()
 GOOD_CMD = "echo ok > /www/index.html && exec httpd -f -p 8080 -h /www"

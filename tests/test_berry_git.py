@@ -16,11 +16,11 @@ import asyncpg
 import pytest
 from nats.aio.client import Client as NATS
 
-from orchestrator import migrate
 from orchestrator.embedded import NatsServer
+from orchestrator.runtime import migrate
 from tests.agents import PIPELINE, settings_for
 from tests.test_berry import git, git_init, previous_stages
-from workers.berry import NativeBerry
+from workers.release.berry import NativeBerry
 
 HOOKS = ("pre-commit", "prepare-commit-msg", "commit-msg", "post-commit")
 

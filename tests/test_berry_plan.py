@@ -8,8 +8,8 @@ from pathlib import PurePosixPath
 from hypothesis import given
 from hypothesis import strategies as st
 
-from orchestrator import registry
-from workers.berry_plan import (
+from orchestrator.core import registry
+from workers.release.plan import (
     StageDeliverable,
     commit_message,
     listed_files,

@@ -251,8 +251,8 @@ async def test_board_asks_for_the_token_when_reads_need_it(
 async def test_board_assets_are_served_from_the_package() -> None:
     from aiohttp.test_utils import TestClient, TestServer
 
-    from orchestrator import http_server
-    from orchestrator.readiness import Readiness
+    from orchestrator.runtime import http_server
+    from orchestrator.runtime.readiness import Readiness
 
     app = http_server.build_app(Readiness())
     http_server.add_board(app)

@@ -26,11 +26,12 @@ import asyncpg
 import pytest
 from nats.aio.client import Client as NATS
 
-from orchestrator import migrate, owner_sync
 from orchestrator.embedded import NatsServer
+from orchestrator.engine import owner_sync
+from orchestrator.inbound.owner_requests import OwnerRequestsFile
 from orchestrator.memory import context
-from orchestrator.owner_requests import OwnerRequestsFile
-from orchestrator.state_log import StateLog
+from orchestrator.runtime import migrate
+from orchestrator.runtime.state_log import StateLog
 from tests.agents import (
     ScriptedAgents,
     deliverable_subject,

@@ -23,12 +23,13 @@ import nats
 import pytest
 from nats.aio.client import Client as NATS
 
-from orchestrator import outbox, registry
+from orchestrator.core import registry
 from orchestrator.embedded import NatsServer
+from orchestrator.engine import outbox
 from orchestrator.memory import prune
 from orchestrator.memory.embedder import Embedder
-from orchestrator.state_log import StateLog
-from orchestrator.topology import Reconciler
+from orchestrator.runtime.state_log import StateLog
+from orchestrator.runtime.topology import Reconciler
 
 
 def _shut_down() -> asyncpg.InternalClientError:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from workers.compose_cli import ComposeError, compose_binary, compose_env, run_compose
+from workers.adapters.compose_cli import ComposeError, compose_binary, compose_env, run_compose
 
 
 def test_the_binary_is_compose_v2_itself_not_the_python_wrapper() -> None:

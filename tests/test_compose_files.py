@@ -516,7 +516,7 @@ def test_dockerfile_bakes_in_no_secret() -> None:
 def test_nats_config_parses_and_lets_the_streams_messages_through(rendered, tmp_path) -> None:
     """The compose NATS runs the inline config, which the real nats-server
     accepts, with a max_payload as large as the streams' max_msg_size."""
-    from orchestrator import registry
+    from orchestrator.core import registry
     from orchestrator.embedded.procs import find_executable
 
     nats = rendered["agents"]["services"]["nats"]

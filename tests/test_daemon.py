@@ -12,10 +12,11 @@ import asyncpg
 import nats
 from nats.js.api import StorageType, StreamConfig
 
-from orchestrator import migrate, registry
+from orchestrator.core import registry
 from orchestrator.embedded import NatsServer, PostgresServer
 from orchestrator.embedded.daemon_proc import DaemonProcess
 from orchestrator.embedded.procs import free_port
+from orchestrator.runtime import migrate
 
 STREAMS = {s.name for s in registry.load().streams}
 MIGRATIONS = len(migrate.discover())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from workers.deploy import ComposeDeployer, ComposeTarget
+from workers.release.deploy import ComposeDeployer, ComposeTarget
 
 
 async def test_an_engine_that_stays_away_fails_the_verdict_with_its_reason(

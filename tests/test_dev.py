@@ -14,7 +14,7 @@ import asyncpg
 import nats
 import pytest
 
-from orchestrator import registry
+from orchestrator.core import registry
 from orchestrator.embedded.daemon_proc import DaemonProcess
 from orchestrator.embedded.postgres import _bin_dir
 from orchestrator.embedded.procs import port_is_free

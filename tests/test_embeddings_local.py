@@ -24,7 +24,7 @@ from orchestrator.embeddings import (
     make_provider,
 )
 from orchestrator.embeddings.local import default_model_dir
-from orchestrator.settings import Settings
+from orchestrator.runtime.settings import Settings
 
 INVOICE = "The invoice total is wrong after applying a discount"
 PARAPHRASE = "Billing amount miscalculated when a price reduction is used"

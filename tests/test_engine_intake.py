@@ -14,7 +14,7 @@ from nats.aio.client import Client as NATS
 from structlog.testing import capture_logs
 
 from orchestrator.embedded import NatsServer
-from orchestrator.owner_requests import parse
+from orchestrator.inbound.owner_requests import parse
 from tests.agents import ScriptedAgents, running_agogd, settings_for, submit, wait_status
 
 OWNER_FILE = """# Owner requests

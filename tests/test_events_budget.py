@@ -17,8 +17,8 @@ from urllib.parse import urlsplit
 import aiohttp
 from nats.aio.client import Client as NATS
 
-from orchestrator import registry
-from orchestrator.api_events import EVENT_MAX, FIELD_MAX, Prefixes, cut, to_event
+from orchestrator.api.events import EVENT_MAX, FIELD_MAX, Prefixes, cut, to_event
+from orchestrator.core import registry
 from orchestrator.embedded import NatsServer
 from orchestrator.embedded.daemon_proc import DaemonProcess
 

@@ -36,12 +36,15 @@ from structlog.testing import capture_logs
 from yarl import URL
 
 import orchestrator
-from orchestrator import api_events, api_memory, api_views, intake
-from orchestrator.api_actions import ACTIONS, ActionBody
-from orchestrator.api_common import DAEMON_KEY, ApiError, token_problem
-from orchestrator.daemon import Daemon
+from orchestrator.api import events as api_events
+from orchestrator.api import memory as api_memory
+from orchestrator.api import views as api_views
+from orchestrator.api.actions import ACTIONS, ActionBody
+from orchestrator.api.common import DAEMON_KEY, ApiError, token_problem
 from orchestrator.embedded import NatsServer
-from orchestrator.notices import validate_req_id
+from orchestrator.inbound import intake
+from orchestrator.inbound.notices import validate_req_id
+from orchestrator.runtime.daemon import Daemon
 from tests.agents import PIPELINE, ScriptedAgents, happy, running_agogd, settings_for, wait_status
 from tests.test_fuzz_daemon import REQ_IDS, TOKEN, draw_many, hostile, odd_bytes, poll_ready
 from tests.test_fuzz_parsers import HOSTILE_TEXT, JSON_VALUES

@@ -44,17 +44,17 @@ from nats.aio.msg import Msg
 from nats.js.client import JetStreamContext
 from structlog.testing import capture_logs
 
-from orchestrator import intake
-from orchestrator.daemon import Daemon
+from orchestrator.core.workflow import DecisionRejected, Workflow, apply
 from orchestrator.embedded import NatsServer
-from orchestrator.messages import Rejected, parse_decision
-from orchestrator.notices import (
+from orchestrator.inbound import intake
+from orchestrator.inbound.messages import Rejected, parse_decision
+from orchestrator.inbound.notices import (
     NoticeError,
     parse_deliverable_subject,
     parse_notice,
     validate_req_id,
 )
-from orchestrator.workflow import DecisionRejected, Workflow, apply
+from orchestrator.runtime.daemon import Daemon
 from tests.agents import (
     PIPELINE,
     ScriptedAgents,

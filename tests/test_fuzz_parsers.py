@@ -15,13 +15,14 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from orchestrator import intake, registry
-from orchestrator.messages import Rejected, parse_decision
-from orchestrator.notice_extract import NoNotice, extract_notice
-from orchestrator.notices import NoticeError, parse_notice, validate_req_id
-from orchestrator.owner_requests import parse_report
-from workers.berry_plan import listed_files, path_problem
-from workers.runner import BadAssignment, parse_assignment
+from orchestrator.core import registry
+from orchestrator.inbound import intake
+from orchestrator.inbound.messages import Rejected, parse_decision
+from orchestrator.inbound.notice_extract import NoNotice, extract_notice
+from orchestrator.inbound.notices import NoticeError, parse_notice, validate_req_id
+from orchestrator.inbound.owner_requests import parse_report
+from workers.release.plan import listed_files, path_problem
+from workers.runner.service import BadAssignment, parse_assignment
 
 P = registry.load()
 AGENTS = P.agents

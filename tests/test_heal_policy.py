@@ -7,7 +7,7 @@ from itertools import pairwise
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from workers.heal_policy import ContainerRecord, HealPolicy, backoff, decide, on_probe
+from workers.infra.heal_policy import ContainerRecord, HealPolicy, backoff, decide, on_probe
 
 POLICIES = st.builds(
     HealPolicy,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncpg
 
-from workers.heal_store import HealStore
+from workers.infra.heal_store import HealStore
 
 
 async def test_quiet_histories_are_pruned_and_busy_ones_kept(migrated_pool: asyncpg.Pool) -> None:

@@ -20,10 +20,10 @@ from structlog.testing import capture_logs
 from orchestrator.embedded import NatsServer
 from orchestrator.embedded.engine import BUSYBOX_IMAGE, ContainerEngine
 from tests.agents import collect, running_agogd, settings_for
-from workers.engine_api import CALL_TIMEOUT, PROJECT_LABEL
-from workers.heal_policy import HealPolicy
-from workers.heal_store import HealStore
-from workers.health import HealthWatcher
+from workers.adapters.engine_api import CALL_TIMEOUT, PROJECT_LABEL
+from workers.infra.heal_policy import HealPolicy
+from workers.infra.heal_store import HealStore
+from workers.infra.health import HealthWatcher
 
 PROJECT = "agogtest"
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from orchestrator import nats_auth
 from orchestrator.embedded import NatsServer, PostgresServer
+from orchestrator.runtime import nats_auth
 from tests.agents import PIPELINE
 
 NEIGHBOUR = "nobody"

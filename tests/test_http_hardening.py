@@ -385,7 +385,7 @@ def test_url_credentials_are_never_printed(
 
 
 def test_redact_text_masks_every_url_credential_and_only_that() -> None:
-    from orchestrator.redact import redact_text
+    from orchestrator.core.redact import redact_text
 
     said = "cannot reach nats://agog:pw@ss@h1:4222/x, tls://tok3n@h2 or postgresql://u:pg@db/m"
     assert redact_text(said) == (

@@ -15,7 +15,7 @@ import pytest
 
 from orchestrator.embedded import NatsServer
 from orchestrator.embedded.daemon_proc import DaemonProcess
-from orchestrator.settings import Settings
+from orchestrator.runtime.settings import Settings
 
 DEFAULT_PORT = Settings.model_fields["http_port"].default
 

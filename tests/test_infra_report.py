@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from orchestrator import registry
-from orchestrator.notices import parse_deliverable_subject, parse_notice
-from workers.infra_compose import compose_entry, compose_project, container_entry
-from workers.infra_entries import (
+from orchestrator.core import registry
+from orchestrator.inbound.notices import parse_deliverable_subject, parse_notice
+from workers.infra.compose import compose_entry, compose_project, container_entry
+from workers.infra.entries import (
     DISK_DEGRADED,
     deliverable,
     disk_entry,
@@ -24,9 +24,9 @@ from workers.infra_entries import (
     summarize,
     worst,
 )
-from workers.infra_render import render_text
-from workers.infra_report import reporter_of
-from workers.infra_request import BadRequest, parse_request
+from workers.infra.render import render_text
+from workers.infra.report import reporter_of
+from workers.infra.request import BadRequest, parse_request
 
 PIPELINE = registry.load()
 TEMPLATE = PIPELINE.subjects["infra_report_request"]
@@ -504,7 +504,7 @@ def test_render_text_shows_every_part() -> None:
 
 
 def test_settings_take_comma_separated_lists(monkeypatch: pytest.MonkeyPatch) -> None:
-    from orchestrator.settings import load_settings
+    from orchestrator.runtime.settings import load_settings
 
     monkeypatch.setenv("AGOG_INFRA_COMPOSE_FILES", "docker-compose.agents.yml, app.yml")
     monkeypatch.setenv("AGOG_INFRA_DATA_DIRS", "/data/pg,/data/nats")

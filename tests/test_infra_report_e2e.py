@@ -26,11 +26,11 @@ from nats.aio.client import Client as NATS
 
 from orchestrator.embedded import NatsServer
 from orchestrator.embedded.engine import BUSYBOX_IMAGE, ContainerEngine
-from orchestrator.topology import Reconciler
+from orchestrator.runtime.topology import Reconciler
 from tests.agents import PIPELINE, collect, running_agogd, settings_for
-from workers.compose_cli import compose_env, run_compose
-from workers.engine_api import PROJECT_LABEL
-from workers.infra_report import build_report, publish_report
+from workers.adapters.compose_cli import compose_env, run_compose
+from workers.adapters.engine_api import PROJECT_LABEL
+from workers.infra.report import build_report, publish_report
 
 COMPOSE = """\
 name: {project}

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from orchestrator import logs
+from orchestrator.runtime import logs
 
 
 def test_json_lines_carry_bound_context(capsys: pytest.CaptureFixture[str]) -> None:

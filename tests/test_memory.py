@@ -22,8 +22,6 @@ from nats.aio.client import Client as NATS
 from pgvector.asyncpg import register_vector
 from structlog.testing import capture_logs
 
-from orchestrator import migrate
-from orchestrator.daemon import EXIT_FAILED, Daemon
 from orchestrator.embedded import NatsServer
 from orchestrator.embeddings import LocalEmbeddings, OllamaEmbeddings
 from orchestrator.memory import admin, dimension, prune, retention, sql
@@ -32,8 +30,10 @@ from orchestrator.memory.model import Draft, Filters, QueryError
 from orchestrator.memory.recall import Tuning, recall
 from orchestrator.memory.service import min_similarity_for
 from orchestrator.memory.writes import Writer
+from orchestrator.runtime import migrate
+from orchestrator.runtime.daemon import EXIT_FAILED, Daemon
 from tests.agents import ScriptedAgents, happy, notice, running_agogd, settings_for, wait_status
-from workers.prompt import build_prompt
+from workers.runner.prompt import build_prompt
 
 INVOICE = "The invoice totals are wrong when a discount applies."
 PARAPHRASE = "Billing amounts are miscalculated after a price reduction"

@@ -9,13 +9,13 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from orchestrator import registry
+from orchestrator.core import registry
+from orchestrator.core.workflow import CloseAttempt, Emit
 from orchestrator.embeddings.base import EmbeddingUnavailable
 from orchestrator.memory import capture, chunking, policy, retention, sql, vectors
 from orchestrator.memory.fusion import rrf
 from orchestrator.memory.model import Candidate, Draft, Filters
 from orchestrator.memory.outage import Outage
-from orchestrator.workflow import CloseAttempt, Emit
 
 texts = st.text(
     alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=0, max_size=3000

@@ -21,8 +21,9 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from orchestrator import metrics, registry
+from orchestrator.core import registry
 from orchestrator.embedded import NatsServer
+from orchestrator.runtime import metrics
 from tests.agents import (
     ScriptedAgents,
     deliverable_subject,
@@ -255,7 +256,7 @@ def exposed_names() -> set[str]:
     """Every sample name agogd can expose (labelled series created so that each shows)."""
     from prometheus_client import generate_latest
 
-    from orchestrator.observe import _preset
+    from orchestrator.api.observe import _preset
 
     class _Daemon:
         pipeline = PIPELINE

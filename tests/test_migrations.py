@@ -9,7 +9,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from orchestrator import migrate
+from orchestrator.runtime import migrate
 
 ALL_VERSIONS = [m.version for m in migrate.discover()]
 TABLES = {

@@ -22,8 +22,8 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from pydantic import SecretStr
 
-from orchestrator import nats_auth
 from orchestrator.embedded import NatsServer
+from orchestrator.runtime import nats_auth
 from tests.agents import (
     PIPELINE,
     deliverable_subject,

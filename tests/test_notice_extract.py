@@ -9,7 +9,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from orchestrator.notice_extract import NoNotice, extract_notice
+from orchestrator.inbound.notice_extract import NoNotice, extract_notice
 
 NOTICE = {"status": "COMPLETE", "agent": "roy", "changes": {"files": ["a.py"], "n": 2}}
 NOTICE_JSON = json.dumps(NOTICE)

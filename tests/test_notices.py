@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from orchestrator import registry
-from orchestrator.messages import completed_event
-from orchestrator.notices import (
+from orchestrator.core import registry
+from orchestrator.inbound.messages import completed_event
+from orchestrator.inbound.notices import (
     REQ_ID_MAX,
     CompletionNotice,
     InvalidReqId,

@@ -9,8 +9,8 @@ import asyncpg
 from nats.aio.client import Client as NATS
 from nats.js.api import StreamConfig
 
-from orchestrator import migrate
-from orchestrator.outbox import Publisher, publish_batch
+from orchestrator.engine.outbox import Publisher, publish_batch
+from orchestrator.runtime import migrate
 
 
 async def _setup(pg_conn: asyncpg.Connection, nc: NATS) -> None:

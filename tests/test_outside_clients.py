@@ -16,8 +16,8 @@ from typing import Any
 import asyncpg
 from nats.aio.client import Client as NATS
 
-from orchestrator import migrate
 from orchestrator.embedded import NatsServer
+from orchestrator.runtime import migrate
 from tests.agents import (
     PIPELINE,
     ScriptedAgents,

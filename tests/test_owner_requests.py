@@ -13,8 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from orchestrator import owner_requests
-from orchestrator.owner_requests import (
+from orchestrator.inbound import owner_requests
+from orchestrator.inbound.owner_requests import (
     KNOWN_STATUSES,
     OwnerRequest,
     OwnerRequestsFile,

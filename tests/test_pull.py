@@ -10,7 +10,7 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
 
 from orchestrator.embedded import NatsServer
-from orchestrator.pull import PullFeed
+from orchestrator.runtime.pull import PullFeed
 
 
 async def _setup(nc: NATS) -> None:

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from orchestrator import registry
-from orchestrator.registry import RegistryError, parse_duration, subject_matches
+from orchestrator.core import registry
+from orchestrator.core.registry import RegistryError, parse_duration, subject_matches
 
 SEVEN = ["cynthia", "sylvia", "roy", "jen", "billy", "priya", "berry"]
 

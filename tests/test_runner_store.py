@@ -8,8 +8,8 @@ import asyncio
 import asyncpg
 import pytest
 
-from workers import runner_store
-from workers.runner_store import Run
+from workers.runner import store as runner_store
+from workers.runner.store import Run
 
 RUN = Run("REQ-RS-1", 3, 1)
 

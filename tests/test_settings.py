@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.settings import Settings, describe_error, redact_url
+from orchestrator.runtime.settings import Settings, describe_error, redact_url
 
 
 @pytest.fixture(autouse=True)

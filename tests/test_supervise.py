@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from orchestrator import registry
-from orchestrator.notices import parse_notice
-from workers.runner import outcome_notice
-from workers.supervise import ProcessResult, run_process
+from orchestrator.core import registry
+from orchestrator.inbound.notices import parse_notice
+from workers.adapters.supervise import ProcessResult, run_process
+from workers.runner.service import outcome_notice
 
 PIPELINE = registry.load()
 ROY = PIPELINE.stage_for_agent("roy")

@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 from nats.aio.client import Client as NATS
 
+from orchestrator.core.safe_text import UNSAFE
 from orchestrator.embedded import NatsServer
 from orchestrator.embedded.daemon_proc import DaemonProcess
-from orchestrator.safe_text import UNSAFE
 from tests.agents import ScriptedAgents, happy, notice, running_agogd, settings_for, submit
 from tests.agents import wait_status as wait_req
 from tests.test_ctl_e2e import AGOGCTL, ctl

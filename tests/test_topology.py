@@ -10,9 +10,9 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.js.api import StorageType, StreamConfig
 
-from orchestrator import registry
+from orchestrator.core import registry
 from orchestrator.embedded import NatsServer
-from orchestrator.topology import Reconciler, TopologyError
+from orchestrator.runtime.topology import Reconciler, TopologyError
 
 PIPELINE = registry.load()
 

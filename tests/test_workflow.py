@@ -6,9 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from orchestrator import registry
-from orchestrator.effects import stage_by_index
-from orchestrator.workflow import (
+from orchestrator.core import registry
+from orchestrator.core.workflow import (
     AttemptMark,
     CloseAttempt,
     Completed,
@@ -24,6 +23,7 @@ from orchestrator.workflow import (
     apply,
     provenance,
 )
+from orchestrator.engine.effects import stage_by_index
 
 P = registry.load()
 N = len(P.stages)

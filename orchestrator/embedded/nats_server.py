@@ -16,7 +16,7 @@ from orchestrator.embedded.procs import (
     stop_process,
     wait_until,
 )
-from orchestrator.private_file import write_private
+from orchestrator.runtime.private_file import write_private
 
 # The feature streams accept 10 MiB messages (the old daemon's limit), so the
 # server's own max_payload has to allow them.

@@ -35,7 +35,7 @@ from orchestrator.embedded.procs import (
     stop_process,
     wait_until,
 )
-from orchestrator.private_file import write_private
+from orchestrator.runtime.private_file import write_private
 
 SYSTEM_USER = "pgserver"
 SUPERUSER = "postgres"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from orchestrator.registry import Pipeline
+from orchestrator.core.registry import Pipeline
 
 
 def notice(

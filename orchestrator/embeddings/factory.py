@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from orchestrator.embeddings.base import EmbeddingProvider
 
 if TYPE_CHECKING:
-    from orchestrator.settings import Settings
+    from orchestrator.runtime.settings import Settings
 
 
 def make_provider(settings: Settings) -> EmbeddingProvider | None:

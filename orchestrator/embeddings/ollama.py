@@ -25,7 +25,7 @@ import aiohttp
 
 from orchestrator.embeddings._common import clean_vector, text_list
 from orchestrator.embeddings.base import EmbeddingUnavailable
-from orchestrator.logs import get_logger
+from orchestrator.runtime.logs import get_logger
 
 log = get_logger(__name__)
 

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from orchestrator import migrate
 from orchestrator.embeddings.base import EmbeddingProvider, EmbeddingUnavailable
 from orchestrator.memory import dimension
-from orchestrator.settings import Settings
+from orchestrator.runtime import migrate
+from orchestrator.runtime.settings import Settings
 
 
 @dataclass(frozen=True)

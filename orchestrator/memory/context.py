@@ -29,17 +29,17 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
-from orchestrator import db
-from orchestrator.batch import BatchedConnection
-from orchestrator.logs import get_logger
+from orchestrator.core.workflow import LIVE
 from orchestrator.memory import capture, policy
 from orchestrator.memory.fusion import rrf
 from orchestrator.memory.model import Filters
 from orchestrator.memory.recall import Tuning, candidates
-from orchestrator.workflow import LIVE
+from orchestrator.runtime import db
+from orchestrator.runtime.batch import BatchedConnection
+from orchestrator.runtime.logs import get_logger
 
 if TYPE_CHECKING:
-    from orchestrator.daemon import Daemon
+    from orchestrator.runtime.daemon import Daemon
 
 log = get_logger("agogd.memory")
 

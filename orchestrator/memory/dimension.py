@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from orchestrator.logs import get_logger
+from orchestrator.runtime.logs import get_logger
 
 log = get_logger("agogd.memory")
 

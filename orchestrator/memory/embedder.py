@@ -23,14 +23,14 @@ from typing import TYPE_CHECKING
 
 import asyncpg
 
-from orchestrator import db, metrics
 from orchestrator.embeddings.base import EmbeddingProvider, EmbeddingUnavailable
-from orchestrator.logs import get_logger
 from orchestrator.memory import chunking, dimension, vectors
 from orchestrator.memory.outage import Outage
+from orchestrator.runtime import db, metrics
+from orchestrator.runtime.logs import get_logger
 
 if TYPE_CHECKING:
-    from orchestrator.daemon import Daemon
+    from orchestrator.runtime.daemon import Daemon
 
 log = get_logger("agogd.memory")
 

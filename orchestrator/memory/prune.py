@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING
 
 import asyncpg
 
-from orchestrator import db
-from orchestrator.logs import get_logger
 from orchestrator.memory import retention
+from orchestrator.runtime import db
+from orchestrator.runtime.logs import get_logger
 
 if TYPE_CHECKING:
-    from orchestrator.daemon import Daemon
+    from orchestrator.runtime.daemon import Daemon
 
 log = get_logger("agogd.memory")
 

@@ -22,19 +22,19 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
-from orchestrator import db
 from orchestrator.embeddings.base import EmbeddingProvider, EmbeddingUnavailable
-from orchestrator.logs import get_logger
 from orchestrator.memory import context, dimension, policy, prune
 from orchestrator.memory.embedder import Embedder
 from orchestrator.memory.hooks import Bound
 from orchestrator.memory.model import PENDING_CHANNEL
 from orchestrator.memory.recall import Tuning
 from orchestrator.memory.writes import Writer
+from orchestrator.runtime import db
+from orchestrator.runtime.logs import get_logger
 
 if TYPE_CHECKING:
-    from orchestrator.daemon import Daemon
-    from orchestrator.settings import Settings
+    from orchestrator.runtime.daemon import Daemon
+    from orchestrator.runtime.settings import Settings
 
 log = get_logger("agogd.memory")
 
@@ -106,7 +106,7 @@ class Memory:
 
     async def startup_check(self, daemon: Daemon) -> None:
         """Refuse to start on a missing model or a dimension mismatch."""
-        from orchestrator.daemon import StartupError
+        from orchestrator.runtime.daemon import StartupError
 
         if self.problem is not None:
             raise StartupError(f"embedding provider: {self.problem}")

@@ -14,10 +14,10 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from orchestrator.batch import BatchedConnection
-from orchestrator.logs import get_logger
 from orchestrator.memory import chunking
 from orchestrator.memory.model import PENDING_CHANNEL, Draft, Row
+from orchestrator.runtime.batch import BatchedConnection
+from orchestrator.runtime.logs import get_logger
 
 log = get_logger("agogd.memory")
 

@@ -1,0 +1,137 @@
+"""What every API module shares: the daemon key, JSON errors, the token check.
+
+A handler raises ``ApiError(status, message)``; the error middleware of
+``orchestrator.api.routes`` turns it into ``{"error": message, "code": ...}`` with
+that status. Nothing else ever reaches the client as an error body.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from datetime import date, datetime
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from orchestrator.inbound import intake
+from orchestrator.inbound.notices import validate_req_id
+
+if TYPE_CHECKING:
+    from orchestrator.runtime.daemon import Daemon
+
+DAEMON_KEY: web.AppKey[Any] = web.AppKey("daemon", object)
+
+# status -> the machine-readable code beside the message
+CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    408: "request_timeout",
+    409: "conflict",
+    413: "too_large",
+    421: "misdirected_request",
+    500: "internal",
+    503: "unavailable",
+}
+
+
+class ApiError(Exception):
+    """An error answer: status, a readable message, and optional extra fields."""
+
+    def __init__(self, status: int, message: str, /, **extra: Any) -> None:
+        super().__init__(message)
+        self.status, self.message, self.extra = status, message, extra
+
+
+def error_body(status: int, message: str, /, **extra: Any) -> dict[str, Any]:
+    return {"error": message, "code": CODES.get(status, "error"), **extra}
+
+
+def error_response(status: int, message: str, /, **extra: Any) -> web.Response:
+    return web.json_response(error_body(status, message, **extra), status=status)
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return float(value)
+    return str(value)
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, default=_default)
+
+
+def json_ok(body: Any, status: int = 200) -> web.Response:
+    """A JSON answer; datetimes become ISO 8601 strings."""
+    return web.json_response(body, status=status, dumps=dumps)
+
+
+def daemon_of(request: web.Request) -> Daemon:
+    return request.app[DAEMON_KEY]  # type: ignore[no-any-return]
+
+
+def pool_of(request: web.Request) -> Any:
+    daemon = daemon_of(request)
+    if daemon.pool is None:
+        raise ApiError(503, "agogd is not ready (no Postgres pool yet)")
+    return daemon.pool
+
+
+def given_token(request: web.Request, allow_query: bool = False) -> str:
+    """The bearer token of a request; GETs may pass it as ``?token=`` (an
+    EventSource cannot set headers)."""
+    header = request.headers.get("Authorization", "").strip()
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    if allow_query:
+        return request.query.get("token", "").strip()
+    return ""
+
+
+def token_problem(request: web.Request, allow_query: bool = False) -> ApiError | None:
+    """Why a request may not act (401/403), or None if its token is right."""
+    token = daemon_of(request).settings.api_token
+    if token is None:
+        return ApiError(403, "actions are disabled: set AGOG_API_TOKEN")
+    given = given_token(request, allow_query)
+    # surrogatepass: aiohttp decodes header bytes that are not UTF-8 (a Latin-1
+    # token, say) to lone surrogates, which a plain encode() refused with a 500.
+    sent = given.encode("utf-8", "surrogatepass")
+    wanted = token.get_secret_value().encode("utf-8", "surrogatepass")
+    if not given or not hmac.compare_digest(sent, wanted):
+        return ApiError(401, "a valid bearer token is required")
+    return None
+
+
+def require_token(request: web.Request) -> None:
+    problem = token_problem(request)
+    if problem is not None:
+        raise problem
+
+
+def req_of(request: web.Request) -> str:
+    """The ``{req}`` of the path, validated (400 if unsafe)."""
+    try:
+        return validate_req_id(request.match_info["req"])
+    except ValueError as exc:
+        raise ApiError(400, str(exc)) from None
+
+
+async def read_object(request: web.Request, empty_ok: bool = True) -> dict[str, Any]:
+    """The JSON object body (an empty body is ``{}`` when allowed), else 400."""
+    data = await request.read()
+    if not data.strip():
+        if empty_ok:
+            return {}
+        raise ApiError(400, "a JSON object body is required")
+    try:
+        return intake.json_object(data, daemon_of(request).settings.max_message_bytes, "the body")
+    except intake.IntakeError as exc:
+        raise ApiError(400, f"{exc.reason}: {exc.message}") from None

@@ -1,0 +1,402 @@
+"""agogctl's human output: aligned tables, ANSI colours on a terminal.
+
+Colours are used only when stdout is a TTY and ``NO_COLOR`` is unset
+(``FORCE_COLOR`` forces them, e.g. through ``less -R``). No dependency
+beyond the standard library: the API's JSON is the source, this only lays
+it out. Agents wrote much of that JSON: agogctl neutralises every string in
+it before it is laid out, and ``terminal_safe`` lets no escape sequence but
+the painter's own colours reach the terminal.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any, TextIO
+
+from orchestrator.core.safe_text import excerpt, neutralise
+
+_CODES = {
+    "bold": "1",
+    "dim": "2",
+    "red": "31",
+    "green": "32",
+    "yellow": "33",
+    "blue": "34",
+    "magenta": "35",
+    "cyan": "36",
+    "bold red": "1;31",
+    "bold yellow": "1;33",
+    "bold green": "1;32",
+}
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+# REQ status -> style
+STATUS_STYLE = {
+    "PENDING": "dim",
+    "IN_PROGRESS": "cyan",
+    "BLOCKED": "bold yellow",
+    "ESCALATED": "bold red",
+    "COMPLETE": "green",
+    "DEPLOYED": "bold green",
+    "CANCELLED": "dim",
+}
+# stage cell state -> (text, style)
+CELL = {
+    "waiting": (".", "dim"),
+    "running": ("run", "cyan"),
+    "done": ("ok", "green"),
+    "rejected": ("rej", "magenta"),
+    "failed": ("fail", "red"),
+    "blocked": ("BLOCK", "bold yellow"),
+    "cancelled": ("x", "dim"),
+}
+# SSE status -> style, for tail
+EVENT_STYLE = {
+    "running": "cyan",
+    "done": "green",
+    "failed": "red",
+    "blocked": "bold yellow",
+    "IN_PROGRESS": "blue",
+    "finished": "bold green",
+    "COMPLETE": "green",
+    "DEPLOYED": "bold green",
+    "CANCELLED": "dim",
+    "ESCALATED": "bold red",
+    "decided": "magenta",
+    "rejected": "magenta",
+}
+
+
+def colour_enabled(stream: TextIO | None = None) -> bool:
+    if os.environ.get("NO_COLOR"):
+        return False
+    if os.environ.get("FORCE_COLOR"):
+        return True
+    stream = stream or sys.stdout
+    return stream.isatty() and os.environ.get("TERM") != "dumb"
+
+
+class Painter:
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+
+    def __call__(self, text: str, style: str | None) -> str:
+        if not self.enabled or not style or style not in _CODES:
+            return text
+        return f"\x1b[{_CODES[style]}m{text}\x1b[0m"
+
+
+def terminal_safe(line: str, colour: bool) -> str:
+    """A line as it may reach the terminal: every control character escaped
+    visibly, except (with colour on) the painter's own colour codes. The
+    safety net under the neutralised data: nothing else can move the cursor,
+    retitle the window or start a line."""
+    if not colour:
+        return neutralise(line)
+    parts = _ANSI.split(line)
+    codes = [*_ANSI.findall(line), ""]
+    return "".join(neutralise(part) + code for part, code in zip(parts, codes, strict=True))
+
+
+def visible_len(text: str) -> int:
+    return len(_ANSI.sub("", text))
+
+
+def table(rows: Sequence[Sequence[str]], indent: str = "") -> list[str]:
+    """Left-aligned columns; ANSI colour codes do not count towards widths."""
+    if not rows:
+        return []
+    widths = [max(visible_len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = []
+    for row in rows:
+        cells = [cell + " " * (w - visible_len(cell)) for cell, w in zip(row, widths, strict=True)]
+        lines.append((indent + "  ".join(cells)).rstrip())
+    return lines
+
+
+def duration(seconds: Any) -> str:
+    if not isinstance(seconds, int | float):
+        return "-"
+    s = float(seconds)
+    if s < 10:
+        return f"{s:.1f}s"
+    s = int(s)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def clock(value: Any) -> str:
+    """An ISO time as HH:MM:SS (local time), or '-'."""
+    if not isinstance(value, str) or not value:
+        return "-"
+    try:
+        return (
+            datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone().strftime("%H:%M:%S")
+        )
+    except ValueError:
+        return value
+
+
+def stamp(value: Any) -> str:
+    """An ISO time as 'YYYY-MM-DD HH:MM:SS' (local time), or '-'."""
+    if not isinstance(value, str) or not value:
+        return "-"
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone()
+    except ValueError:
+        return value
+    return parsed.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def priority(value: Any) -> str:
+    """The API answers "P2"; an older agogd answered 2: shown the same way."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"P{value}"
+    return "-" if value is None else str(value)
+
+
+def cell_text(cell: Mapping[str, Any], paint: Painter) -> str:
+    text, style = CELL.get(str(cell.get("state")), (str(cell.get("state")), None))
+    attempt = cell.get("attempt")
+    if cell.get("state") == "running":
+        text = f"run {duration(cell.get('seconds'))}"
+    elif isinstance(attempt, int) and attempt > 1:
+        text = f"{text}#{attempt}"
+    return paint(text, style)
+
+
+def status_grid(body: Mapping[str, Any], paint: Painter) -> list[str]:
+    """REQs x stages: one row per REQ, one column per stage (agent names)."""
+    stages = body.get("stages", [])
+    header = ["REQ", "PRI", "STATUS", *[s["agent"] for s in stages], "AGE"]
+    rows = [[paint(h, "bold") for h in header]]
+    for req in body.get("reqs", []):
+        cells = {c["index"]: c for c in req.get("stages", [])}
+        rows.append(
+            [
+                req["req_number"],
+                priority(req.get("priority")),
+                paint(req["status"], STATUS_STYLE.get(req["status"])),
+                *[cell_text(cells.get(s["index"], {"state": "waiting"}), paint) for s in stages],
+                duration(req.get("age_seconds")),
+            ]
+        )
+    lines = table(rows)
+    shown, total = body.get("count", 0), body.get("total", 0)
+    if not body.get("reqs"):
+        lines = ["no REQs match"]
+    lines.append("")
+    lines.append(
+        f"{shown} of {total} REQ(s).  "
+        + "  ".join(paint(text, style) + f" {state}" for state, (text, style) in CELL.items())
+    )
+    return lines
+
+
+def _short(text: Any, width: int = 70) -> str:
+    """A cell's excerpt of (neutralised) text, on one line."""
+    return excerpt(neutralise(str(text or "")), width)
+
+
+def req_detail(body: Mapping[str, Any], paint: Painter, events: int = 20) -> list[str]:
+    """A REQ and its history, section by section."""
+    status = body["status"]
+    lines = [
+        f"{paint(body['req_number'], 'bold')}  {paint(status, STATUS_STYLE.get(status))}  "
+        f"{priority(body.get('priority'))}  {body.get('title') or ''}".rstrip()
+    ]
+    where = (
+        f"stage {body['current_stage']} {body.get('current_stage_name')}"
+        f" ({body.get('current_agent')})"
+        if body.get("current_stage") is not None
+        else "not started"
+    )
+    facts = [where, f"created {stamp(body.get('created_at'))}"]
+    facts.append(f"updated {stamp(body.get('updated_at'))}")
+    if body.get("commit_sha"):
+        facts.append(f"commit {body['commit_sha']}")
+    if body.get("deployed_at"):
+        facts.append(f"deployed {stamp(body['deployed_at'])} by {body.get('deployed_by')}")
+    lines.append("  " + "  ".join(facts))
+    if body.get("blocked_reason") and status in ("BLOCKED", "ESCALATED"):
+        lines.append("  " + paint(f"blocked: {body['blocked_reason']}", "yellow"))
+    attempts = body.get("attempts", [])
+    lines += ["", paint("stages", "bold")]
+    if attempts:
+        rows = [["#", "STAGE", "AGENT", "TRY", "STATUS", "STARTED", "TOOK", "REASON"]]
+        for a in attempts:
+            rows.append(
+                [
+                    str(a["stage"]),
+                    str(a.get("stage_name") or ""),
+                    a["agent"],
+                    str(a["attempt"]),
+                    paint(a["status"], _attempt_style(a["status"])),
+                    clock(a.get("started_at")),
+                    duration(a.get("seconds")),
+                    _short(a.get("reason"), 50),
+                ]
+            )
+        lines += table(rows, "  ")
+    else:
+        lines.append("  (no attempts yet)")
+    deliverables = body.get("deliverables", [])
+    if deliverables:
+        lines += ["", paint("deliverables", "bold")]
+        rows = [["AGENT", "TRY", "STATUS", "AT", "SUMMARY"]]
+        for d in deliverables:
+            rows.append(
+                [
+                    d["agent"],
+                    str(d.get("attempt") or "-"),
+                    str(d.get("status") or "-")
+                    + (f" ({d['verdict']})" if d.get("verdict") else ""),
+                    clock(d.get("received_at")),
+                    _short(d.get("summary")) + _copies(d.get("copies")),
+                ]
+            )
+        lines += table(rows, "  ")
+    decisions = body.get("decisions", [])
+    if decisions:
+        lines += ["", paint("decisions", "bold")]
+        rows = [["DECISION", "SOURCE", "ACTION", "APPLIED", "REASONING"]]
+        for d in decisions:
+            rows.append(
+                [
+                    d["decision"],
+                    str(d.get("source") or "-"),
+                    str(d.get("action") or "-"),
+                    clock(d.get("applied_at")),
+                    _short(d.get("reasoning"), 50),
+                ]
+            )
+        lines += table(rows, "  ")
+    escalations = body.get("escalations", [])
+    if escalations:
+        lines += ["", paint("escalations", "bold")]
+        rows = [["PRIORITY", "AT", "RESOLVED", "REASON"]]
+        for e in escalations:
+            rows.append(
+                [
+                    paint(e["priority"], "yellow"),
+                    clock(e.get("created_at")),
+                    clock(e.get("resolved_at")),
+                    _short(e.get("reason"), 60),
+                ]
+            )
+        lines += table(rows, "  ")
+    trail = body.get("events", [])
+    if trail and events > 0:
+        shown = trail[-events:]
+        lines += ["", paint(f"events (last {len(shown)} of {len(trail)})", "bold")]
+        rows = [["AT", "KIND", "STAGE", "AGENT", "TRY", "REASON"]]
+        for e in shown:
+            rows.append(
+                [
+                    clock(e.get("created_at")),
+                    e["kind"],
+                    "-" if e.get("stage") is None else str(e["stage"]),
+                    str(e.get("agent") or "-"),
+                    "-" if e.get("attempt") is None else str(e["attempt"]),
+                    _short(e.get("reason"), 50),
+                ]
+            )
+        lines += table(rows, "  ")
+    return lines
+
+
+def _copies(copies: Any) -> str:
+    """A notice received more than once is listed once, with how often it came."""
+    return f"  (received {copies}x)" if isinstance(copies, int) and copies > 1 else ""
+
+
+def _attempt_style(status: str) -> str | None:
+    return {
+        "RUNNING": "cyan",
+        "COMPLETE": "green",
+        "REJECTED": "magenta",
+        "FAILED": "red",
+        "TIMED_OUT": "red",
+        "BLOCKED": "yellow",
+    }.get(status, "dim")
+
+
+def size(value: Any) -> str:
+    if not isinstance(value, int | float):
+        return "-"
+    amount = float(value)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if amount < 1024:
+            return f"{amount:.0f} {unit}" if unit == "B" else f"{amount:.1f} {unit}"
+        amount /= 1024
+    return f"{amount:.1f} TiB"
+
+
+def streams_table(body: Mapping[str, Any], paint: Painter) -> list[str]:
+    """One line per stream, then one per consumer under it."""
+    rows = [[paint(h, "bold") for h in ("STREAM / CONSUMER", "MESSAGES", "BYTES", "LAG", "")]]
+    for stream in body.get("streams", []):
+        lag = stream.get("lag", 0)
+        rows.append(
+            [
+                stream["stream"],
+                str(stream.get("messages", 0)),
+                size(stream.get("bytes")),
+                paint(str(lag), "yellow" if lag else None),
+                paint("; ".join(stream.get("problems", [])), "yellow"),
+            ]
+        )
+        for consumer in stream.get("consumers", []):
+            c_lag = consumer.get("lag", 0)
+            rows.append(
+                [
+                    f"  {consumer['name']}",
+                    f"pending {consumer.get('pending', 0)}",
+                    f"ack {consumer.get('ack_pending', 0)}",
+                    paint(str(c_lag), "yellow" if c_lag else None),
+                    consumer.get("filter_subject") or "",
+                ]
+            )
+    lines = table(rows)
+    nats = body.get("nats", {})
+    lines.append("")
+    lines.append(f"server {nats.get('server')}  verdict {nats.get('verdict')}")
+    for problem in nats.get("problems", []):
+        lines.append(paint(f"  {problem}", "yellow"))
+    return lines
+
+
+def event_line(event: str, data: Mapping[str, Any], paint: Painter) -> str:
+    """One live event, for ``agogctl tail``."""
+    status = str(data.get("status") or "")
+    where = ""
+    if data.get("stage") or data.get("agent"):
+        where = f"{data.get('stage') or '?'}/{data.get('agent') or '?'}"
+        if data.get("attempt") is not None:
+            where += f"#{data['attempt']}"
+    extra = data.get("reason") or ""
+    if event == "decision":
+        extra = f"{data.get('decision')} {data.get('reasoning') or ''}".strip()
+    elif event == "escalation":
+        extra = f"{data.get('priority')} {data.get('reason') or ''}".strip()
+    elif event.startswith("infra"):
+        extra = extra or str(data.get("container") or data.get("feature") or "")
+    style = EVENT_STYLE.get(status)
+    parts = [
+        paint(clock(data.get("timestamp")), "dim"),
+        paint(str(data.get("req_number") or "-").ljust(16), "bold"),
+        paint(event.ljust(18), style),
+        where.ljust(22),
+        paint(status.ljust(11), style),
+        _short(extra, 80),
+    ]
+    return "  ".join(parts).rstrip()

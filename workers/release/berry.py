@@ -1,0 +1,497 @@
+"""Berry's stage done natively: approve-check, commit, test, deploy, roll back.
+
+Runs inside the agent runner in place of an agent process when
+``AGOG_BERRY_MODE=native``; the runner keeps doing the claiming, the
+heart-beating and the publishing of the notice this returns. Every step is
+safe to repeat after a crash: the commit carries an ``Agog-Req`` trailer
+(a re-run finds it instead of committing twice), ``compose up`` converges,
+and each deployment is a row of ``berry_deployments`` keyed by
+(REQ, attempt).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shlex
+import stat
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Any
+
+import asyncpg
+
+from orchestrator.runtime.logs import get_logger
+from orchestrator.runtime.metrics import BERRY_DEPLOYS
+from orchestrator.runtime.settings import Settings
+from workers.adapters.git_repo import Author, GitError, GitRepo
+from workers.adapters.supervise import run_process
+from workers.release.deploy import ComposeDeployer, ComposeTarget, DeployError, HealthVerdict
+from workers.release.plan import (
+    StageDeliverable,
+    commit_message,
+    listed_files,
+    path_problem,
+    qa_refusal,
+)
+
+if TYPE_CHECKING:
+    from orchestrator.runtime.daemon import Daemon
+
+log = get_logger("agogd.berry")
+
+TAIL = 2000
+
+
+class BerryStop(Exception):
+    """Ends the run early with a BLOCKED or FAILED notice."""
+
+    def __init__(self, status: str, reason: str, **extra: Any) -> None:
+        super().__init__(reason)
+        self.status, self.reason, self.extra = status, reason, extra
+
+
+def inside_workspace(root: Path, path: str) -> str | None:
+    """Why ``path`` (already lexically checked) escapes ``root``, or None.
+
+    Resolves symlinks in every component, so a link that points out of the
+    workspace (or a directory link on the way) is refused.
+    """
+    real_root = Path(os.path.realpath(root))
+    real = Path(os.path.realpath(root / path))
+    if real != real_root and real_root not in real.parents:
+        return f"resolves outside the workspace (to {real})"
+    if ".git" in real.relative_to(real_root).parts[:1]:
+        return "resolves into .git"
+    return None
+
+
+def file_problem(root: Path, path: str) -> str | None:
+    """Why ``path`` (inside ``root``) is not a regular file Berry may stage,
+    or None; a missing path is for the caller (a deletion, if tracked).
+
+    Only regular files: a directory's pathspec would stage everything in it
+    (untracked files, links the per-file checks refuse), and a symbolic link,
+    or one on the way, is not the file it names."""
+    parts = PurePosixPath(path).parts
+    if not parts or parts == (".",):
+        return "names the whole workspace: list the files"
+    for depth in range(1, len(parts)):
+        try:
+            if stat.S_ISLNK(os.lstat(root.joinpath(*parts[:depth])).st_mode):
+                return f"goes through the symbolic link {'/'.join(parts[:depth])}"
+        except FileNotFoundError:
+            return None  # a directory that is gone: a deletion, if tracked
+    try:
+        mode = os.lstat(root / path).st_mode
+    except FileNotFoundError:
+        return None
+    if stat.S_ISDIR(mode):
+        return "a directory: only files are committed (list each file)"
+    if stat.S_ISLNK(mode):
+        return "a symbolic link: only regular files are committed"
+    if not stat.S_ISREG(mode):
+        return "not a regular file"
+    return None
+
+
+class NativeBerry:
+    """One agogd's native Berry: settings in, a notice out."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon, self.settings = daemon, daemon.settings
+        settings = self.settings
+        deploy = daemon.pipeline.gate_stage("deploy")
+        # Its own corner of the data dir, named after the deploy gate's agent.
+        self.state_dir = settings.data_dir.resolve() / (deploy.agent if deploy else "deploy")
+        if settings.berry_workspace is None:
+            raise ValueError(
+                "AGOG_BERRY_MODE=native needs AGOG_BERRY_WORKSPACE (a git working tree)"
+            )
+        self.workspace = settings.berry_workspace.resolve()
+        git_config = settings.berry_git_config
+        if git_config is not None:
+            git_config = git_config.resolve()
+            if git_config == self.workspace or self.workspace in git_config.parents:
+                raise ValueError(
+                    "AGOG_BERRY_GIT_CONFIG must be outside AGOG_BERRY_WORKSPACE"
+                    " (agents write the workspace)"
+                )
+        self.repo = GitRepo(
+            self.workspace,
+            Author(settings.berry_author_name, settings.berry_author_email),
+            global_config=git_config,
+            hooks=settings.berry_git_hooks,
+            home=self.state_dir / "home",  # when HOME is unusable
+        )
+        self.deployer = deployer_for(settings)
+        self._local_lock = asyncio.Lock()
+        self.test_argv = (
+            shlex.split(settings.berry_test_command) if settings.berry_test_command else []
+        )
+
+    # --- the run ---------------------------------------------------------------
+    async def run(
+        self, assignment: dict[str, Any], previous: list[dict[str, Any]]
+    ) -> dict[str, Any]:
+        """Take the REQ from Billy's approval to a deployment; the notice says what happened."""
+        req, attempt = assignment["req_number"], assignment["attempt"]
+        me = assignment["agent"]  # the deploy gate's agent, as the registry names it
+        notice: dict[str, Any] = {
+            "agent": me,
+            "req_number": req,
+            "attempt": attempt,
+            "deployed_by": me,
+            "deployed": False,
+        }
+        try:
+            async with self._workspace_lock():
+                result = await self._steps(req, attempt, assignment, previous, notice)
+        except BerryStop as stop:
+            notice.update(status=stop.status, summary=stop.reason, reason=stop.reason, **stop.extra)
+            level = log.warning if stop.status == "BLOCKED" else log.error
+            level("berry.stopped", status=stop.status, reason=stop.reason)
+            return notice
+        notice.update(result)
+        return notice
+
+    async def _steps(
+        self,
+        req: str,
+        attempt: int,
+        assignment: dict[str, Any],
+        previous: list[dict[str, Any]],
+        notice: dict[str, Any],
+    ) -> dict[str, Any]:
+        items = [
+            StageDeliverable(p["stage"], p["agent"], p["deliverable"])
+            for p in previous
+            if isinstance(p.get("deliverable"), dict)
+        ]
+        # 1. Billy's approval (the QA gate's agent), as cached.
+        qa = self.daemon.pipeline.gate_stage("qa")
+        approval = next(
+            (i.deliverable for i in reversed(items) if qa is not None and i.agent == qa.agent),
+            None,
+        )
+        if (why := qa_refusal(approval, qa.agent if qa else "the QA gate")) is not None:
+            raise BerryStop("BLOCKED", why)
+        # 2. The files, all inside the workspace.
+        if not await self.repo.is_repo():
+            raise BerryStop("BLOCKED", f"the workspace {self.workspace} is not a git working tree")
+        paths = await self._checked_paths(listed_files(items))
+        # 3. The commit.
+        title = (assignment.get("contextData") or {}).get("featureTitle")
+        message = commit_message(
+            req, title, items, self.daemon.pipeline, self.settings.berry_coauthor_domain
+        )
+        sha, files = await self._commit(req, paths, message)
+        notice.update(commit_sha=sha, files_changed=len(files), files_committed=files)
+        # 4. The tests.
+        tests = await self._test()
+        notice.update(tests_passed=tests["passed"], tests=tests)
+        if tests["passed"] is False:
+            raise BerryStop(
+                "FAILED", f"the tests failed: {tests['reason']}", tests=tests, tests_passed=False
+            )
+        # 5-6. The deployment, rolled back if it is not healthy.
+        deploy = await self._deploy(req, attempt, sha)
+        BERRY_DEPLOYS.labels(outcome=deploy["outcome"]).inc()
+        notice["deploy"] = deploy
+        if deploy["outcome"] == "failed":
+            raise BerryStop("FAILED", deploy["reason"], deploy=deploy)
+        deployed = deploy["outcome"] == "deployed"
+        result: dict[str, Any] = {"status": "COMPLETE", "deployed": deployed}
+        after = self.daemon.pipeline.followups_after(assignment["agent"])
+        if after:  # seed 002: Berry names Tim as the next agent
+            result["next_agent"] = after[0].agent
+        if deployed:
+            result["deployed_at"] = deploy["deployed_at"]
+            result["summary"] = f"{req} committed ({sha[:12]}), tested and deployed"
+        else:
+            result["summary"] = (
+                f"{req} committed ({sha[:12]}) and tested; not deployed: {deploy['reason']}"
+            )
+        # 7. Push and tag, when configured.
+        result["release"] = await self._release(req, sha, deployed)
+        return result
+
+    @contextlib.asynccontextmanager
+    async def _workspace_lock(self) -> AsyncIterator[None]:
+        """One Berry run per workspace at a time, across every agogd replica:
+        two runs would fight over git's index and the same compose project."""
+        pool = self.daemon.pool
+        assert pool is not None
+        key = f"berry:{self.workspace}"
+        async with self._local_lock, pool.acquire() as conn:
+            await conn.execute("SELECT pg_advisory_lock(hashtext($1))", key)
+            try:
+                yield
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock(hashtext($1))", key)
+
+    # --- steps -------------------------------------------------------------------
+    async def _checked_paths(self, listed: list[object]) -> list[str]:
+        refused: list[dict[str, str]] = []
+        paths: list[str] = []
+        for value in listed:
+            why = path_problem(value)
+            if why is None:
+                assert isinstance(value, str)
+                path = str(PurePosixPath(value.strip()))  # "./a//b" is "a/b"; "./" is "."
+                why = inside_workspace(self.workspace, path) or file_problem(self.workspace, path)
+                if (
+                    why is None
+                    and not (self.workspace / path).exists()  # links refused above
+                    and not await self.repo.tracked_file(path)
+                ):
+                    why = (
+                        "a tracked directory: list its files"
+                        if await self.repo.tracked(path)
+                        else "listed but neither in the workspace nor tracked by git"
+                    )
+                if why is None:
+                    if path not in paths:
+                        paths.append(path)
+                    continue
+            refused.append({"path": str(value)[:300], "reason": why})
+        if refused:
+            raise BerryStop(
+                "BLOCKED",
+                f"refused {len(refused)} listed file(s): "
+                + "; ".join(f"{r['path']!r}: {r['reason']}" for r in refused[:5]),
+                refused_paths=refused,
+            )
+        return paths
+
+    async def _commit(self, req: str, paths: list[str], message: str) -> tuple[str, list[str]]:
+        trailer = f"Agog-Req: {req}"
+        try:
+            await self.repo.stage(paths)
+            staged = set(await self.repo.staged_files())
+            mine = [p for p in paths if p in staged]
+            if mine:
+                sha = await self.repo.commit(message, mine)
+                log.info("berry.committed", commit_sha=sha, files=len(mine))
+                return sha, mine
+            # Nothing new: a re-run after a crash, or a REQ without files.
+            existing = await self.repo.find_commit(trailer)
+            if existing is not None:
+                log.info("berry.commit_found", commit_sha=existing, reason="already committed")
+                return existing, await self.repo.files_in(existing)
+            head = await self.repo.head()
+        except GitError as exc:
+            raise BerryStop("FAILED", f"the commit failed: {exc}") from None
+        if head is None:
+            raise BerryStop("BLOCKED", "nothing to commit and the repository has no commit yet")
+        log.info("berry.nothing_to_commit", commit_sha=head)
+        return head, []
+
+    async def _test(self) -> dict[str, Any]:
+        if not self.test_argv:
+            return {
+                "passed": None,
+                "reason": "no test command configured (AGOG_BERRY_TEST_COMMAND)",
+            }
+        result = await run_process(
+            self.test_argv,
+            stdin="",
+            cwd=self.workspace,
+            env={k: v for k, v in os.environ.items() if not k.startswith("AGOG_")},
+            timeout=self.settings.berry_test_timeout,
+            kill_grace=self.settings.runner_kill_grace,
+            output_limit=256 * 1024,
+            on_line=lambda stream, line: log.info("berry.test_output", stream=stream, line=line),
+        )
+        tail = (result.stdout[-TAIL:] + "\n" + result.stderr_tail[-TAIL:]).strip()
+        if result.error:
+            reason = result.error
+        elif result.timed_out:
+            reason = f"timed out after {self.settings.berry_test_timeout:.0f}s"
+        elif result.exit_code != 0:
+            reason = f"exit code {result.exit_code}"
+        else:
+            log.info("berry.tests_passed", argv0=self.test_argv[0])
+            return {"passed": True, "exit_code": 0, "command": self.test_argv}
+        log.warning("berry.tests_failed", reason=reason)
+        return {
+            "passed": False,
+            "reason": reason,
+            "exit_code": result.exit_code,
+            "command": self.test_argv,
+            "output_tail": tail,
+        }
+
+    async def _deploy(self, req: str, attempt: int, sha: str) -> dict[str, Any]:
+        if (why := await self.deployer.engine_problem()) is not None:
+            log.warning("berry.not_deploying", reason=why)
+            return {"outcome": "skipped", "reason": why}
+        env_file = self.workspace / ".env"
+        try:
+            project, services = await self.deployer.describe(self.workspace, env_file)
+        except (DeployError, ValueError) as exc:
+            return {"outcome": "failed", "reason": f"the compose stack is invalid: {exc}"}
+        pool = self.daemon.pool
+        assert pool is not None
+        previous = await self._previous_good(pool, project, req, attempt, sha)
+        await _record(pool, req, attempt, project, sha, "deploying", {"previous": previous})
+        try:
+            await self.deployer.up(self.workspace, env_file)
+            verdict = await self.deployer.wait_healthy(project, services)
+        except DeployError as exc:
+            verdict = HealthVerdict(problems=[str(exc)])
+        if verdict.healthy:
+            at = datetime.now(UTC).isoformat()
+            await _record(
+                pool, req, attempt, project, sha, "healthy", {"health": verdict.as_dict()}
+            )
+            log.info("berry.deployed", project=project, commit_sha=sha)
+            await self._infra_report(req)
+            return {
+                "outcome": "deployed",
+                "project": project,
+                "deployed_at": at,
+                "health": verdict.as_dict(),
+            }
+        reason = "the deployment is not healthy: " + "; ".join(verdict.problems[:5])
+        log.error("berry.deploy_unhealthy", project=project, problems=verdict.problems[:10])
+        rollback = await self._rollback(project, services, previous)
+        status = "rolled_back" if rollback.get("healthy") else "rollback_failed"
+        await _record(
+            pool,
+            req,
+            attempt,
+            project,
+            sha,
+            status,
+            {"health": verdict.as_dict(), "rollback": rollback},
+        )
+        await self._infra_report(req)
+        return {
+            "outcome": "failed",
+            "reason": reason
+            + (
+                f"; rolled back to {previous[:12]}"
+                if previous and rollback.get("healthy")
+                else "; the rollback did not restore health"
+                if previous
+                else "; no earlier deployment to roll back to"
+            ),
+            "project": project,
+            "health": verdict.as_dict(),
+            "rollback": rollback,
+        }
+
+    async def _previous_good(
+        self, pool: asyncpg.Pool, project: str, req: str, attempt: int, sha: str
+    ) -> str | None:
+        """The commit of the last healthy deployment, else the REQ commit's parent."""
+        row = await pool.fetchval(
+            "SELECT commit_sha FROM berry_deployments WHERE project = $1 AND status = 'healthy'"
+            " AND commit_sha <> $2 ORDER BY finished_at DESC LIMIT 1",
+            project,
+            sha,
+        )
+        return row or await self.repo.parent(sha)
+
+    async def _rollback(
+        self, project: str, services: list[str], previous: str | None
+    ) -> dict[str, Any]:
+        """Redeploy the previous commit (a worktree of it) and check health again."""
+        if previous is None:
+            return {"attempted": False, "healthy": False, "reason": "no earlier commit"}
+        tree = self.state_dir / "rollback" / project / previous
+        try:
+            if not tree.exists():
+                tree.parent.mkdir(parents=True, exist_ok=True)
+                await self.repo.run("worktree", "add", "--detach", str(tree), previous)
+            await self.deployer.up(tree, self.workspace / ".env")
+            verdict = await self.deployer.wait_healthy(project, services)
+        except (GitError, DeployError) as exc:
+            log.error("berry.rollback_failed", to=previous, error=str(exc))
+            return {"attempted": True, "to": previous, "healthy": False, "reason": str(exc)}
+        level = log.warning if verdict.healthy else log.error
+        level("berry.rolled_back", to=previous, healthy=verdict.healthy)
+        return {
+            "attempted": True,
+            "to": previous,
+            "healthy": verdict.healthy,
+            "health": verdict.as_dict(),
+        }
+
+    async def _release(self, req: str, sha: str, deployed: bool) -> dict[str, Any]:
+        """Tag a deployed REQ and push, when configured; a failure is reported, not fatal."""
+        settings, out = self.settings, {}
+        try:
+            if settings.berry_release_tag and deployed:
+                tag = settings.berry_release_tag.format(req=req)
+                code, _, err = await self.repo.call("tag", tag, sha)
+                if (
+                    code != 0
+                    and sha
+                    != (await self.repo.run("rev-parse", f"{tag}^{{commit}}", check=False)).strip()
+                ):
+                    raise GitError(f"git tag {tag} failed: {err.strip()[-300:]}")
+                out["tag"] = tag
+            if settings.berry_push_remote:
+                branch = await self.repo.branch()
+                refs = [f"{sha}:refs/heads/{branch}"] if branch else []
+                refs += [f"refs/tags/{out['tag']}"] if "tag" in out else []
+                if refs:
+                    await self.repo.run("push", settings.berry_push_remote, *refs)
+                out.update(pushed=True, remote=settings.berry_push_remote, branch=branch)
+        except GitError as exc:
+            log.warning("berry.release_failed", error=str(exc))
+            out.update(pushed=False, error=str(exc))
+        return out
+
+    async def _infra_report(self, req: str) -> None:
+        """Miki's infrastructure report after each deploy (never fails the stage)."""
+        try:
+            from workers.infra.report import publish_report
+
+            await publish_report(self.daemon, req, reason="deploy")
+        except Exception as exc:  # a report is a courtesy; the deploy stands
+            log.warning("berry.infra_report_failed", error=repr(exc))
+
+
+def deployer_for(settings: Settings) -> ComposeDeployer:
+    target = ComposeTarget(
+        files=tuple(settings.berry_compose_files),
+        project=settings.berry_compose_project,
+        services=tuple(settings.berry_services),
+    )
+    return ComposeDeployer(
+        settings.docker_url,
+        target,
+        health_urls=tuple(settings.berry_health_urls),
+        health_timeout=settings.berry_health_timeout,
+        deploy_timeout=settings.berry_deploy_timeout,
+    )
+
+
+async def _record(
+    pool: asyncpg.Pool,
+    req: str,
+    attempt: int,
+    project: str,
+    sha: str,
+    status: str,
+    detail: dict[str, Any],
+) -> None:
+    await pool.execute(
+        "INSERT INTO berry_deployments (req_number, attempt, project, commit_sha, status, detail)"
+        " VALUES ($1, $2, $3, $4, $5, $6::jsonb) ON CONFLICT (req_number, attempt) DO UPDATE"
+        " SET project = EXCLUDED.project, commit_sha = EXCLUDED.commit_sha,"
+        " status = EXCLUDED.status, detail = berry_deployments.detail || EXCLUDED.detail,"
+        " finished_at = CASE WHEN EXCLUDED.status = 'deploying' THEN NULL ELSE now() END",
+        req,
+        attempt,
+        project,
+        sha,
+        status,
+        json.dumps(detail, default=str),
+    )

@@ -1,0 +1,2 @@
+"""The agent runner: stage assignments to supervised agent processes. Imports
+``workers.release`` (the native deploy stage) and ``workers.adapters``."""

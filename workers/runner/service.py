@@ -1,0 +1,457 @@
+"""The agent runner: turns stage assignments into supervised agent processes.
+
+One durable consumer per agent (``agogd_runner_<agent>``) reads that agent's
+assignments. For each one the runner checks that the attempt is still the
+running one, claims (REQ, stage, attempt) in Postgres, spawns the agent with
+the prompt on stdin, heart-beats while it runs, parses its notice (or makes
+a FAILED one that says why), stores it, publishes it with a ``Nats-Msg-Id``
+of (REQ, stage, attempt) until JetStream acks it, and only then acks the
+assignment. A redelivered assignment starts nothing new: its claim shows the
+process running elsewhere, or its stored notice is re-published.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import socket
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from orchestrator.core import strict_json
+from orchestrator.core.backoff import delays
+from orchestrator.core.registry import Stage
+from orchestrator.engine import store
+from orchestrator.inbound.notices import NoticeError, extract_json, parse_notice, validate_req_id
+from orchestrator.runtime.logs import bound_context, get_logger
+from orchestrator.runtime.pull import PullFeed
+from workers.adapters.supervise import ProcessResult, run_process
+from workers.release.berry import NativeBerry
+from workers.runner import store as runner_store
+from workers.runner.commands import agent_argv, agent_env, native_agents, runner_stages
+from workers.runner.prompt import build_prompt
+
+if TYPE_CHECKING:
+    from orchestrator.runtime.daemon import Daemon
+
+log = get_logger("agogd.runner")
+
+EVENTS_STREAM = "agog_orchestration_events"
+ACK_WAIT = 60.0  # seconds; kept alive with in_progress while a process runs
+TAIL = 2000  # characters of output a FAILED notice carries
+
+
+class BadAssignment(ValueError):
+    """An assignment the runner cannot act on; it is term'd with a rejection event."""
+
+
+class Runner:
+    """Runs the configured agents' processes for one agogd."""
+
+    def __init__(self, daemon: Daemon, stages: list[Stage]) -> None:
+        self.daemon, self.settings, self.pipeline = daemon, daemon.settings, daemon.pipeline
+        self.stages = stages
+        native = native_agents(self.settings, self.pipeline)
+        deploy = self.pipeline.gate_stage("deploy")
+        # Both fail early on a setting that cannot work.
+        self.argv = {s.agent: agent_argv(self.settings, s) for s in stages if s.agent not in native}
+        self.berry = NativeBerry(daemon) if deploy is not None and deploy.agent in native else None
+        self.env = agent_env(self.settings)
+        self.slots = asyncio.Semaphore(self.settings.runner_concurrency)
+        self.name = f"{socket.gethostname()}:{os.getpid()}"
+        self.cancels: dict[str, set[asyncio.Event]] = {}
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    # --- consumers -----------------------------------------------------------
+    async def consume(self, daemon: Daemon, stage: Stage) -> None:
+        """Take this agent's assignments while a per-agent slot is free."""
+        assert daemon.nc is not None
+        durable = f"agogd_runner_{stage.agent}"
+        await self._ensure_consumer(durable, stage)
+        feed = await PullFeed(daemon.nc, EVENTS_STREAM, durable, batch=1).start()
+        per_agent = asyncio.Semaphore(self.settings.runner_per_agent)
+        log.info(
+            "runner.consuming",
+            agent=stage.agent,
+            argv0=self.argv[stage.agent][0] if stage.agent in self.argv else "(native)",
+            demo=self.settings.demo or None,
+        )
+        try:
+            while not daemon.stopping.is_set():
+                await per_agent.acquire()
+                msgs = await feed.next_batch(timeout=1)
+                if not msgs:
+                    per_agent.release()
+                    continue
+                task = asyncio.ensure_future(self._handle(msgs[0], stage))
+                self.tasks.add(task)
+                task.add_done_callback(self.tasks.discard)
+                task.add_done_callback(lambda _t: per_agent.release())
+            if self.tasks:  # let running agents finish within the grace period
+                await asyncio.gather(*self.tasks, return_exceptions=True)
+        finally:
+            for task in self.tasks:
+                task.cancel()
+            await feed.stop()
+
+    async def _ensure_consumer(self, durable: str, stage: Stage) -> None:
+        assert self.daemon.nc is not None
+        js = self.daemon.nc.jetstream()
+        subject = self.pipeline.subjects["assignment"].format(agent=stage.agent, req=">")
+        config = ConsumerConfig(
+            durable_name=durable,
+            filter_subject=subject,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=ACK_WAIT,
+            deliver_policy=DeliverPolicy.ALL,  # stale ones are skipped via Postgres
+            max_ack_pending=max(self.settings.runner_per_agent * 4, 16),
+            description=f"agogd runner: {stage.agent}'s stage assignments",
+        )
+        for delay in delays(maximum=self.settings.backoff_max):
+            try:
+                await js.add_consumer(EVENTS_STREAM, config)
+                return
+            except (NatsError, OSError) as exc:
+                log.warning("runner.consumer_unavailable", consumer=durable, error=str(exc))
+                await asyncio.sleep(delay)
+
+    async def watch_cancels(self, daemon: Daemon) -> None:
+        """Stop the processes of a REQ that was cancelled."""
+        assert daemon.nc is not None
+        subject = self.pipeline.subjects["workflow_event"].format(event="cancelled", req="*")
+
+        async def on_cancel(msg: Msg) -> None:
+            req = msg.subject.rsplit(".", 1)[-1]
+            for event in self.cancels.get(req, ()):
+                event.set()
+
+        sub = await daemon.nc.subscribe(subject, cb=on_cancel)
+        try:
+            await daemon.stopping.wait()
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    # --- one assignment ----------------------------------------------------------
+    async def _handle(self, msg: Msg, stage: Stage) -> None:
+        keepalive = asyncio.ensure_future(_keep_in_progress(msg))
+        try:
+            try:
+                assignment = parse_assignment(msg.data, stage)
+            except BadAssignment as exc:
+                await self._reject(msg, str(exc))
+                return
+            with bound_context(
+                req_number=assignment["req_number"],
+                agent=stage.agent,
+                stage=stage.index,
+                attempt=assignment["attempt"],
+            ):
+                outcome = await self._run(msg, stage, assignment)
+            if outcome == "nak":
+                await msg.nak(delay=self.settings.runner_heartbeat_interval)
+            else:
+                await msg.ack()
+        except Exception as exc:  # Postgres away, a bug: keep it for a redelivery
+            log.error("runner.failed", error=repr(exc), msg_subject=msg.subject)
+            with contextlib.suppress(Exception):
+                await msg.nak(delay=5)
+        finally:
+            keepalive.cancel()
+
+    async def _run(self, msg: Msg, stage: Stage, assignment: dict[str, Any]) -> str:
+        pool = self.daemon.pool
+        assert pool is not None
+        run = runner_store.Run(assignment["req_number"], stage.index, assignment["attempt"])
+        current = await runner_store.attempt_state(pool, run)
+        if current is None or current[0] != "RUNNING":
+            log.info("runner.assignment_stale", status=current[0] if current else None)
+            return "ack"
+        claim = await runner_store.claim(pool, run, stage.agent, self.name, self._lease_seconds())
+        if claim == "running":
+            log.info("runner.already_running", reason="a live claim holds this attempt")
+            return "nak"
+        if claim == "published":
+            log.info("runner.already_published")
+            return "ack"
+        if claim == "taken_over":
+            log.warning("runner.taking_over", reason="the lease ran out")
+        # A notice made before a crash but not yet published: send it, don't re-run.
+        notice = await runner_store.stored_notice(pool, run)
+        if notice is None:
+            notice = await self._spawn(stage, assignment, run, current[1])
+            await runner_store.record_notice(pool, run, notice)
+        await self._publish(stage, run.req, run.attempt, notice)
+        await runner_store.mark_published(pool, run)
+        return "ack"
+
+    def _lease_seconds(self) -> float:
+        return self.settings.runner_heartbeat_interval * 3 + self.settings.runner_kill_grace
+
+    async def _spawn(
+        self, stage: Stage, assignment: dict[str, Any], run: runner_store.Run, deadline: datetime
+    ) -> dict[str, Any]:
+        req, attempt = run.req, run.attempt
+        pool = self.daemon.pool
+        assert pool is not None
+        previous = await runner_store.previous_deliverables(pool, run)
+        cancel = asyncio.Event()
+        self.cancels.setdefault(req, set()).add(cancel)
+
+        async def heartbeat() -> None:
+            await runner_store.renew(pool, run, self._lease_seconds())
+            assert self.daemon.nc is not None
+            await self.daemon.nc.publish(
+                self.pipeline.subject("heartbeat", agent=stage.agent, req=req),
+                json.dumps(
+                    {
+                        "req_number": req,
+                        "agent": stage.agent,
+                        "attempt": attempt,
+                        "runner": self.name,
+                        "timestamp": store.now_iso(),
+                    }
+                ).encode(),
+            )
+
+        def on_line(stream: str, line: str) -> None:
+            log.info("agent.output", stream=stream, line=line)
+
+        timeout = max(1.0, (deadline - datetime.now(UTC)).total_seconds())
+        if stage.agent not in self.argv:
+            try:
+                return await self._native(stage, assignment, previous, heartbeat, cancel, timeout)
+            finally:
+                self.cancels[req].discard(cancel)
+                if not self.cancels[req]:
+                    del self.cancels[req]
+        argv = self.argv[stage.agent]
+        log.info("agent.started", argv0=argv[0], timeout=round(timeout, 1))
+        async with self.slots:
+            try:
+                result = await run_process(
+                    argv,
+                    stdin=build_prompt(assignment, previous),
+                    cwd=self.settings.runner_workdir,
+                    env=self.env,
+                    timeout=timeout,
+                    kill_grace=self.settings.runner_kill_grace,
+                    output_limit=self.settings.runner_output_limit,
+                    on_line=on_line,
+                    heartbeat=heartbeat,
+                    heartbeat_interval=self.settings.runner_heartbeat_interval,
+                    cancel=cancel,
+                )
+            finally:
+                self.cancels[req].discard(cancel)
+                if not self.cancels[req]:
+                    del self.cancels[req]
+        notice = outcome_notice(
+            result, stage, assignment, self.pipeline.agents, self.settings.max_message_bytes
+        )
+        level = log.info if notice["status"] != "FAILED" else log.warning
+        level(
+            "agent.finished",
+            exit_code=result.exit_code,
+            status=notice["status"],
+            reason=notice.get("reason"),
+            killed=result.killed or None,
+            stragglers_killed=result.stragglers_killed or None,
+        )
+        return notice
+
+    async def _native(
+        self,
+        stage: Stage,
+        assignment: dict[str, Any],
+        previous: list[dict[str, Any]],
+        heartbeat: Callable[[], Awaitable[None]],
+        cancel: asyncio.Event,
+        timeout: float,
+    ) -> dict[str, Any]:
+        """A stage agogd does itself (Berry): heart-beat while it runs, stop it
+        at the deadline or on cancel, and always come back with a notice."""
+        assert self.berry is not None
+        log.info("agent.started", argv0="(native)", timeout=round(timeout, 1))
+
+        async def beat() -> None:
+            while True:
+                await asyncio.sleep(self.settings.runner_heartbeat_interval)
+                with contextlib.suppress(Exception):
+                    await heartbeat()
+
+        work = asyncio.ensure_future(self.berry.run(assignment, previous))
+        beater = asyncio.ensure_future(beat())
+        stopper = asyncio.ensure_future(cancel.wait())
+        reason: str | None = None
+        try:
+            async with self.slots:
+                done, _ = await asyncio.wait(
+                    {work, stopper}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                )
+            if work in done:
+                notice = work.result()
+            else:
+                reason = (
+                    "cancelled: the REQ was cancelled while berry ran"
+                    if stopper in done
+                    else f"deadline passed: berry's native stage ran over {timeout:.0f}s"
+                )
+        finally:
+            for task in (work, beater, stopper):
+                task.cancel()
+        if reason is not None:
+            notice = {
+                "agent": stage.agent,
+                "req_number": assignment["req_number"],
+                "attempt": assignment["attempt"],
+                "status": "FAILED",
+                "summary": reason,
+                "reason": reason,
+            }
+        log.info("agent.finished", status=notice["status"], reason=notice.get("reason"))
+        return notice
+
+    async def _publish(self, stage: Stage, req: str, attempt: int, notice: dict[str, Any]) -> None:
+        """Publish until JetStream acks it: a notice is never dropped."""
+        assert self.daemon.nc is not None
+        js = self.daemon.nc.jetstream()
+        subject = self.pipeline.deliverable_subject(stage, req)
+        headers = {"Nats-Msg-Id": f"runner:{req}:{stage.index}:{attempt}"}
+        data = json.dumps(notice).encode()
+        for delay in delays(maximum=self.settings.backoff_max):
+            try:
+                await js.publish(subject, data, headers=headers, timeout=5)
+                log.info("runner.notice_published", msg_subject=subject, status=notice["status"])
+                return
+            except (NatsError, OSError, TimeoutError) as exc:
+                log.warning("runner.publish_retry", msg_subject=subject, error=repr(exc))
+                await asyncio.sleep(delay)
+
+    async def _reject(self, msg: Msg, reason: str) -> None:
+        log.warning("runner.assignment_rejected", msg_subject=msg.subject, reason=reason)
+        assert self.daemon.nc is not None
+        with contextlib.suppress(Exception):
+            await self.daemon.nc.jetstream().publish(
+                self.pipeline.subjects["rejection"],
+                json.dumps(
+                    {
+                        "eventType": "message.rejected",
+                        "reason_code": "bad_assignment",
+                        "reason": reason,
+                        "subject": msg.subject,
+                        "stream": msg.metadata.stream,
+                        "stream_seq": msg.metadata.sequence.stream,
+                        "by": "runner",
+                        "timestamp": store.now_iso(),
+                    }
+                ).encode(),
+                headers={"Nats-Msg-Id": f"runner-reject:{msg.metadata.sequence.stream}"},
+            )
+        await msg.term()
+
+
+# --- pure helpers -----------------------------------------------------------------
+def parse_assignment(data: bytes, stage: Stage) -> dict[str, Any]:
+    """The assignment as a dict, checked; BadAssignment says what is wrong."""
+    try:
+        value = strict_json.loads(data)
+    except ValueError as exc:
+        raise BadAssignment(f"not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise BadAssignment("not a JSON object")
+    try:
+        validate_req_id(value.get("req_number"))
+    except ValueError as exc:
+        raise BadAssignment(f"req_number: {exc}") from None
+    if value.get("agent") != stage.agent:
+        raise BadAssignment(f"agent {value.get('agent')!r} is not {stage.agent!r}")
+    attempt = value.get("attempt")
+    if not isinstance(attempt, int) or isinstance(attempt, bool) or attempt < 1:
+        raise BadAssignment(f"attempt {attempt!r} is not a positive integer")
+    return value
+
+
+def outcome_notice(
+    result: ProcessResult,
+    stage: Stage,
+    assignment: dict[str, Any],
+    known_agents: Any,
+    max_bytes: int,
+) -> dict[str, Any]:
+    """The notice to publish: the agent's own, normalised, or a FAILED one saying why."""
+    req, attempt = assignment["req_number"], assignment["attempt"]
+    reason: str | None = None
+    if result.error:
+        reason = result.error
+    elif result.cancelled:
+        reason = "cancelled: the REQ was cancelled while the agent ran"
+    elif result.timed_out:
+        reason = f"deadline passed: the agent was stopped ({', '.join(result.killed)})"
+    elif result.exit_code != 0:
+        reason = f"the agent exited with code {result.exit_code}"
+    else:
+        try:
+            found = extract_json(result.stdout)
+            notice = parse_notice(
+                json.dumps(found).encode(),
+                known_agents=known_agents,
+                max_bytes=max_bytes,
+                subject_agent=stage.agent,
+                subject_req=req,
+            )
+        except NoticeError as exc:
+            reason = f"no valid notice in the output ({exc.reason}: {exc.message})"
+        else:
+            if notice.attempt not in (None, attempt):
+                reason = f"the notice is for attempt {notice.attempt}, not {attempt}"
+            else:
+                # The agent's own object, every field under its own name (the
+                # deliverable cache is read with psql), with its attempt.
+                return {**notice.published, "attempt": attempt}
+    tail = result.stdout[-TAIL:] + (
+        "\n[stderr]\n" + result.stderr_tail[-TAIL:] if result.stderr_tail else ""
+    )
+    return {
+        "agent": stage.agent,
+        "req_number": req,
+        "attempt": attempt,
+        "status": "FAILED",
+        "summary": reason,
+        "reason": reason,
+        "exit_code": result.exit_code,
+        "output_tail": tail,
+        "output_truncated": result.stdout_truncated,
+    }
+
+
+async def _keep_in_progress(msg: Msg) -> None:
+    """Keep the assignment's ack deadline moving while it is worked on."""
+    while True:
+        await asyncio.sleep(ACK_WAIT / 3)
+        with contextlib.suppress(Exception):
+            await msg.in_progress()
+
+
+def install(daemon: Daemon) -> Runner | None:
+    """Register the runner's services when agents are configured (or demo)."""
+    stages = runner_stages(daemon.settings, daemon.pipeline)
+    if not stages:
+        return None
+    runner = Runner(daemon, stages)
+    for stage in stages:
+        daemon.add_service(f"runner:{stage.agent}", lambda d, s=stage: runner.consume(d, s))
+    daemon.add_service("runner-cancels", runner.watch_cancels)
+    if daemon.settings.demo:
+        log.warning(
+            "runner.demo_mode",
+            note="DEMO agents answer every assignment with canned notices; not for real work",
+        )
+    return runner
