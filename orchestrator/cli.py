@@ -48,12 +48,12 @@ def settings_or_exit(**overrides: Any) -> Settings:
 
 
 def run_daemon(settings: Settings, *, engine: bool = True, any_http_port: bool = False) -> int:
-    from orchestrator.runtime.daemon import Daemon
     from orchestrator.runtime.http_server import HttpBindError
+    from orchestrator.wiring import make_daemon
 
     logs.configure(settings.log_level, settings.log_format)
     try:
-        return asyncio.run(Daemon(settings, engine=engine, any_http_port=any_http_port).run())
+        return asyncio.run(make_daemon(settings, engine=engine, any_http_port=any_http_port).run())
     except HttpBindError as exc:  # e.g. the port is taken: one line, not a traceback
         fail_config(str(exc))
 

@@ -25,6 +25,7 @@ from orchestrator.runtime import logs, nats_auth
 from orchestrator.runtime.daemon import Daemon
 from orchestrator.runtime.private_file import write_private
 from orchestrator.runtime.settings import Settings
+from orchestrator.wiring import make_daemon
 
 # The compose stack's host ports, used when free so habits carry over.
 PREFERRED_PORTS = {"nats": 4222, "postgres": 5434, "http": 8090}
@@ -125,7 +126,7 @@ def run_dev(settings: Settings) -> int:
                 or [str(nats.data_dir), str(postgres.data_dir)],
             }
         )
-        daemon = Daemon(run_settings, pipeline)  # loaded once, for the authorization too
+        daemon = make_daemon(run_settings, pipeline)  # loaded once, for the authorization too
 
         async def announce(d: Daemon) -> None:
             endpoints = {

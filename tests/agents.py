@@ -24,6 +24,7 @@ from orchestrator.core import registry
 from orchestrator.embedded import seed_notices
 from orchestrator.runtime.daemon import Daemon
 from orchestrator.runtime.settings import Settings
+from orchestrator.wiring import make_daemon
 
 PIPELINE = registry.load()
 Script = Callable[[dict[str, Any]], dict[str, Any] | None]
@@ -113,7 +114,7 @@ def settings_for(nats_url: str, dsn: str, **overrides: Any) -> Settings:
 @asynccontextmanager
 async def running_agogd(settings: Settings) -> AsyncIterator[Daemon]:
     """An in-process agogd on real servers, ready when the block starts."""
-    daemon = Daemon(settings)
+    daemon = make_daemon(settings)
     task = asyncio.create_task(daemon.run(handle_signals=False))
     deadline = time.monotonic() + 30
     while not daemon.readiness.ready:

@@ -4,6 +4,7 @@ and NATS, and the real Compose v2 binary."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import subprocess
@@ -11,7 +12,6 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import aiodocker
@@ -23,6 +23,8 @@ from orchestrator.core import registry
 from orchestrator.embedded import NatsServer
 from orchestrator.embedded.engine import BUSYBOX_IMAGE, ContainerEngine
 from orchestrator.runtime import migrate
+from orchestrator.runtime.context import Runtime
+from orchestrator.runtime.state_log import StateLog
 from tests.agents import (
     ScriptedAgents,
     collect,
@@ -169,8 +171,15 @@ async def run_berry(
     ws: Workspace, pool: asyncpg.Pool, nc: NATS, nats_url: str, dsn: str, previous: list, **kw: Any
 ) -> dict[str, Any]:
     settings = berry_settings(ws, nats_url, dsn, **kw)
-    daemon = SimpleNamespace(settings=settings, pipeline=PIPELINE, pool=pool, nc=nc)
-    berry = NativeBerry(daemon)  # type: ignore[arg-type]
+    rt = Runtime(
+        settings=settings,
+        pipeline=PIPELINE,
+        states=StateLog(),
+        stopping=asyncio.Event(),
+        pool=pool,
+        nc=nc,
+    )
+    berry = NativeBerry(rt)
     assignment = {
         "req_number": previous[0]["deliverable"]["req_number"],
         "agent": "berry",

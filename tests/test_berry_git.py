@@ -6,10 +6,10 @@ with no container engine: Berry commits, then says it did not deploy."""
 
 from __future__ import annotations
 
+import asyncio
 import stat
 from collections.abc import AsyncIterator
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import asyncpg
@@ -18,6 +18,8 @@ from nats.aio.client import Client as NATS
 
 from orchestrator.embedded import NatsServer
 from orchestrator.runtime import migrate
+from orchestrator.runtime.context import Runtime
+from orchestrator.runtime.state_log import StateLog
 from tests.agents import PIPELINE, settings_for
 from tests.test_berry import git, git_init, previous_stages
 from workers.release.berry import NativeBerry
@@ -87,8 +89,15 @@ async def run_berry(
         "data_dir": repo.parent / "agogd-data",
     }
     settings = settings_for(nats_url, dsn, **{**values, **kw})
-    daemon = SimpleNamespace(settings=settings, pipeline=PIPELINE, pool=pool, nc=nc)
-    berry = NativeBerry(daemon)  # type: ignore[arg-type]
+    rt = Runtime(
+        settings=settings,
+        pipeline=PIPELINE,
+        states=StateLog(),
+        stopping=asyncio.Event(),
+        pool=pool,
+        nc=nc,
+    )
+    berry = NativeBerry(rt)
     previous = previous_stages("REQ-GIT-1", files)
     assignment = {"req_number": "REQ-GIT-1", "agent": "berry", "attempt": 1}
     return await berry.run(assignment, previous)

@@ -251,11 +251,12 @@ async def test_board_asks_for_the_token_when_reads_need_it(
 async def test_board_assets_are_served_from_the_package() -> None:
     from aiohttp.test_utils import TestClient, TestServer
 
+    from orchestrator.api.observe import add_board
     from orchestrator.runtime import http_server
     from orchestrator.runtime.readiness import Readiness
 
     app = http_server.build_app(Readiness())
-    http_server.add_board(app)
+    add_board(app)
     async with TestClient(TestServer(app)) as client:
         page = await client.get("/")
         assert page.status == 200 and page.content_type == "text/html"

@@ -19,7 +19,6 @@ import asyncio
 import json
 import threading
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import asyncpg
@@ -42,7 +41,7 @@ from tests.agents import (
     submit,
     wait_status,
 )
-from tests.test_chaos_regressions import _daemon, _shut_down
+from tests.test_chaos_regressions import _shut_down
 
 TIM = 7  # Tim's follow-up comes after the seven stages
 
@@ -154,23 +153,25 @@ async def test_two_replicas_mirroring_never_leave_an_older_status_in_the_file(
     path = tmp_path / "OWNER_REQUESTS.md"
     path.write_text("### REQ-RACE-MD-1: A feature\n\n**Status**: NEW\n")
     pools = [await asyncpg.create_pool(pg_dsn, min_size=1, max_size=2) for _ in range(2)]
-    first, second = (SimpleNamespace(pool=pool) for pool in pools)
+    def sync(pool: asyncpg.Pool, file: OwnerRequestsFile) -> owner_sync.OwnerRequestsSync:
+        return owner_sync.OwnerRequestsSync(file, pool=pool, states=StateLog())
+
     try:
         await pools[0].execute(
             "INSERT INTO workflow_state (req_number, title, status) VALUES"
             " ('REQ-RACE-MD-1', 'A feature', 'IN_PROGRESS')"
         )
         held = _HeldFile(path)
-        slow = asyncio.create_task(owner_sync.mirror(first, held))  # read IN_PROGRESS...
+        slow = asyncio.create_task(sync(pools[0], held).mirror())  # read IN_PROGRESS...
         assert await asyncio.to_thread(held.entered.wait, 10)
         await pools[1].execute(
             "UPDATE workflow_state SET status = 'DEPLOYED', commit_sha = 'c0ffee',"
             " deployed_at = now(), deployed_by = 'berry' WHERE req_number = 'REQ-RACE-MD-1'"
         )
-        await owner_sync.mirror(second, OwnerRequestsFile(path))  # ...while this one runs
+        await sync(pools[1], OwnerRequestsFile(path)).mirror()  # ...while this one runs
         held.release.set()
         await slow
-        await owner_sync.mirror(second, OwnerRequestsFile(path))  # and any later pass
+        await sync(pools[1], OwnerRequestsFile(path)).mirror()  # and any later pass
         row = await pools[1].fetchrow(
             "SELECT status, mirrored_status FROM workflow_state WHERE req_number = 'REQ-RACE-MD-1'"
         )
@@ -193,35 +194,31 @@ async def test_owner_requests_service_survives_any_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: Exception
 ) -> None:
     calls = 0
-    daemon = SimpleNamespace(
-        settings=SimpleNamespace(
-            owner_requests_file=tmp_path / "OWNER_REQUESTS.md", owner_requests_interval=0.01
-        ),
-        stopping=asyncio.Event(),
-        states=StateLog(),
-    )
+    stopping = asyncio.Event()
+    file = OwnerRequestsFile(tmp_path / "OWNER_REQUESTS.md")
+    sync = owner_sync.OwnerRequestsSync(file, pool=object(), states=StateLog())  # type: ignore[arg-type]
 
-    async def ingest(_daemon: Any, _file: Any) -> int:
+    async def ingest() -> int:
         nonlocal calls
         calls += 1
         if calls == 1:
             raise error
-        daemon.stopping.set()
+        stopping.set()
         return 0
 
-    async def mirror(_daemon: Any, _file: Any) -> int:
+    async def mirror() -> int:
         return 0
 
-    monkeypatch.setattr(owner_sync, "ingest", ingest)
-    monkeypatch.setattr(owner_sync, "mirror", mirror)
-    await asyncio.wait_for(owner_sync.watch(daemon), 10)  # type: ignore[arg-type]
+    monkeypatch.setattr(sync, "ingest", ingest)
+    monkeypatch.setattr(sync, "mirror", mirror)
+    await asyncio.wait_for(sync.run(interval=0.01, stopping=stopping), 10)
     assert calls == 2  # it kept going after the error
 
 
 async def test_memory_context_survives_a_connection_postgres_shut_down(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    daemon = _daemon()
+    stopping, states = asyncio.Event(), StateLog()
     calls = 0
 
     async def refresh_some(*_: Any) -> int:
@@ -229,10 +226,20 @@ async def test_memory_context_survives_a_connection_postgres_shut_down(
         calls += 1
         if calls == 1:
             raise _shut_down()
-        daemon.stopping.set()
+        stopping.set()
         return 0
 
     monkeypatch.setattr(context, "_refresh_some", refresh_some)
-    loop = context.refresh_loop(daemon, None, asyncio.Event(), ttl=1, interval=0.01, min_gap=0.01)  # type: ignore[arg-type]
+    loop = context.refresh_loop(
+        object(),  # type: ignore[arg-type]
+        None,  # type: ignore[arg-type]
+        asyncio.Event(),
+        stopping=stopping,
+        states=states,
+        ttl=1,
+        interval=0.01,
+        min_gap=0.01,
+    )
     await asyncio.wait_for(loop, 10)
     assert calls == 2
+    assert states.get("memory.context") == "ok"

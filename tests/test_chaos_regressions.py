@@ -28,6 +28,7 @@ from orchestrator.embedded import NatsServer
 from orchestrator.engine import outbox
 from orchestrator.memory import prune
 from orchestrator.memory.embedder import Embedder
+from orchestrator.runtime.services import periodic
 from orchestrator.runtime.state_log import StateLog
 from orchestrator.runtime.topology import Reconciler
 
@@ -38,21 +39,21 @@ def _shut_down() -> asyncpg.InternalClientError:
     )
 
 
-def _daemon(**settings: Any) -> SimpleNamespace:
-    return SimpleNamespace(
-        pool=object(),
-        nc=SimpleNamespace(jetstream=lambda: object()),
-        settings=SimpleNamespace(**settings),
+def _relay(stopping: asyncio.Event, poll_interval: float = 0.01) -> outbox.OutboxRelay:
+    publisher = outbox.Publisher(object(), object())  # type: ignore[arg-type]
+    return outbox.OutboxRelay(
+        publisher,
+        dsn="postgresql://nowhere/none",
+        poll_interval=poll_interval,
+        stopping=stopping,
         states=StateLog(),
-        stopping=asyncio.Event(),
-        publisher=None,
     )
 
 
 async def test_outbox_relay_survives_a_connection_postgres_shut_down(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    daemon = _daemon(outbox_poll_interval=0.01)
+    stopping = asyncio.Event()
     calls = 0
 
     async def publish_batch(_pool: Any, _js: Any) -> int:
@@ -60,15 +61,15 @@ async def test_outbox_relay_survives_a_connection_postgres_shut_down(
         calls += 1
         if calls == 1:
             raise _shut_down()
-        daemon.stopping.set()
+        stopping.set()
         return 0
 
-    async def listen(_daemon: Any, _wake: Any) -> None:
+    async def listen(_dsn: Any, _wake: Any) -> None:
         return None
 
     monkeypatch.setattr(outbox, "publish_batch", publish_batch)
     monkeypatch.setattr(outbox, "_listen", listen)
-    await asyncio.wait_for(outbox.relay(daemon), 10)  # type: ignore[arg-type]
+    await asyncio.wait_for(_relay(stopping).run(), 10)
     assert calls == 2
 
 
@@ -104,15 +105,15 @@ class _Pool:
 
 async def test_outbox_marker_keeps_its_rows_when_postgres_shut_down_its_connection() -> None:
     pool = _Pool()
-    daemon = _daemon()
+    stopping = asyncio.Event()
     publisher = outbox.Publisher(pool, object())  # type: ignore[arg-type]
     publisher._done = ["evt:1"]
-    marker = asyncio.create_task(publisher.mark(daemon))  # type: ignore[arg-type]
+    marker = asyncio.create_task(publisher.mark(stopping))
     for _ in range(100):
         if pool.marked:
             break
         await asyncio.sleep(0.05)
-    daemon.stopping.set()
+    stopping.set()
     await asyncio.wait_for(marker, 10)
     assert pool.marked == [["evt:1"]]  # retried, not lost with a crashed marker
 
@@ -120,7 +121,7 @@ async def test_outbox_marker_keeps_its_rows_when_postgres_shut_down_its_connecti
 async def test_memory_retention_and_embedder_survive_a_connection_postgres_shut_down(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    daemon = _daemon()
+    stopping, states = asyncio.Event(), StateLog()
     calls = 0
 
     async def prune_rows(*_: Any) -> int:
@@ -128,12 +129,22 @@ async def test_memory_retention_and_embedder_survive_a_connection_postgres_shut_
         calls += 1
         if calls == 1:
             raise _shut_down()
-        daemon.stopping.set()
+        stopping.set()
         return 0
 
     monkeypatch.setattr(prune, "prune", prune_rows)
-    await asyncio.wait_for(prune.prune_loop(daemon, {}, interval=0.01, first=0.01), 10)  # type: ignore[arg-type]
+    # The retention service is this periodic pass (Memory.services).
+    retention = periodic(
+        lambda: prune.prune(object(), {}),  # type: ignore[arg-type]
+        name="memory.retention",
+        interval=0.01,
+        first_delay=0.01,
+        stopping=stopping,
+        states=states,
+    )
+    await asyncio.wait_for(retention, 10)
     assert calls == 2
+    assert states.get("memory.retention") == "ok"
 
     embedder = Embedder(SimpleNamespace(name="test"), interval=0.5)  # type: ignore[arg-type]
 
@@ -141,7 +152,8 @@ async def test_memory_retention_and_embedder_survive_a_connection_postgres_shut_
         raise _shut_down()
 
     monkeypatch.setattr(embedder, "drain", drain)
-    assert await embedder._pass(daemon, object()) == 0.5  # type: ignore[arg-type]
+    assert await embedder._pass(states, object()) == 0.5  # type: ignore[arg-type]
+    assert states.get("memory.embedder") == "failing"
 
 
 async def test_topology_reconcile_gives_a_busy_jetstream_another_try(

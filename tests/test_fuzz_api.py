@@ -40,7 +40,7 @@ from orchestrator.api import events as api_events
 from orchestrator.api import memory as api_memory
 from orchestrator.api import views as api_views
 from orchestrator.api.actions import ACTIONS, ActionBody
-from orchestrator.api.common import DAEMON_KEY, ApiError, token_problem
+from orchestrator.api.common import SETTINGS_KEY, ApiError, token_problem
 from orchestrator.embedded import NatsServer
 from orchestrator.inbound import intake
 from orchestrator.inbound.notices import validate_req_id
@@ -142,14 +142,11 @@ class Call:
 
 
 # --- the oracle: the real parsers, on the request as the server will see it ------------
-class _FakeDaemon:
-    """What the token check reads from the daemon: its settings."""
-
-    settings = settings_for("nats://unused:4222", "postgresql://unused", api_token=API_TOKEN)
-
-
+# What the token check reads: the settings, set before agogd listens.
 _ORACLE_APP = web.Application()
-_ORACLE_APP[DAEMON_KEY] = _FakeDaemon()
+_ORACLE_APP[SETTINGS_KEY] = settings_for(
+    "nats://unused:4222", "postgresql://unused", api_token=API_TOKEN
+)
 
 
 def mocked(method: str, target: str, headers: dict[str, str]) -> web.Request:

@@ -9,7 +9,7 @@ from workers.infra.heal_store import HealStore
 
 async def test_quiet_histories_are_pruned_and_busy_ones_kept(migrated_pool: asyncpg.Pool) -> None:
     pool = migrated_pool
-    store = HealStore(lambda: pool)
+    store = HealStore(pool)
     for cid in ("old", "fresh", "gone"):
         async with store.locked(cid, f"c-{cid}") as record:
             record.restarts.append(1.0)
@@ -26,7 +26,7 @@ async def test_quiet_histories_are_pruned_and_busy_ones_kept(migrated_pool: asyn
 async def test_a_record_is_saved_only_when_its_block_succeeds(
     migrated_pool: asyncpg.Pool,
 ) -> None:
-    store = HealStore(lambda: migrated_pool)
+    store = HealStore(migrated_pool)
     try:
         async with store.locked("x", "c-x") as record:
             record.restarts.append(5.0)

@@ -198,7 +198,7 @@ async def test_replicas_share_one_restart_history_that_outlives_them(
     pool = migrated_pool
     name = await run_container(docker, ["sh", "-c", "exit 3"])
     policy = HealPolicy(budget=2, window=600, backoff_base=0.2)
-    store = HealStore(lambda: pool)
+    store = HealStore(pool)
     pair = [Watch(container_engine, policy, store) for _ in range(2)]
     later: Watch | None = None
     try:
@@ -238,7 +238,7 @@ async def test_a_container_removed_while_healed_is_not_a_lost_engine(
     connection and keeps no history for it (a CI run once saw a 404 taken
     for the engine going away)."""
     pool = migrated_pool
-    watch = Watch(container_engine, HealPolicy(backoff_base=0.1), HealStore(lambda: pool))
+    watch = Watch(container_engine, HealPolicy(backoff_base=0.1), HealStore(pool))
     try:
         await eventually(lambda: _true(watch.watcher.connected))
         gone = uuid.uuid4().hex * 2
@@ -260,7 +260,7 @@ async def test_a_removed_container_takes_its_history_with_it(
     heal_records does not grow with every container compose ever replaced."""
     pool = migrated_pool
     name = await run_container(docker, ["sleep", "600"])
-    watch = Watch(container_engine, HealPolicy(backoff_base=0.1), HealStore(lambda: pool))
+    watch = Watch(container_engine, HealPolicy(backoff_base=0.1), HealStore(pool))
 
     async def rows() -> int:
         return int(
@@ -393,7 +393,7 @@ async def test_agogd_publishes_restarts_and_one_escalation(
         heal_reconcile_interval=0.3,
     )
     async with running_agogd(settings) as daemon:
-        assert daemon.health is not None
+        assert daemon.wiring.parts.health is not None
         name = await run_container(docker, ["sh", "-c", "echo bye; exit 4"])
         await eventually(lambda: _true(escalations), 30)
         await asyncio.sleep(1.0)

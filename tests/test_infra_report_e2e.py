@@ -347,7 +347,7 @@ async def test_agogd_answers_a_request_on_nats(
         infra_data_dirs=[str(tmp_path)],
     )
     async with running_agogd(settings) as daemon:
-        assert daemon.infra_reports is not None
+        assert daemon.wiring.parts.infra_reports is not None
         js = nc.jetstream()
         await js.publish(
             "agog.orchestration.events.infra_report.requested.nats-fix",
@@ -397,12 +397,12 @@ async def test_agogd_answers_a_request_on_nats(
         info = await js.consumer_info("agog_orchestration_events", "agogd_infra_reports")
         assert info.num_redelivered == 0 and info.num_ack_pending == 0
         assert len(reports) == 1 and len(rejections) == 1
-        assert daemon.infra_reports.answered == 1
+        assert daemon.wiring.parts.infra_reports.answered == 1
 
         # Berry's call after a deploy: the REQ is the feature; a retried call
         # with the same msg_id publishes once.
-        first = await publish_report(daemon, "REQ-SHOP-7", reason="deploy", msg_id="deploy:7:1")
-        again = await publish_report(daemon, "REQ-SHOP-7", reason="deploy", msg_id="deploy:7:1")
+        first = await publish_report(daemon.runtime, "REQ-SHOP-7", reason="deploy", msg_id="deploy:7:1")
+        again = await publish_report(daemon.runtime, "REQ-SHOP-7", reason="deploy", msg_id="deploy:7:1")
         assert first["published"] and not first["duplicate"]
         assert again["published"] and again["duplicate"]
         assert first["subject"] == "agog.deliverables.miki.devops.REQ-SHOP-7"

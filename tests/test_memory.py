@@ -31,7 +31,8 @@ from orchestrator.memory.recall import Tuning, recall
 from orchestrator.memory.service import min_similarity_for
 from orchestrator.memory.writes import Writer
 from orchestrator.runtime import migrate
-from orchestrator.runtime.daemon import EXIT_FAILED, Daemon
+from orchestrator.runtime.daemon import EXIT_FAILED
+from orchestrator.wiring import make_daemon
 from tests.agents import ScriptedAgents, happy, notice, running_agogd, settings_for, wait_status
 from workers.runner.prompt import build_prompt
 
@@ -313,7 +314,8 @@ async def test_pending_rows_are_backfilled_when_the_provider_comes_back(
     agents = await ScriptedAgents(nc, happy).start()
     with capture_logs() as logs:
         async with running_agogd(settings) as daemon:
-            assert daemon.pool is not None
+            assert daemon.runtime is not None
+            pool = daemon.runtime.pool
             for i in range(3):
                 await nc.jetstream().publish(
                     "agog.requirements.new",
@@ -324,13 +326,13 @@ async def test_pending_rows_are_backfilled_when_the_provider_comes_back(
             await wait_status(pg_dsn, "REQ-OUT-2", "DEPLOYED")
             # A requirement, seven stages and Tim, per REQ: all pending.
             await _until(
-                lambda: daemon.pool.fetchval(
+                lambda: pool.fetchval(
                     "SELECT count(*) = 27 FROM memories WHERE embedding_status = 'pending'"
                 ),
                 what="27 pending memories",
             )
             assert (
-                await daemon.pool.fetchval(
+                await pool.fetchval(
                     "SELECT count(*) FROM memories WHERE embedding IS NOT NULL"
                 )
                 == 0
@@ -342,7 +344,7 @@ async def test_pending_rows_are_backfilled_when_the_provider_comes_back(
             await server.start()
             try:
                 await _until(
-                    lambda: _none_pending(daemon.pool), what="the backfill to embed every row"
+                    lambda: _none_pending(pool), what="the backfill to embed every row"
                 )
 
                 async def restored_logged() -> list[dict[str, Any]]:
@@ -353,7 +355,7 @@ async def test_pending_rows_are_backfilled_when_the_provider_comes_back(
                 assert len(restored) == 1 and restored[0]["failed_calls"] >= 2
             finally:
                 await server.stop()
-            rows = await daemon.pool.fetch("SELECT content, embedding FROM memories LIMIT 3")
+            rows = await pool.fetch("SELECT content, embedding FROM memories LIMIT 3")
     await agents.stop()
     # The vectors are the model's own, not a stand-in.
     expected = await local.embed([r["content"] for r in rows])
@@ -397,7 +399,7 @@ async def test_the_column_follows_the_provider_until_rows_are_embedded(
         nats_server.url, pg_dsn, embedding_provider="ollama", embedding_model="nomic-embed-text"
     )
     with capture_logs() as logs:
-        assert await Daemon(settings).run(handle_signals=False) == EXIT_FAILED
+        assert await make_daemon(settings).run(handle_signals=False) == EXIT_FAILED
     failed = [e for e in logs if e["event"] == "agogd.startup_failed"]
     assert failed and "agogd memory reembed" in failed[0]["error"]
 
@@ -487,7 +489,8 @@ async def test_a_later_req_gets_the_earlier_reqs_memories(
     settings = settings_for(nats_server.url, pg_dsn, embedding_provider="local")
     agents = await ScriptedAgents(nc, _script).start()
     async with running_agogd(settings) as daemon:
-        pool = daemon.pool
+        assert daemon.runtime is not None
+        pool = daemon.runtime.pool
         assert pool is not None
         await nc.jetstream().publish("agog.requirements.new", json.dumps(REQ1).encode())
         await wait_status(pg_dsn, "REQ-INV-1", "DEPLOYED")

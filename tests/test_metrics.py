@@ -131,7 +131,7 @@ async def test_metrics_after_reqs_flow(nats_server: NatsServer, nc: NATS, pg_dsn
             ),
             "an empty outbox, two REQs deployed and Tim's two stages",
         )
-        await daemon.observer.refresh_streams()
+        await daemon.wiring.parts.observer.refresh_streams()
         streams = await scrape_until(
             url,
             lambda s: (
@@ -258,10 +258,7 @@ def exposed_names() -> set[str]:
 
     from orchestrator.api.observe import _preset
 
-    class _Daemon:
-        pipeline = PIPELINE
-
-    _preset(_Daemon())  # type: ignore[arg-type]
+    _preset(PIPELINE)
     for series in (
         metrics.REQS.labels("PENDING", "none"),
         metrics.STAGE_RUNNING.labels("roy"),

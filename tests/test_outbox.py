@@ -60,11 +60,9 @@ async def test_direct_publication_is_marked_and_deduplicated(
     )
     pool = await asyncpg.create_pool(pg_dsn, min_size=1, max_size=2)
 
-    class Stub:  # the little of a Daemon that Publisher.mark reads
-        stopping = asyncio.Event()
-
+    stopping = asyncio.Event()
     publisher = Publisher(pool, nc.jetstream())
-    marker = asyncio.ensure_future(publisher.mark(Stub()))  # type: ignore[arg-type]
+    marker = asyncio.ensure_future(publisher.mark(stopping))
     try:
         await publisher.publish(rows)
         await publisher.publish(rows[:2])  # a retry: same Nats-Msg-Id, dropped
@@ -75,7 +73,7 @@ async def test_direct_publication_is_marked_and_deduplicated(
             await asyncio.sleep(0.05)
         assert left == 0
     finally:
-        Stub.stopping.set()
+        stopping.set()
         await asyncio.wait_for(marker, 10)
         await pool.close()
     assert [m["n"] for m in await _stored(nc)] == [0, 1, 2, 3, 4]
@@ -95,12 +93,9 @@ async def test_a_failed_direct_publish_goes_to_the_relay_at_once(
     )
     pool = await asyncpg.create_pool(pg_dsn, min_size=1, max_size=2)
 
-    class Stub:
-        stopping = asyncio.Event()
-
+    stopping = asyncio.Event()
     publisher = Publisher(pool, nc.jetstream())
-    publisher.relay_wake = asyncio.Event()
-    marker = asyncio.ensure_future(publisher.mark(Stub()))  # type: ignore[arg-type]
+    marker = asyncio.ensure_future(publisher.mark(stopping))
     try:
         await publisher.publish(rows)  # no stream takes nostream.>: a failure
         await asyncio.wait_for(publisher.relay_wake.wait(), 10)
@@ -109,7 +104,7 @@ async def test_a_failed_direct_publish_goes_to_the_relay_at_once(
         await nc.jetstream().add_stream(StreamConfig(name="late", subjects=["nostream.>"]))
         assert await publish_batch(pool, nc.jetstream()) == 1
     finally:
-        Stub.stopping.set()
+        stopping.set()
         await asyncio.wait_for(marker, 10)
         await pool.close()
     assert await pg_conn.fetchval("SELECT published_at FROM outbox WHERE msg_id = 'lost'")

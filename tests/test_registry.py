@@ -127,6 +127,7 @@ def test_an_eleven_stage_pipeline_is_a_configuration_change(tmp_path: Path) -> N
     assert p.streams_binding("agog.deliverables.liz.frontend_qa.REQ-1") == [
         "agog_features_frontend_qa"
     ]
+    assert p.runner_consumer("zed").name == "agogd_runner_zed"
 
 
 def _to_toml(data: dict) -> str:
@@ -172,12 +173,53 @@ def _to_toml(data: dict) -> str:
     ],
 )
 def test_inconsistent_pipelines_are_refused(tmp_path: Path, mutate, message: str) -> None:
+    _refused(tmp_path, mutate, message)
+
+
+def _refused(tmp_path: Path, mutate, message: str) -> None:
     data = _raw()
     mutate(data)
     path = tmp_path / "pipeline.toml"
     path.write_text(_to_toml(data))
     with pytest.raises(RegistryError, match=message):
         registry.load(path)
+
+
+def test_each_agent_has_a_runner_consumer_named_from_the_template() -> None:
+    p = registry.load()
+    engine = {c.name for c in p.consumers}
+    for stage in (*p.stages, *p.followups):
+        spec = p.runner_consumer(stage.agent)
+        # The names existing deployments have; not one of the engine's consumers.
+        assert spec.name == f"agogd_runner_{stage.agent}" and spec.name not in engine
+        assert spec.streams == ("agog_orchestration_events",)
+        assert spec.filter_subject == f"agog.orchestration.events.stage.started.{stage.agent}.>"
+        assignment = p.subject("assignment", agent=stage.agent, req="REQ-1")
+        assert subject_matches(spec.filter_subject, assignment)
+        # Every stored assignment, redelivered for as long as it is nak'd.
+        assert (spec.deliver, spec.max_deliver, spec.ack_wait) == ("all", -1, 60)
+        assert spec.description == f"agogd runner: {stage.agent}'s stage assignments"
+    assert {c.deliver for c in p.consumers} == {"backfill"}
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda d: d["runner_consumer"].update(name="agogd_runner"), "does not contain"),
+        (lambda d: d["runner_consumer"].update(name="runner_{agent}_{role}"), "cannot be filled"),
+        (lambda d: d["runner_consumer"].update(name="runner_{agent}_{"), "cannot be filled"),
+        (lambda d: d["runner_consumer"].update(name="agogd.{agent}"), "safe consumer name"),
+        (lambda d: d["runner_consumer"].update(stream="agog_requirements"), "does not store"),
+        (lambda d: d["runner_consumer"].update(stream="agog_nowhere"), "does not store"),
+        (lambda d: d["runner_consumer"].update(deliver="latest"), "deliver 'latest'"),
+        (lambda d: d["runner_consumer"].update(max_deliver=0), "max_deliver"),
+        (lambda d: d["runner_consumer"].pop("stream"), "missing the key"),
+        (lambda d: d.pop("runner_consumer"), r"no \[runner_consumer\]"),
+        (lambda d: d["consumers"][0].update(deliver="sometimes"), "deliver 'sometimes'"),
+    ],
+)
+def test_a_bad_runner_consumer_is_refused(tmp_path: Path, mutate, message: str) -> None:
+    _refused(tmp_path, mutate, message)
 
 
 def test_timeout_overrides() -> None:

@@ -66,7 +66,7 @@ async def test_demo_agents_take_a_req_to_deployed(
         nats_server.url, pg_dsn, demo=True, demo_delay=0.05, demo_reject=["sylvia"]
     )
     async with running_agogd(settings) as daemon:
-        assert daemon.runner is not None
+        assert daemon.wiring.parts.runner is not None
         await submit(nc, "REQ-DEMO-9")
         row = await wait_status(pg_dsn, "REQ-DEMO-9", "DEPLOYED", timeout=90)
     assert row["deployed_by"] == "berry (demo)"
@@ -86,7 +86,7 @@ async def test_demo_agents_take_a_req_to_deployed(
 async def test_plain_agogd_spawns_nothing(nats_server: NatsServer, pg_dsn: str, nc: NATS) -> None:
     await ScriptedAgents(nc).start()  # external agents, the seeds' normal mode
     async with running_agogd(settings_for(nats_server.url, pg_dsn)) as daemon:
-        assert daemon.runner is None
+        assert daemon.wiring.parts.runner is None
         await submit(nc, "REQ-EXT-1")
         await wait_status(pg_dsn, "REQ-EXT-1", "DEPLOYED")
     conn = await asyncpg.connect(pg_dsn)

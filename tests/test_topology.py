@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import replace
 
 import nats
 import pytest
 from nats.aio.client import Client as NATS
-from nats.js.api import StorageType, StreamConfig
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
 
 from orchestrator.core import registry
 from orchestrator.embedded import NatsServer
@@ -159,3 +160,63 @@ async def test_replicas_reconciling_at_once(nats_server: NatsServer) -> None:
     finally:
         for c in clients:
             await c.close()
+
+
+async def test_the_runners_consumer_delivers_every_assignment_and_follows_the_registry(
+    nc: NATS,
+) -> None:
+    await Reconciler(nc, PIPELINE).reconcile()
+    js = nc.jetstream()
+    agent = PIPELINE.stages[0].agent
+    spec = replace(PIPELINE.runner_consumer(agent), max_ack_pending=16)
+    (stream,) = spec.streams
+    old = PIPELINE.subject("assignment", agent=agent, req="REQ-OLD")
+    await js.publish(old, b"{}")
+    await asyncio.sleep(1.2)  # older than a backfill window of 0
+    reconciler = Reconciler(nc, PIPELINE, consumer_backfill=0)
+    assert await reconciler.reconcile_consumer(stream, spec) == "created"
+    cfg = (await js.consumer_info(stream, spec.name)).config
+    assert cfg.deliver_policy == DeliverPolicy.ALL and cfg.durable_name == spec.name
+    assert (cfg.filter_subject, cfg.ack_wait, cfg.max_deliver, cfg.max_ack_pending) == (
+        spec.filter_subject,
+        60,
+        -1,
+        16,
+    )
+    sub = await js.pull_subscribe_bind(spec.name, stream)
+    (msg,) = await sub.fetch(1, timeout=2)  # stored before the consumer was made
+    assert msg.subject == old
+    await msg.ack()
+    assert await reconciler.reconcile_consumer(stream, spec) == "unchanged"
+    # More processes per agent: the same durable is updated, its position kept.
+    wider = replace(spec, max_ack_pending=40)
+    assert await reconciler.reconcile_consumer(stream, wider) == "updated"
+    info = await js.consumer_info(stream, spec.name)
+    assert info.config.max_ack_pending == 40 and info.config.deliver_policy == DeliverPolicy.ALL
+    assert info.delivered.stream_seq == msg.metadata.sequence.stream
+
+
+async def test_a_runner_consumer_made_before_the_registry_named_it_is_kept(nc: NATS) -> None:
+    """Deployments have consumers the runner made by hand; they are neither
+    recreated nor changed when the registry says the same."""
+    await Reconciler(nc, PIPELINE).reconcile()
+    js = nc.jetstream()
+    agent = PIPELINE.stages[-1].agent
+    spec = replace(PIPELINE.runner_consumer(agent), max_ack_pending=16)
+    (stream,) = spec.streams
+    await js.add_consumer(
+        stream,
+        ConsumerConfig(
+            durable_name=f"agogd_runner_{agent}",
+            filter_subject=f"agog.orchestration.events.stage.started.{agent}.>",
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=60.0,
+            deliver_policy=DeliverPolicy.ALL,
+            max_ack_pending=16,
+            description=f"agogd runner: {agent}'s stage assignments",
+        ),
+    )
+    assert await Reconciler(nc, PIPELINE).reconcile_consumer(stream, spec) == "unchanged"
+    # The whole reconcile leaves it alone: it is the runner's, not the engine's.
+    await Reconciler(nc, PIPELINE).reconcile()
+    assert (await js.consumer_info(stream, spec.name)).config.max_ack_pending == 16

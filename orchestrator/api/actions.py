@@ -53,12 +53,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from orchestrator.api import views as api_views
 from orchestrator.api.common import (
     ApiError,
-    daemon_of,
+    context_of,
     json_ok,
+    pipeline_of,
     pool_of,
     read_object,
     req_of,
     require_token,
+    settings_of,
 )
 from orchestrator.core import decision_auth
 from orchestrator.core.workflow import DecisionRejected, Workflow, apply
@@ -112,7 +114,7 @@ def _stage_index(request: web.Request, value: int | str, what: str) -> int:
     """A pipeline stage's or a follow-up's index (the workflow says what may
     be done with a follow-up: only retried, once the pipeline has finished)."""
     try:
-        stage = api_views.find_stage(daemon_of(request).pipeline, value)
+        stage = api_views.find_stage(pipeline_of(request), value)
     except api_views.BadFilter as exc:
         raise ApiError(400, f"{what}: {exc}") from None
     return stage.index
@@ -151,7 +153,7 @@ def _decision_fields(
     if body.stage is None:
         return {"decision": "RETRY"}
     index = _stage_index(request, body.stage, "stage")
-    if daemon_of(request).pipeline.is_followup(index):
+    if pipeline_of(request).is_followup(index):
         return {"decision": "RETRY", "restart_stage": index}
     if wf.stage is None:
         return {"decision": "RETRY"}
@@ -198,7 +200,7 @@ async def act(request: web.Request) -> web.Response:
     action = request.match_info["action"]
     if action not in ACTIONS:
         raise ApiError(404, f"no action {action!r}: use one of {', '.join(ACTIONS)}")
-    daemon = daemon_of(request)
+    pipeline, settings = pipeline_of(request), settings_of(request)
     req = req_of(request)
     wait = _wait_of(request)
     raw = await read_object(request)
@@ -214,7 +216,7 @@ async def act(request: web.Request) -> web.Response:
         done = await _already_applied(pool, req, decision_id)
         if done is not None:
             async with pool.acquire() as conn:
-                summary = await api_views.req_summary(conn, daemon.pipeline, req)
+                summary = await api_views.req_summary(conn, pipeline, req)
             return json_ok(
                 {
                     "decision_id": decision_id,
@@ -246,11 +248,11 @@ async def act(request: web.Request) -> web.Response:
         payload["instructions"] = body.instructions
     data = json.dumps(payload).encode()
     try:
-        decision = parse_decision(data, req, daemon.pipeline, daemon.settings.max_message_bytes)
+        decision = parse_decision(data, req, pipeline, settings.max_message_bytes)
     except Rejected as exc:
         raise ApiError(400, f"{exc.reason}: {exc.message}") from None
     try:
-        apply(daemon.pipeline, wf, decision.to_event())
+        apply(pipeline, wf, decision.to_event())
     except DecisionRejected as exc:
         raise ApiError(409, str(exc), req_status=wf.status) from None
     ack = await _publish(request, req, decision_id, data)
@@ -269,7 +271,7 @@ async def act(request: web.Request) -> web.Response:
         "action": action,
         "decision": decision.decision,
         "restart_stage": decision.restart_stage,
-        "subject": daemon.pipeline.subject("decision", req=req),
+        "subject": pipeline.subject("decision", req=req),
         "stream": ack.stream,
         "seq": ack.seq,
         "duplicate": bool(ack.duplicate),
@@ -283,18 +285,18 @@ async def act(request: web.Request) -> web.Response:
         raise ApiError(409, detail or "the engine refused the decision", **answer)
     if outcome == "applied":
         async with pool.acquire() as conn:
-            answer["req"] = await api_views.req_summary(conn, daemon.pipeline, req)
+            answer["req"] = await api_views.req_summary(conn, pipeline, req)
         return json_ok(answer)
     return json_ok(answer, status=202)
 
 
 async def _publish(request: web.Request, req: str, decision_id: str, data: bytes) -> Any:
-    daemon = daemon_of(request)
-    nc = daemon.nc
-    if nc is None or not nc.is_connected:
+    pipeline, settings = pipeline_of(request), settings_of(request)
+    nc = context_of(request).rt.nc
+    if not nc.is_connected:
         raise ApiError(503, "agogd is not connected to NATS; the action was not published")
-    subject = daemon.pipeline.subject("decision", req=req)
-    key = decision_auth.signing_key(daemon.settings.api_token)
+    subject = pipeline.subject("decision", req=req)
+    key = decision_auth.signing_key(settings.api_token)
     if key is None:  # require_token let the call through: there is a token
         raise ApiError(503, "no API token is set; decisions cannot be signed")
     try:

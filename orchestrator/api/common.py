@@ -1,4 +1,4 @@
-"""What every API module shares: the daemon key, JSON errors, the token check.
+"""What every API module shares: its context, JSON errors, the token check.
 
 A handler raises ``ApiError(status, message)``; the error middleware of
 ``orchestrator.api.routes`` turns it into ``{"error": message, "code": ...}`` with
@@ -9,19 +9,41 @@ from __future__ import annotations
 
 import hmac
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
+import asyncpg
 from aiohttp import web
 
+from orchestrator.core.registry import Pipeline
 from orchestrator.inbound import intake
 from orchestrator.inbound.notices import validate_req_id
+from orchestrator.runtime.context import Late, NotBound, Runtime
+from orchestrator.runtime.settings import Settings
 
 if TYPE_CHECKING:
-    from orchestrator.runtime.daemon import Daemon
+    from orchestrator.memory.service import Memory
 
-DAEMON_KEY: web.AppKey[Any] = web.AppKey("daemon", object)
+
+@dataclass(frozen=True)
+class ApiContext:
+    """What the API's handlers use once agogd is connected."""
+
+    rt: Runtime
+    # The deliverable memory, where it is on (AGOG_MEMORY_ENABLED).
+    memory: Memory | None
+    # A REQ may be admitted now (the engine's dispatcher).
+    wake_dispatcher: Callable[[], None]
+
+
+# Known before agogd connects: the token check and the body limits work at once.
+SETTINGS_KEY = web.AppKey("settings", Settings)
+PIPELINE_KEY = web.AppKey("pipeline", Pipeline)
+# Bound once the connections are up; until then a handler that needs it answers 503.
+CONTEXT_KEY = web.AppKey("api_context", Late)
 
 # status -> the machine-readable code beside the message
 CODES = {
@@ -72,15 +94,24 @@ def json_ok(body: Any, status: int = 200) -> web.Response:
     return web.json_response(body, status=status, dumps=dumps)
 
 
-def daemon_of(request: web.Request) -> Daemon:
-    return request.app[DAEMON_KEY]  # type: ignore[no-any-return]
+def settings_of(request: web.Request) -> Settings:
+    return request.app[SETTINGS_KEY]
 
 
-def pool_of(request: web.Request) -> Any:
-    daemon = daemon_of(request)
-    if daemon.pool is None:
-        raise ApiError(503, "agogd is not ready (no Postgres pool yet)")
-    return daemon.pool
+def pipeline_of(request: web.Request) -> Pipeline:
+    return request.app[PIPELINE_KEY]
+
+
+def context_of(request: web.Request) -> ApiContext:
+    """The API's context; 503 while agogd is still starting."""
+    try:
+        return request.app[CONTEXT_KEY].get()  # type: ignore[no-any-return]
+    except NotBound as exc:
+        raise ApiError(503, str(exc)) from None
+
+
+def pool_of(request: web.Request) -> asyncpg.Pool:
+    return context_of(request).rt.pool
 
 
 def given_token(request: web.Request, allow_query: bool = False) -> str:
@@ -97,7 +128,7 @@ def given_token(request: web.Request, allow_query: bool = False) -> str:
 
 def token_problem(request: web.Request, allow_query: bool = False) -> ApiError | None:
     """Why a request may not act (401/403), or None if its token is right."""
-    token = daemon_of(request).settings.api_token
+    token = settings_of(request).api_token
     if token is None:
         return ApiError(403, "actions are disabled: set AGOG_API_TOKEN")
     given = given_token(request, allow_query)
@@ -132,6 +163,6 @@ async def read_object(request: web.Request, empty_ok: bool = True) -> dict[str, 
             return {}
         raise ApiError(400, "a JSON object body is required")
     try:
-        return intake.json_object(data, daemon_of(request).settings.max_message_bytes, "the body")
+        return intake.json_object(data, settings_of(request).max_message_bytes, "the body")
     except intake.IntakeError as exc:
         raise ApiError(400, f"{exc.reason}: {exc.message}") from None

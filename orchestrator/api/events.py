@@ -88,7 +88,7 @@ from typing import Any
 
 from aiohttp import web
 
-from orchestrator.api.common import ApiError, daemon_of
+from orchestrator.api.common import ApiError, context_of, settings_of
 from orchestrator.api.views import REWORK_REASONS
 from orchestrator.core import strict_json
 from orchestrator.core.registry import Pipeline
@@ -450,9 +450,9 @@ async def _pump(
     """Write the client's queue out, with keep-alives, until agogd stops, the
     client leaves or falls past its budget (``_drop`` then has the last word:
     the overflow is checked right before every write)."""
-    daemon = daemon_of(request)
+    stopping = context_of(request).rt.stopping
     last_write = time.monotonic()
-    while not daemon.stopping.is_set() and not _closing(request):
+    while not stopping.is_set() and not _closing(request):
         data = stream.take()
         if data is None and not stream.lagged and stream.overflow is None:
             stream.wake.clear()
@@ -474,7 +474,7 @@ async def _pump(
         elif time.monotonic() - last_write >= ping:
             await response.write(f": keep-alive {store.now_iso()}\n\n".encode())
             last_write = time.monotonic()
-    if daemon.stopping.is_set() and not _closing(request) and stream.overflow is None:
+    if stopping.is_set() and not _closing(request) and stream.overflow is None:
         await response.write(sse("bye", {"reason": "agogd is stopping"}))
 
 
@@ -510,16 +510,15 @@ async def _drop(request: web.Request, response: web.StreamResponse, stream: Stre
 async def events(request: web.Request) -> web.StreamResponse:
     """Stream live events until the client leaves, falls behind its byte
     budget, or agogd stops."""
-    daemon = daemon_of(request)
+    nc = context_of(request).rt.nc
     reqs, heartbeats, ping = _options(request)
-    nc = daemon.nc
-    if nc is None or not nc.is_connected:
+    if not nc.is_connected:
         raise ApiError(503, "agogd is not connected to NATS")
     hub = request.app[HUB_KEY]
     stream = Stream(
         reqs,
         heartbeats=heartbeats,
-        budget=daemon.settings.events_client_budget,
+        budget=settings_of(request).events_client_budget,
         transport=request.transport,
     )
     response = web.StreamResponse(

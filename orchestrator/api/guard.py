@@ -16,13 +16,13 @@ by ``body_timeout_middleware`` (``AGOG_HTTP_BODY_TIMEOUT``).
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 from aiohttp import web
 
 from orchestrator.api.common import error_response
+from orchestrator.core.hosts import BadHost, split_host
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -33,45 +33,6 @@ WILDCARDS = frozenset({"0.0.0.0", "[::]"})
 # These answer only "alive", the readiness checks and counters: no REQ, title
 # or event, so a rebinding page learns nothing it could not guess.
 HOST_EXEMPT = frozenset({"/healthz", "/readyz", "/metrics"})
-
-
-class BadHost(ValueError):
-    """A Host header or an AGOG_HTTP_ALLOWED_HOSTS entry that is not host[:port]."""
-
-
-def split_host(value: str) -> tuple[str, int | None]:
-    """``name[:port]`` (``[v6][:port]`` for IPv6) as (lower-case name, port);
-    an IPv6 name keeps its brackets, a trailing dot is dropped."""
-    text = value.strip().lower()
-    if not text or any(c.isspace() or c in "/\\@?#," for c in text):
-        raise BadHost(f"{value!r} is not host[:port]")
-    port: str | None = None
-    if text.startswith("["):
-        name, sep, rest = text.partition("]")
-        if not sep or (rest and not rest.startswith(":")):
-            raise BadHost(f"{value!r} is not [ipv6][:port]")
-        try:
-            ipaddress.IPv6Address(name[1:])
-        except ValueError:
-            raise BadHost(f"{value!r} is not [ipv6][:port]") from None
-        name = f"[{ipaddress.IPv6Address(name[1:]).compressed}]"
-        port = rest[1:] if rest else None
-    elif text.count(":") > 1:  # a bare IPv6 address, as in AGOG_HTTP_HOST=::1
-        try:
-            name = f"[{ipaddress.IPv6Address(text).compressed}]"
-        except ValueError:
-            raise BadHost(f"{value!r} is not host[:port]") from None
-    else:
-        name, sep, rest = text.partition(":")
-        port = rest if sep else None
-    name = name.rstrip(".")
-    if not name:
-        raise BadHost(f"{value!r} has no host name")
-    if port is None:
-        return name, None
-    if not port.isascii() or not port.isdecimal() or not 0 < int(port) < 65536:
-        raise BadHost(f"{value!r} has no valid port")
-    return name, int(port)
 
 
 @dataclass(frozen=True)

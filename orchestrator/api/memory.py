@@ -15,7 +15,7 @@ from dataclasses import replace
 
 from aiohttp import web
 
-from orchestrator.api.common import ApiError, daemon_of, json_ok, pool_of
+from orchestrator.api.common import ApiError, context_of, json_ok, pool_of
 from orchestrator.inbound.notices import validate_req_id
 from orchestrator.memory.model import KINDS, Filters, QueryError
 from orchestrator.memory.recall import recall
@@ -70,8 +70,7 @@ def parse(query: web.MultiDictProxy[str]) -> tuple[str, Filters, int, str, float
 
 
 async def search(request: web.Request) -> web.Response:
-    daemon = daemon_of(request)
-    memory = getattr(daemon, "memory", None)
+    memory = context_of(request).memory
     if memory is None:
         raise ApiError(503, "the deliverable memory runs where the engine runs, not here")
     text, filters, limit, mode, min_similarity = parse(request.query)

@@ -22,17 +22,21 @@ the API is, by processes that run the engine.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from importlib.metadata import PackageNotFoundError, version
-from typing import TYPE_CHECKING
+from pathlib import Path
 
+import asyncpg
+from aiohttp import web
+from nats.aio.client import Client as NATS
+
+from orchestrator.core.registry import Pipeline
 from orchestrator.core.workflow import STATUSES
 from orchestrator.runtime import db, http_server, metrics
+from orchestrator.runtime.context import Late
 from orchestrator.runtime.logs import get_logger
-
-if TYPE_CHECKING:
-    from orchestrator.runtime.daemon import Daemon
+from orchestrator.runtime.services import sleep_unless_stopped
+from workers.infra.inspect import inspect_streams
 
 log = get_logger(__name__)
 
@@ -64,11 +68,14 @@ def agogd_version() -> str:
 class Observer:
     """Refreshes the gauges that /metrics cannot count as work happens."""
 
-    def __init__(self, daemon: Daemon) -> None:
-        self.daemon = daemon
-        self.stage_agents = {
-            s.index: s.agent for s in (*daemon.pipeline.stages, *daemon.pipeline.followups)
-        }
+    def __init__(
+        self, *, pool: asyncpg.Pool, nc: NATS, pipeline: Pipeline, database_gauges: bool
+    ) -> None:
+        """``database_gauges``: read the REQ and outbox gauges from Postgres
+        (where the engine runs; a lone runner reports only its own counters)."""
+        self.pool, self.nc, self.pipeline = pool, nc, pipeline
+        self.database_gauges = database_gauges
+        self.stage_agents = {s.index: s.agent for s in (*pipeline.stages, *pipeline.followups)}
         self.streams_interval = STREAMS_INTERVAL
         self._pg_at = float("-inf")
         self._pg_lock = asyncio.Lock()
@@ -77,8 +84,8 @@ class Observer:
     # --- Postgres, at scrape time ------------------------------------------------------
     async def refresh_postgres(self, force: bool = False) -> None:
         """Re-read the database gauges unless they are fresher than PG_TTL."""
-        pool = self.daemon.pool
-        if pool is None or self.daemon.engine is None:
+        pool = self.pool
+        if not self.database_gauges:
             return
         async with self._pg_lock:  # concurrent scrapes share one refresh
             if not force and time.monotonic() - self._pg_at < PG_TTL:
@@ -116,9 +123,7 @@ class Observer:
     # --- JetStream, in the background ------------------------------------------------------
     async def refresh_streams(self) -> None:
         """Streams and consumer lag, as Miki's report reads them."""
-        from workers.infra.inspect import inspect_streams
-
-        part, entries = await inspect_streams(self.daemon.nc, self.daemon.pipeline)
+        part, entries = await inspect_streams(self.nc, self.pipeline)
         for gauge in (
             metrics.STREAM_MESSAGES,
             metrics.STREAM_BYTES,
@@ -138,35 +143,26 @@ class Observer:
             for consumer in entry["consumers"]:
                 metrics.CONSUMER_LAG.labels(stream, str(consumer["name"])).set(consumer["lag"])
 
-    async def run(self, daemon: Daemon) -> None:
+    async def run(self, stopping: asyncio.Event) -> None:
         """The ``metrics`` service: refresh the stream gauges until agogd stops."""
-        while not daemon.stopping.is_set():
+        while not stopping.is_set():
+            self._streams_wake.clear()
             try:
                 await self.refresh_streams()
             except Exception as exc:  # a gauge must never take the daemon down
                 metrics.SCRAPE_ERRORS.labels("jetstream").inc()
                 log.warning("metrics.streams_failed", error=repr(exc))
-            self._streams_wake.clear()
-            waiters = [
-                asyncio.ensure_future(daemon.stopping.wait()),
-                asyncio.ensure_future(self._streams_wake.wait()),
-            ]
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait(
-                    waiters, timeout=self.streams_interval, return_when=asyncio.FIRST_COMPLETED
-                )
-            for waiter in waiters:
-                waiter.cancel()
+            await sleep_unless_stopped(stopping, self.streams_interval, self._streams_wake)
 
     def wake_streams(self) -> None:
         """Refresh the stream gauges now (tests, or an operator in a hurry)."""
         self._streams_wake.set()
 
 
-def _preset(daemon: Daemon) -> None:
+def _preset(pipeline: Pipeline) -> None:
     """Series that exist from the start (so rate() and alerts see a zero, not a gap)."""
     metrics.BUILD_INFO.labels(agogd_version()).set(1)
-    for stage in (*daemon.pipeline.stages, *daemon.pipeline.followups):
+    for stage in (*pipeline.stages, *pipeline.followups):
         metrics.STAGE_TIMEOUT.labels(stage.agent).set(stage.timeout)
         metrics.STAGE_DURATION.labels(stage.agent)
         metrics.TRANSITIONS.labels("stage.started", stage.agent)
@@ -181,12 +177,55 @@ def _preset(daemon: Daemon) -> None:
         metrics.SCRAPE_ERRORS.labels(source)
 
 
-def install(daemon: Daemon) -> Observer:
-    """``/metrics`` on every agogd; the board where the engine (and its API) runs."""
-    observer = Observer(daemon)
-    _preset(daemon)
-    http_server.add_metrics(daemon.http.app, observer.refresh_postgres)
-    daemon.add_service("metrics", observer.run)
-    if daemon.engine is not None:
-        http_server.add_board(daemon.http.app)
-    return observer
+def install(
+    app: web.Application, pipeline: Pipeline, observer: Late[Observer], *, board: bool
+) -> None:
+    """``/metrics`` on every agogd; the board where the engine (and its API) runs.
+    The database gauges are read once ``observer`` is bound (agogd connected)."""
+    _preset(pipeline)
+
+    async def refresh() -> None:
+        if observer.bound:
+            await observer.get().refresh_postgres()
+
+    http_server.add_metrics(app, refresh)
+    if board:
+        add_board(app)
+
+
+# --- the board -------------------------------------------------------------------------------
+# The board's assets ship in the package (no CDN): plain HTML, CSS and JS.
+BOARD_DIR = Path(__file__).with_name("board")
+BOARD_TYPES = {
+    ".html": "text/html",
+    ".css": "text/css",
+    ".js": "text/javascript",
+    ".svg": "image/svg+xml",
+}
+
+
+def _board_file(name: str) -> web.Response:
+    path = BOARD_DIR / name
+    kind = BOARD_TYPES.get(path.suffix)
+    if kind is None or path.parent != BOARD_DIR or not path.is_file():
+        raise web.HTTPNotFound(text=f"no board asset {name!r}")
+    return web.Response(
+        body=path.read_bytes(),
+        content_type=kind,
+        charset="utf-8" if kind.startswith("text/") else None,
+        headers={"Cache-Control": "no-cache"},  # an upgraded agogd serves its own
+    )
+
+
+async def board_page(_request: web.Request) -> web.Response:
+    return _board_file("index.html")
+
+
+async def board_asset(request: web.Request) -> web.Response:
+    return _board_file(request.match_info["name"])
+
+
+def add_board(app: web.Application) -> None:
+    """The pipeline board: ``/`` and its assets under ``/board/`` (see board/board.js)."""
+    app.router.add_get("/", board_page)
+    app.router.add_get("/board/{name}", board_asset)

@@ -39,7 +39,6 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
 
 import asyncpg
 from aiohttp import web
@@ -50,24 +49,33 @@ from orchestrator.api import guard as http_guard
 from orchestrator.api import memory as api_memory
 from orchestrator.api import views as api_views
 from orchestrator.api.common import (
-    DAEMON_KEY,
+    CONTEXT_KEY,
+    PIPELINE_KEY,
+    SETTINGS_KEY,
+    ApiContext,
     ApiError,
-    daemon_of,
+    context_of,
     error_response,
     json_ok,
+    pipeline_of,
     pool_of,
     read_object,
     req_of,
     require_token,
+    settings_of,
     token_problem,
 )
+from orchestrator.core.registry import Pipeline
+from orchestrator.engine import requirements
 from orchestrator.inbound import intake
+from orchestrator.runtime.context import Late
 from orchestrator.runtime.logs import get_logger
+from orchestrator.runtime.settings import Settings
+from workers.infra.entries import DEFAULT_FEATURE
+from workers.infra.inspect import inspect_streams
+from workers.infra.report import publish_report
 
-if TYPE_CHECKING:
-    from orchestrator.runtime.daemon import Daemon
-
-__all__ = ["DAEMON_KEY", "install"]
+__all__ = ["install"]
 
 log = get_logger("agogd.api")
 
@@ -146,7 +154,7 @@ async def read_auth_middleware(request: web.Request, handler: Handler) -> web.St
         request.method in ("GET", "HEAD")
         and request.path.startswith("/api/")
         and request.path not in OPEN_PATHS
-        and daemon_of(request).settings.reads_need_token()
+        and settings_of(request).reads_need_token()
     ):
         problem = token_problem(request, allow_query=True)
         if problem is not None:
@@ -157,26 +165,25 @@ async def read_auth_middleware(request: web.Request, handler: Handler) -> web.St
 # --- reads -------------------------------------------------------------------------
 async def list_reqs(request: web.Request) -> web.Response:
     """``GET /api/reqs?status=IN_PROGRESS,BLOCKED&stage=roy&priority=P0&limit=50``."""
-    daemon = daemon_of(request)
+    pipeline = pipeline_of(request)
     try:
-        filters = api_views.parse_filters(daemon.pipeline, request.query)
+        filters = api_views.parse_filters(pipeline, request.query)
     except api_views.BadFilter as exc:
         raise ApiError(400, str(exc)) from None
     async with pool_of(request).acquire() as conn:
-        body = await api_views.list_reqs(conn, daemon.pipeline, filters)
+        body = await api_views.list_reqs(conn, pipeline, filters)
     return json_ok(body)
 
 
 async def get_req(request: web.Request) -> web.Response:
     """``GET /api/reqs/{req}[?events=N]``: the REQ and its whole history."""
-    daemon = daemon_of(request)
     req = req_of(request)
     raw = request.query.get("events", str(api_views.MAX_EVENTS))
     # isdecimal, not isdigit: int() refuses "²", and the ValueError was a 500.
     if not raw.isdecimal() or not 0 <= int(raw) <= 10 * api_views.MAX_EVENTS:
         raise ApiError(400, f"events must be a count between 0 and {10 * api_views.MAX_EVENTS}")
     async with pool_of(request).acquire() as conn:
-        body = await api_views.req_detail(conn, daemon.pipeline, req, int(raw))
+        body = await api_views.req_detail(conn, pipeline_of(request), req, int(raw))
     if body is None:
         raise ApiError(404, f"no workflow for {req}")
     return json_ok(body)
@@ -185,10 +192,7 @@ async def get_req(request: web.Request) -> web.Response:
 async def streams(request: web.Request) -> web.Response:
     """``GET /api/streams``: each agog_* stream with its messages, bytes and
     consumers (pending, ack pending, lag), as in Miki's report."""
-    from workers.infra.inspect import inspect_streams
-
-    daemon = daemon_of(request)
-    nats, entries = await inspect_streams(daemon.nc, daemon.pipeline)
+    nats, entries = await inspect_streams(context_of(request).rt.nc, pipeline_of(request))
     if not nats.get("reachable"):
         raise ApiError(503, f"NATS: {nats.get('error')}", nats=nats)
     return json_ok({"nats": nats, "streams": entries})
@@ -198,17 +202,15 @@ async def streams(request: web.Request) -> web.Response:
 async def submit_req(request: web.Request) -> web.Response:
     """``POST /api/reqs``: a requirement, as on ``agog.requirements.new``."""
     require_token(request)
-    daemon = daemon_of(request)
-    pool = pool_of(request)
+    context = context_of(request)
     body = await request.read()
     try:
-        req = intake.parse_requirement(body, daemon.settings.max_message_bytes)
+        req = intake.parse_requirement(body, settings_of(request).max_message_bytes)
     except intake.IntakeError as exc:
         raise ApiError(400, f"{exc.reason}: {exc.message}") from None
-    async with pool.acquire() as conn, conn.transaction():
-        created = await intake.submit(conn, req, "api", daemon.memory)
-    if daemon.engine is not None:
-        daemon.engine.wake_dispatcher.set()
+    async with context.rt.pool.acquire() as conn, conn.transaction():
+        created = await requirements.submit(conn, req, "api", context.memory)
+    context.wake_dispatcher()
     return json_ok(
         {"req_number": req.req_number, "created": created}, status=201 if created else 200
     )
@@ -218,21 +220,23 @@ async def infra_report(request: web.Request) -> web.Response:
     """Build and publish Miki's infrastructure report now; returns it.
     Body (optional): ``{"feature": "nats-fix"}``."""
     require_token(request)
-    from workers.infra.entries import DEFAULT_FEATURE
-    from workers.infra.report import publish_report
-
-    daemon = daemon_of(request)
+    context = context_of(request)
     fields = await read_object(request)
     feature = fields.get("feature")
     if not isinstance(feature or "", str):
         raise ApiError(400, 'the body is a JSON object such as {"feature": "nats-fix"}')
-    result = await publish_report(daemon, feature or DEFAULT_FEATURE, reason="api")
+    result = await publish_report(context.rt, feature or DEFAULT_FEATURE, reason="api")
     return json_ok(result)
 
 
-def install(app: web.Application, daemon: Daemon) -> None:
-    app[DAEMON_KEY] = daemon
-    settings = daemon.settings
+def install(
+    app: web.Application, settings: Settings, pipeline: Pipeline, context: Late[ApiContext]
+) -> None:
+    """Add the API to agogd's app before it listens; ``context`` is bound once
+    agogd is connected (503 until then)."""
+    app[SETTINGS_KEY] = settings
+    app[PIPELINE_KEY] = pipeline
+    app[CONTEXT_KEY] = context
     allowed = http_guard.AllowedHosts.build(settings.http_host, settings.http_allowed_hosts)
     # Outermost first: errors as JSON, the Host check (before anything is read
     # or answered), the body deadline, then the read token.
@@ -245,6 +249,6 @@ def install(app: web.Application, daemon: Daemon) -> None:
     app.router.add_get("/api/reqs/{req}", get_req)
     app.router.add_post("/api/reqs/{req}/{action}", api_actions.act)
     app.router.add_get("/api/streams", streams)
-    api_events.install(app, daemon.pipeline)
+    api_events.install(app, pipeline)
     app.router.add_post("/api/infra/report", infra_report)
     api_memory.install(app)

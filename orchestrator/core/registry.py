@@ -18,6 +18,10 @@ DEFAULT_PIPELINE_FILE = Path(__file__).with_name("pipeline.toml")
 
 GateKind = Literal["none", "critique", "qa", "deploy"]
 GATE_KINDS: tuple[str, ...] = ("none", "critique", "qa", "deploy")
+# Where a new durable consumer starts: a bounded window before now (the
+# engine's, so a new one does not replay a week), or every stored message
+# (the runner's assignments: a stale one is skipped via Postgres).
+DELIVER_POLICIES: tuple[str, ...] = ("backfill", "all")
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
@@ -133,8 +137,10 @@ class ConsumerSpec:
     streams: tuple[str, ...]
     filter_subject: str | None = None
     ack_wait: float = 60
-    max_deliver: int = 20
+    max_deliver: int = 20  # -1: redelivered for as long as it is nak'd
     max_ack_pending: int = 1000
+    deliver: str = "backfill"  # one of DELIVER_POLICIES
+    description: str | None = None
 
 
 @dataclass(frozen=True)
@@ -147,6 +153,10 @@ class Pipeline:
     streams: tuple[StreamSpec, ...]
     consumers: tuple[ConsumerSpec, ...]
     subjects: Mapping[str, str] = field(default_factory=dict)
+    # [runner_consumer]: the agent runner's per-agent consumer, its name and
+    # description templates with {agent}; see runner_consumer(). Not among
+    # ``consumers``: those are the ones the engine reads.
+    runner_template: ConsumerSpec | None = None
 
     # --- lookups -----------------------------------------------------------
     @property
@@ -258,6 +268,21 @@ class Pipeline:
         out.append(self.subject("sub_intake", req=req))
         return out
 
+    def runner_consumer(self, agent: str) -> ConsumerSpec:
+        """The durable consumer the agent runner reads ``agent``'s assignments
+        from: [runner_consumer] filled in, filtered on the assignment subject."""
+        template = self.runner_template
+        if template is None:
+            raise RegistryError("the pipeline has no [runner_consumer] section")
+        if not _TOKEN.match(agent):
+            raise ValueError(f"agent={agent!r} is not a single safe subject token")
+        return replace(
+            template,
+            name=template.name.format(agent=agent),
+            filter_subject=self.subjects["assignment"].format(agent=agent, req=">"),
+            description=template.description.format(agent=agent) if template.description else None,
+        )
+
     def with_timeouts(self, overrides: Mapping[str, float]) -> Pipeline:
         """A copy with some stage timeouts replaced, keyed by agent."""
         unknown = set(overrides) - {s.agent for s in (*self.stages, *self.followups)}
@@ -322,6 +347,15 @@ def validate(pipeline: Pipeline) -> list[str]:
         for stream in consumer.streams:
             if stream not in stream_names:
                 problems.append(f"consumer {consumer.name!r} names unknown stream {stream!r}")
+    runner = (pipeline.runner_template,) if pipeline.runner_template is not None else ()
+    for consumer in (*pipeline.consumers, *runner):
+        if consumer.deliver not in DELIVER_POLICIES:
+            problems.append(
+                f"consumer {consumer.name!r} has deliver {consumer.deliver!r},"
+                f" not one of {', '.join(DELIVER_POLICIES)}"
+            )
+        if consumer.max_deliver < 1 and consumer.max_deliver != -1:
+            problems.append(f"consumer {consumer.name!r}: max_deliver must be -1 or positive")
     required = {
         "deliverable",
         "assignment",
@@ -338,6 +372,7 @@ def validate(pipeline: Pipeline) -> list[str]:
     if missing:
         problems.append(f"subject templates missing: {', '.join(sorted(missing))}")
         return problems
+    problems += _runner_problems(pipeline)
     for a in pipeline.streams:
         for b in pipeline.streams:
             if a.name < b.name and any(
@@ -353,6 +388,34 @@ def validate(pipeline: Pipeline) -> list[str]:
         bound = pipeline.streams_binding(subject)
         if len(bound) != 1:
             problems.append(f"subject {subject} is bound by {len(bound)} streams {bound}, not 1")
+    return problems
+
+
+def _runner_problems(pipeline: Pipeline) -> list[str]:
+    """What is wrong with [runner_consumer]: each agent must get a consumer of
+    its own, with a safe name, on the stream that stores its assignments."""
+    template = pipeline.runner_template
+    if template is None:
+        return ["no [runner_consumer] section (the agent runner's per-agent consumer)"]
+    if "{agent}" not in template.name:
+        return [f"runner_consumer name {template.name!r} does not contain {{agent}}"]
+    problems: list[str] = []
+    engine_names = {c.name for c in pipeline.consumers}
+    for stage in (*pipeline.stages, *pipeline.followups):
+        try:
+            spec = pipeline.runner_consumer(stage.agent)
+        except (KeyError, IndexError, ValueError) as exc:
+            return [f"runner_consumer templates cannot be filled: {exc!r}"]
+        if not _TOKEN.match(spec.name):
+            problems.append(f"runner_consumer name {spec.name!r} is not a safe consumer name")
+        if spec.name in engine_names:
+            problems.append(f"runner_consumer name {spec.name!r} is also one of [[consumers]]")
+        sample = pipeline.subjects["assignment"].format(agent=stage.agent, req="REQ-SAMPLE-1")
+        if pipeline.streams_binding(sample) != list(spec.streams):
+            problems.append(
+                f"runner_consumer stream {spec.streams[0]!r} does not store {stage.agent}'s"
+                f" assignments ({sample})"
+            )
     return problems
 
 
@@ -408,6 +471,23 @@ def _consumer(raw: Mapping[str, Any], defaults: Mapping[str, Any]) -> ConsumerSp
         ack_wait=parse_duration(merged.get("ack_wait", "60s")),
         max_deliver=int(merged.get("max_deliver", 20)),
         max_ack_pending=int(merged.get("max_ack_pending", 1000)),
+        deliver=merged.get("deliver", "backfill"),
+        description=merged.get("description"),
+    )
+
+
+def _runner_consumer(raw: Mapping[str, Any] | None) -> ConsumerSpec | None:
+    """[runner_consumer]; its filter is the assignment subject, filled per agent."""
+    if raw is None:
+        return None
+    return ConsumerSpec(
+        name=raw["name"],
+        streams=(raw["stream"],),
+        ack_wait=parse_duration(raw.get("ack_wait", "60s")),
+        max_deliver=int(raw.get("max_deliver", -1)),
+        max_ack_pending=int(raw.get("max_ack_pending", 1000)),
+        deliver=raw.get("deliver", "all"),
+        description=raw.get("description"),
     )
 
 
@@ -430,6 +510,7 @@ def from_mapping(data: Mapping[str, Any]) -> Pipeline:
             streams=tuple(_stream(s, stream_defaults) for s in data.get("streams", [])),
             consumers=tuple(_consumer(c, consumer_defaults) for c in data.get("consumers", [])),
             subjects=dict(data.get("subjects", {})),
+            runner_template=_runner_consumer(data.get("runner_consumer")),
         )
     except KeyError as exc:
         raise RegistryError(f"pipeline entry is missing the key {exc}") from None

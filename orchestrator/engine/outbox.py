@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import TYPE_CHECKING
 
 import asyncpg
 from nats.js import JetStreamContext
@@ -19,9 +18,7 @@ from nats.js import JetStreamContext
 from orchestrator.engine.store import OUTBOX_CHANNEL
 from orchestrator.runtime import db
 from orchestrator.runtime.logs import get_logger
-
-if TYPE_CHECKING:
-    from orchestrator.runtime.daemon import Daemon
+from orchestrator.runtime.state_log import StateLog
 
 log = get_logger(__name__)
 
@@ -96,7 +93,8 @@ class Publisher:
         # lifted so that the relay retries them at once, not after 10 s.
         self._failed: list[str] = []
         self._wake = asyncio.Event()
-        self.relay_wake: asyncio.Event | None = None
+        # Set to have the relay look at once (after a failed direct publish).
+        self.relay_wake = asyncio.Event()
 
     async def publish(self, rows: list[tuple[str, str, str]]) -> None:
         """Publish in order; a row that fails is handed to the relay."""
@@ -117,10 +115,10 @@ class Publisher:
                 self._done.append(msg_id)
         self._wake.set()
 
-    async def mark(self, daemon: Daemon) -> None:
+    async def mark(self, stopping: asyncio.Event) -> None:
         """Record published rows until the daemon stops (a lost mark only means
         a re-publish under the same Nats-Msg-Id, which JetStream drops)."""
-        while not daemon.stopping.is_set() or self._done or self._failed:
+        while not stopping.is_set() or self._done or self._failed:
             if not self._done and not self._failed:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
@@ -144,7 +142,7 @@ class Publisher:
                             " WHERE msg_id = ANY($1::text[]) AND published_at IS NULL",
                             failed,
                         )
-                if failed and self.relay_wake is not None:
+                if failed:
                     self.relay_wake.set()
             except db.DB_ERRORS as exc:
                 log.warning("outbox.mark_failed", rows=len(done), error=repr(exc))
@@ -157,45 +155,56 @@ class OutboxPublishError(RuntimeError):
     """Some outbox rows could not be published now; they stay pending."""
 
 
-async def relay(daemon: Daemon) -> None:
-    """Run until the daemon stops; publishes everything committed before it does."""
-    assert daemon.pool is not None and daemon.nc is not None
-    js = daemon.nc.jetstream()
-    daemon.publisher = Publisher(daemon.pool, js)
-    wake = asyncio.Event()
-    daemon.publisher.relay_wake = wake
-    marker = asyncio.ensure_future(daemon.publisher.mark(daemon))
-    listener: asyncpg.Connection | None = None
-    interval = daemon.settings.outbox_poll_interval
-    while True:
-        if listener is None or listener.is_closed():
-            listener = await _listen(daemon, wake)
-        try:
-            published = await publish_batch(daemon.pool, js)
-            daemon.states.set("outbox", "flowing")
-        except (OutboxPublishError, TimeoutError, *db.DB_ERRORS) as exc:
-            daemon.states.set(
-                "outbox", "stalled", "warning", cause=type(exc).__name__, error=str(exc)
-            )
-            published = 0
-            await asyncio.sleep(min(interval, 1.0))
-        if published:
-            continue
-        if daemon.stopping.is_set():
-            break  # everything committed so far is out
-        wake.clear()
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(interval):
-                await wake.wait()
-    await marker
-    if listener is not None and not listener.is_closed():
-        await listener.close()
+class OutboxRelay:
+    """Publishes committed outbox rows the engine did not (or could not) send
+    itself, and marks what its ``Publisher`` sent; runs until agogd stops and
+    publishes everything committed before it does."""
+
+    def __init__(
+        self,
+        publisher: Publisher,
+        *,
+        dsn: str,
+        poll_interval: float,
+        stopping: asyncio.Event,
+        states: StateLog,
+    ) -> None:
+        self.publisher, self.dsn, self.interval = publisher, dsn, poll_interval
+        self.stopping, self.states = stopping, states
+
+    async def run(self) -> None:
+        publisher, wake = self.publisher, self.publisher.relay_wake
+        marker = asyncio.ensure_future(publisher.mark(self.stopping))
+        listener: asyncpg.Connection | None = None
+        while True:
+            if listener is None or listener.is_closed():
+                listener = await _listen(self.dsn, wake)
+            try:
+                published = await publish_batch(publisher.pool, publisher.js)
+                self.states.set("outbox", "flowing")
+            except (OutboxPublishError, TimeoutError, *db.DB_ERRORS) as exc:
+                self.states.set(
+                    "outbox", "stalled", "warning", cause=type(exc).__name__, error=str(exc)
+                )
+                published = 0
+                await asyncio.sleep(min(self.interval, 1.0))
+            if published:
+                continue
+            if self.stopping.is_set():
+                break  # everything committed so far is out
+            wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.interval):
+                    await wake.wait()
+        await marker
+        if listener is not None and not listener.is_closed():
+            await listener.close()
 
 
-async def _listen(daemon: Daemon, wake: asyncio.Event) -> asyncpg.Connection | None:
+async def _listen(dsn: str, wake: asyncio.Event) -> asyncpg.Connection | None:
     """A dedicated LISTEN connection; None (poll only) while Postgres is away."""
     try:
-        conn = await asyncpg.connect(daemon.settings.dsn(), timeout=5)
+        conn = await asyncpg.connect(dsn, timeout=5)
         await conn.add_listener(OUTBOX_CHANNEL, lambda *_: wake.set())
         return conn
     except (OSError, TimeoutError, asyncpg.PostgresError) as exc:

@@ -9,12 +9,13 @@ lock. What was last read and last written is kept in Postgres, not memory.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
 from orchestrator.core.safe_text import one_line
+from orchestrator.engine import requirements
 from orchestrator.inbound import intake
 from orchestrator.inbound.owner_requests import (
     OwnerRequest,
@@ -23,10 +24,11 @@ from orchestrator.inbound.owner_requests import (
     check_update,
 )
 from orchestrator.runtime.logs import get_logger
+from orchestrator.runtime.services import periodic
+from orchestrator.runtime.state_log import StateLog
 
 if TYPE_CHECKING:
     from orchestrator.memory.service import Memory
-    from orchestrator.runtime.daemon import Daemon
 
 log = get_logger("agogd.owner_requests")
 
@@ -44,27 +46,82 @@ STARTABLE = frozenset({"NEW", "PENDING"})
 MIRROR_LOCK = 0x61676F77  # "agow"
 
 
-async def ingest(daemon: Daemon, file: OwnerRequestsFile) -> int:
-    """Submit new or changed startable entries; returns how many were new workflows."""
-    assert daemon.pool is not None
-    entries, problems = await asyncio.to_thread(file.read_report)
-    if file.digest is not None and file.digest == file.handled.get("ingested"):
-        return 0  # this content is in already: no need to read every seen hash again
-    for problem in problems:
-        daemon.states.set(f"owner_requests.{problem}", "problem", "warning", problem=problem)
-    async with daemon.pool.acquire() as conn:
-        seen = {
-            r["req_number"]: r["content_hash"]
-            for r in await conn.fetch("SELECT req_number, content_hash FROM owner_requests_seen")
-        }
-    created = 0
-    for entry in changed_entries(seen, entries):
-        async with daemon.pool.acquire() as conn, conn.transaction():
-            created += await _ingest_one(conn, entry, daemon.memory)
-    file.handled["ingested"] = file.digest
-    if created and daemon.engine is not None:
-        daemon.engine.wake_dispatcher.set()
-    return created
+class OwnerRequestsSync:
+    """The file's intake and mirror, on one pool; ``run`` polls until agogd stops."""
+
+    def __init__(
+        self,
+        file: OwnerRequestsFile,
+        *,
+        pool: asyncpg.Pool,
+        states: StateLog,
+        memory: Memory | None = None,
+        wake_dispatcher: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.file, self.pool, self.states = file, pool, states
+        self.memory, self.wake_dispatcher = memory, wake_dispatcher
+
+    async def run(self, *, interval: float, stopping: asyncio.Event) -> None:
+        await periodic(
+            self.sync_once,
+            name="owner_requests",
+            interval=interval,
+            stopping=stopping,
+            states=self.states,
+        )
+
+    async def sync_once(self) -> None:
+        """One pass: ingest what changed, then mirror every changed status.
+        Any error (asyncpg's InternalClientError in a Postgres restart, a file
+        that kept changing...) fails only this pass: ``run`` goes on."""
+        await self.ingest()
+        while await self.mirror() >= MIRROR_BATCH:
+            pass
+
+    async def ingest(self) -> int:
+        """Submit new or changed startable entries; returns how many were new workflows."""
+        file = self.file
+        entries, problems = await asyncio.to_thread(file.read_report)
+        if file.digest is not None and file.digest == file.handled.get("ingested"):
+            return 0  # this content is in already: no need to read every seen hash again
+        for problem in problems:
+            self.states.set(f"owner_requests.{problem}", "problem", "warning", problem=problem)
+        async with self.pool.acquire() as conn:
+            seen = {
+                r["req_number"]: r["content_hash"]
+                for r in await conn.fetch(
+                    "SELECT req_number, content_hash FROM owner_requests_seen"
+                )
+            }
+        created = 0
+        for entry in changed_entries(seen, entries):
+            async with self.pool.acquire() as conn, conn.transaction():
+                created += await _ingest_one(conn, entry, self.memory)
+        file.handled["ingested"] = file.digest
+        if created:
+            self.wake_dispatcher()
+        return created
+
+    async def mirror(self) -> int:
+        """Write changed statuses into the file; returns how many rows were mirrored.
+
+        One replica mirrors at a time (a session advisory lock; the others skip
+        the pass), and the statuses are read under that lock right before the
+        file is written, so a replica that read a status before it changed can
+        never write it over the newer one another replica wrote (the file would
+        stay stale for good).
+        """
+        async with self.pool.acquire() as conn:
+            if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", MIRROR_LOCK):
+                return 0
+            try:
+                return await _mirror_locked(conn, self.file)
+            finally:
+                try:
+                    await conn.execute("SELECT pg_advisory_unlock($1)", MIRROR_LOCK)
+                except BaseException:
+                    conn.terminate()  # never hand a session that may hold the lock back
+                    raise
 
 
 async def _ingest_one(
@@ -79,7 +136,7 @@ async def _ingest_one(
             owner=entry.owner,
             requirements=list(entry.requirements),
         )
-        created = int(await intake.submit(conn, req, "owner_requests", memory))
+        created = int(await requirements.submit(conn, req, "owner_requests", memory))
         if not created:  # an edit of a REQ that has not started yet
             await conn.execute(
                 "UPDATE workflow_state SET title = $2, priority = $3, updated_at = now()"
@@ -97,29 +154,6 @@ async def _ingest_one(
         entry.content_hash,
     )
     return created
-
-
-async def mirror(daemon: Daemon, file: OwnerRequestsFile) -> int:
-    """Write changed statuses into the file; returns how many rows were mirrored.
-
-    One replica mirrors at a time (a session advisory lock; the others skip
-    the pass), and the statuses are read under that lock right before the
-    file is written, so a replica that read a status before it changed can
-    never write it over the newer one another replica wrote (the file would
-    stay stale for good).
-    """
-    assert daemon.pool is not None
-    async with daemon.pool.acquire() as conn:
-        if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", MIRROR_LOCK):
-            return 0
-        try:
-            return await _mirror_locked(conn, file)
-        finally:
-            try:
-                await conn.execute("SELECT pg_advisory_unlock($1)", MIRROR_LOCK)
-            except BaseException:
-                conn.terminate()  # never hand a session that may hold the lock back
-                raise
 
 
 _ROW = "SELECT req_number, status, commit_sha, deployed_at, deployed_by FROM workflow_state"
@@ -237,32 +271,3 @@ def file_status(row: Mapping[str, Any]) -> tuple[str, dict[str, str]]:
 
 def _line(value: str | None, limit: int = 120) -> str:
     return one_line(value, limit) if value else ""
-
-
-async def watch(daemon: Daemon) -> None:
-    """Poll the file and mirror statuses until the daemon stops."""
-    path = daemon.settings.owner_requests_file
-    assert path is not None
-    file = OwnerRequestsFile(path)
-    interval = daemon.settings.owner_requests_interval
-    while not daemon.stopping.is_set():
-        try:
-            await ingest(daemon, file)
-            while await mirror(daemon, file) >= MIRROR_BATCH:
-                pass
-            daemon.states.set("owner_requests", "ok", "debug")
-        except Exception as exc:  # any kind (asyncpg's InternalClientError in a Postgres
-            # restart, a file that kept changing...): one bad pass must not stop agogd
-            daemon.states.set(
-                "owner_requests",
-                "failing",
-                "warning",
-                cause=type(exc).__name__,
-                error=str(exc),
-                path=str(path),
-            )
-        try:
-            async with asyncio.timeout(interval):
-                await daemon.stopping.wait()
-        except TimeoutError:
-            pass

@@ -16,6 +16,7 @@ import asyncpg
 from nats.nuid import NUID
 
 from orchestrator.core.workflow import AttemptMark, MarkDeployed, Workflow
+from orchestrator.engine.tx import EngineTx
 from orchestrator.runtime.batch import BatchedConnection
 
 # Writes go through a BatchedConnection inside the engine (one round trip per
@@ -104,7 +105,7 @@ _LOCK_SQL = (
 async def lock_workflow(conn: Conn, req: str) -> Locked | None:
     """Load a workflow, its title and its cached deliverables in one round trip,
     holding the row lock until the transaction ends."""
-    if isinstance(conn, BatchedConnection) and req in conn.prefetched:
+    if isinstance(conn, EngineTx) and req in conn.prefetched:
         return conn.prefetched.pop(req)  # type: ignore[no-any-return]
     return (await lock_workflows(conn, [req])).get(req)
 
@@ -222,11 +223,11 @@ async def enqueue(
     """Queue a publish; the relay sends it with Nats-Msg-Id = msg_id after commit,
     in outbox id order (the order of enqueue calls)."""
     args = (msg_id or f"evt:{_NUID.next().decode()}", subject, dumps(payload))
-    if isinstance(conn, BatchedConnection) and conn.outbox is not None:
+    if isinstance(conn, EngineTx) and conn.after.direct_publish:
         # The engine publishes these itself after commit; the relay only steps
         # in once the claim has run out (the engine died in between).
         conn.insert_row(_DIRECT_HEAD, _DIRECT_ROW, _OUTBOX_TAIL, *args)
-        conn.outbox.append(args)
+        conn.after.outbox.append(args)
         return
     if isinstance(conn, BatchedConnection):
         conn.insert_row(_OUTBOX_HEAD, "$1, $2, $3::jsonb", _OUTBOX_TAIL, *args)

@@ -1,13 +1,12 @@
-"""Requirement intake: NATS, OWNER_REQUESTS.md and the API all end here.
+"""Reading a requirement: NATS, OWNER_REQUESTS.md and the API all parse here.
 
-Intake is idempotent by REQ id: the same REQ from two sources, or twice,
-gives one workflow.
+Pure: no database. ``orchestrator.engine.requirements.submit`` stores one.
 """
 
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import (
     BaseModel,
@@ -20,12 +19,7 @@ from pydantic import (
 )
 
 from orchestrator.core import strict_json
-from orchestrator.engine import store
 from orchestrator.inbound.notices import NoticeError, check_storable, validate_req_id
-from orchestrator.memory import capture
-
-if TYPE_CHECKING:
-    from orchestrator.memory.service import Memory
 
 _PRIORITY = re.compile(r"^\s*[Pp]?([0-3])\s*$")
 _PRIORITY_WORDS = {"critical": 0, "urgent": 0, "high": 1, "medium": 2, "normal": 2, "low": 3}
@@ -146,31 +140,3 @@ def parse_requirement(data: bytes, max_bytes: int) -> Requirement:
             else "wrong_schema"
         )
         raise IntakeError(reason, f"{where}: {first.get('msg', 'invalid')}") from None
-
-
-async def submit(
-    conn: store.Conn, req: Requirement, source: str, memory: Memory | None = None
-) -> bool:
-    """Create the workflow if it is new (inside the caller's transaction); with
-    ``memory``, the requirement's text is remembered in the same transaction."""
-    created = await store.insert_requirement(
-        conn,
-        req.req_number,
-        title=req.title,
-        priority=req.priority,
-        source=source,
-        owner=req.owner,
-        requirement=req.model_dump(mode="json"),
-    )
-    if created:
-        await store.record_event(
-            conn,
-            req.req_number,
-            "workflow.queued",
-            reason=f"from {source}",
-            detail={"priority": priority_label(req.priority)},
-        )
-        if memory is not None:
-            draft = capture.requirement(req.req_number, req.title, req.requirements, req.owner)
-            await memory.writer.remember(conn, [draft])
-    return created

@@ -25,7 +25,7 @@ import asyncio
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import asyncpg
 
@@ -34,12 +34,10 @@ from orchestrator.memory import capture, policy
 from orchestrator.memory.fusion import rrf
 from orchestrator.memory.model import Filters
 from orchestrator.memory.recall import Tuning, candidates
-from orchestrator.runtime import db
 from orchestrator.runtime.batch import BatchedConnection
 from orchestrator.runtime.logs import get_logger
-
-if TYPE_CHECKING:
-    from orchestrator.runtime.daemon import Daemon
+from orchestrator.runtime.services import periodic
+from orchestrator.runtime.state_log import StateLog
 
 log = get_logger("agogd.memory")
 
@@ -186,41 +184,34 @@ class Recaller:
 
 
 async def refresh_loop(
-    daemon: Daemon,
+    pool: asyncpg.Pool,
     recaller: Recaller,
     wake: asyncio.Event,
     *,
+    stopping: asyncio.Event,
+    states: StateLog,
     ttl: float,
     interval: float,
     min_gap: float = 0.5,
     batch: int = 50,
 ) -> None:
     """Keep live REQs' contexts fresh until the daemon stops."""
-    assert daemon.pool is not None
-    pool = daemon.pool
-    while not daemon.stopping.is_set():
-        wake.clear()
-        try:
-            done = await _refresh_some(pool, recaller, ttl, batch)
-            daemon.states.set("memory.context", "ok", "debug")
-        except db.DB_ERRORS as exc:
-            daemon.states.set(
-                "memory.context", "failing", "warning", cause=type(exc).__name__, error=str(exc)
-            )
-            done = 0
-        if done >= batch:
-            await asyncio.sleep(0)  # more are waiting
-            continue
-        await asyncio.sleep(min_gap)  # wake-ups come with every transition: coalesce them
-        waiters = [
-            asyncio.ensure_future(daemon.stopping.wait()),
-            asyncio.ensure_future(wake.wait()),
-        ]
-        _, pending = await asyncio.wait(
-            waiters, timeout=interval, return_when=asyncio.FIRST_COMPLETED
-        )
-        for task in pending:
-            task.cancel()
+
+    async def refresh() -> bool:
+        done = await _refresh_some(pool, recaller, ttl, batch)
+        if done < batch:  # wake-ups come with every transition: coalesce them
+            await asyncio.sleep(min_gap)
+        return done >= batch  # more are waiting
+
+    await periodic(
+        refresh,
+        name="memory.context",
+        interval=interval,
+        stopping=stopping,
+        states=states,
+        wake=wake,
+        drain=True,
+    )
 
 
 async def _refresh_some(pool: asyncpg.Pool, recaller: Recaller, ttl: float, batch: int) -> int:

@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import asyncpg
 
@@ -28,9 +27,8 @@ from orchestrator.memory import chunking, dimension, vectors
 from orchestrator.memory.outage import Outage
 from orchestrator.runtime import db, metrics
 from orchestrator.runtime.logs import get_logger
-
-if TYPE_CHECKING:
-    from orchestrator.runtime.daemon import Daemon
+from orchestrator.runtime.services import sleep_unless_stopped
+from orchestrator.runtime.state_log import StateLog
 
 log = get_logger("agogd.memory")
 
@@ -151,29 +149,21 @@ class Embedder:
         return total
 
     # --- the service ------------------------------------------------------------------
-    async def run(self, daemon: Daemon) -> None:
-        assert daemon.pool is not None
-        pool = daemon.pool
+    async def run(self, pool: asyncpg.Pool, stopping: asyncio.Event, states: StateLog) -> None:
         try:
-            while not daemon.stopping.is_set():
+            while not stopping.is_set():
                 self.wake.clear()
-                delay = await self._pass(daemon, pool)
+                delay = await self._pass(states, pool)
                 await _update_gauge(pool)
-                waiters = [asyncio.ensure_future(daemon.stopping.wait())]
-                if not self.outage.down and self.refused is None:
-                    # During an outage new rows do not cut the back-off short:
-                    # that would be one failing call per memory.
-                    waiters.append(asyncio.ensure_future(self.wake.wait()))
-                _, pending = await asyncio.wait(
-                    waiters, timeout=delay, return_when=asyncio.FIRST_COMPLETED
-                )
-                for task in pending:
-                    task.cancel()
+                # During an outage new rows do not cut the back-off short:
+                # that would be one failing call per memory.
+                calm = not self.outage.down and self.refused is None
+                await sleep_unless_stopped(stopping, delay, self.wake if calm else None)
         finally:
             with contextlib.suppress(Exception):
                 await self.provider.close()
 
-    async def _pass(self, daemon: Daemon, pool: asyncpg.Pool) -> float:
+    async def _pass(self, states: StateLog, pool: asyncpg.Pool) -> float:
         """One backfill pass; returns the seconds to wait before the next."""
         if self.refused is not None:
             return self.retry_max
@@ -196,11 +186,11 @@ class Embedder:
             log.error("memory.embeddings_refused", provider=self.provider.name, error=str(exc))
             return self.retry_max
         except db.DB_ERRORS as exc:
-            daemon.states.set(
+            states.set(
                 "memory.embedder", "failing", "warning", cause=type(exc).__name__, error=str(exc)
             )
             return self.interval
-        daemon.states.set("memory.embedder", "ok", "debug")
+        states.set("memory.embedder", "ok", "debug")
         if not embedded:  # no call made: an outage is over only when one succeeds
             return self.outage.retry_delay(self.interval, self.retry_max)
         closed = self.outage.succeeded(time.monotonic())

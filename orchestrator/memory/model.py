@@ -5,17 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-# What a memory is about. `memory_type` in the table (the old daemon's name).
-KINDS: tuple[str, ...] = (
-    "requirement",  # the REQ's own text, at intake
-    "deliverable",  # an accepted stage deliverable
-    "rejection",  # a critique that sent the research back (Sylvia REJECTED)
-    "qa_failure",  # Billy failed it
-    "rollback",  # Berry's deploy was unhealthy and rolled back
-    "decision",  # a strategic decision
-    "escalation",  # the pipeline stopped and asked for help
-    "resolution",  # the decision that resolved an escalation
-)
+from orchestrator.core.memory_kinds import KINDS as KINDS  # re-exported: a memory's kinds
+
 Mode = Literal["hybrid", "vector", "fulltext"]
 MODES: tuple[str, ...] = ("hybrid", "vector", "fulltext")
 # Written to the database by the memory service (never the engine).

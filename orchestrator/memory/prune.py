@@ -8,19 +8,15 @@ dropped too: only live REQs are dispatched.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
 
 import asyncpg
 
 from orchestrator.memory import retention
-from orchestrator.runtime import db
 from orchestrator.runtime.logs import get_logger
 
-if TYPE_CHECKING:
-    from orchestrator.runtime.daemon import Daemon
+# Seconds after start before the first pass (a restart loop must not prune in a loop).
+FIRST_PASS = 30.0
 
 log = get_logger("agogd.memory")
 
@@ -54,24 +50,3 @@ async def prune(pool: asyncpg.Pool, rules: Mapping[str, retention.Rule]) -> dict
     if deleted:
         log.info("memory.pruned", deleted=deleted)
     return deleted
-
-
-async def prune_loop(
-    daemon: Daemon, rules: Mapping[str, retention.Rule], interval: float, first: float = 30.0
-) -> None:
-    assert daemon.pool is not None
-    delay = min(first, interval)
-    while not daemon.stopping.is_set():
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(delay):
-                await daemon.stopping.wait()
-        if daemon.stopping.is_set():
-            break
-        try:
-            await prune(daemon.pool, rules)
-            daemon.states.set("memory.retention", "ok", "debug")
-        except db.DB_ERRORS as exc:
-            daemon.states.set(
-                "memory.retention", "failing", "warning", cause=type(exc).__name__, error=str(exc)
-            )
-        delay = interval

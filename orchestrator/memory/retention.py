@@ -10,33 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from orchestrator.core.memory_kinds import ANY as ANY
+from orchestrator.core.memory_kinds import KINDS
+from orchestrator.core.memory_kinds import Rule as Rule
+from orchestrator.core.memory_kinds import check_kinds as check_kinds
 
-from orchestrator.memory.model import KINDS
-
-ANY = "*"
 BATCH = 1000  # memories deleted per statement, so a first prune never locks for long
-
-
-class Rule(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    max_age_days: float | None = Field(default=None, gt=0)
-    max_count: int | None = Field(default=None, ge=1)
-
-    @model_validator(mode="after")
-    def _something(self) -> Rule:
-        if self.max_age_days is None and self.max_count is None:
-            raise ValueError("a retention rule needs max_age_days, max_count or both")
-        return self
-
-
-def check_kinds(rules: Mapping[str, Rule]) -> None:
-    unknown = sorted(k for k in rules if k != ANY and k not in KINDS)
-    if unknown:
-        raise ValueError(
-            f"unknown memory kind {', '.join(unknown)}; kinds are {', '.join(KINDS)} or *"
-        )
 
 
 def effective(rules: Mapping[str, Rule]) -> dict[str, Rule]:

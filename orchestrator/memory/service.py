@@ -1,7 +1,7 @@
 """The deliverable memory inside agogd: provider, writer, recaller and services.
 
-``install(daemon)`` (where the engine runs) builds the provider from the
-settings and registers:
+``build(runtime)`` (where the engine runs) builds the provider from the
+settings; ``Memory.check`` and ``Memory.services`` are what the daemon runs:
 
 * a start-up check, before /readyz turns 200: the vector column's dimension
   against the provider's (``dimension``), or a clear refusal;
@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
+from orchestrator.core.registry import Pipeline
 from orchestrator.embeddings.base import EmbeddingProvider, EmbeddingUnavailable
 from orchestrator.memory import context, dimension, policy, prune
 from orchestrator.memory.embedder import Embedder
@@ -30,10 +31,12 @@ from orchestrator.memory.model import PENDING_CHANNEL
 from orchestrator.memory.recall import Tuning
 from orchestrator.memory.writes import Writer
 from orchestrator.runtime import db
+from orchestrator.runtime.daemon import StartupError
 from orchestrator.runtime.logs import get_logger
+from orchestrator.runtime.services import Service, periodic, sleep_unless_stopped
 
 if TYPE_CHECKING:
-    from orchestrator.runtime.daemon import Daemon
+    from orchestrator.runtime.context import Runtime
     from orchestrator.runtime.settings import Settings
 
 log = get_logger("agogd.memory")
@@ -104,9 +107,8 @@ class Memory:
             else None
         )
 
-    async def startup_check(self, daemon: Daemon) -> None:
+    async def check(self, pool: asyncpg.Pool) -> None:
         """Refuse to start on a missing model or a dimension mismatch."""
-        from orchestrator.runtime.daemon import StartupError
 
         if self.problem is not None:
             raise StartupError(f"embedding provider: {self.problem}")
@@ -117,9 +119,8 @@ class Memory:
                 " is full text only",
             )
             return
-        assert daemon.pool is not None
         try:
-            async with daemon.pool.acquire() as conn:
+            async with pool.acquire() as conn:
                 await self.embedder.check_dimension(conn)
         except dimension.DimensionMismatch as exc:
             raise StartupError(str(exc)) from exc
@@ -146,59 +147,62 @@ class Memory:
         if self.embedder is not None:
             self.embedder.wake.set()
 
-    async def listen(self, daemon: Daemon) -> None:
+    async def listen(self, dsn: str, stopping: asyncio.Event) -> None:
         """Wake the embedder and the context service on NOTIFY agogd_memory."""
 
         def wake(*_: object) -> None:
             self.wake()
 
-        while not daemon.stopping.is_set():
+        while not stopping.is_set():
             conn: asyncpg.Connection | None = None
             try:
-                conn = await asyncpg.connect(daemon.settings.dsn(), timeout=5)
+                conn = await asyncpg.connect(dsn, timeout=5)
                 await conn.add_listener(PENDING_CHANNEL, wake)
                 wake()  # rows may have come while nobody listened
-                while not conn.is_closed() and not daemon.stopping.is_set():
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(1):
-                            await daemon.stopping.wait()
+                while not conn.is_closed() and not stopping.is_set():
+                    await sleep_unless_stopped(stopping, 1)
             except (TimeoutError, *db.DB_ERRORS) as exc:
                 log.debug("memory.listen_failed", error=str(exc))
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(2):
-                        await daemon.stopping.wait()
+                await sleep_unless_stopped(stopping, 2)
             finally:
                 if conn is not None and not conn.is_closed():
                     with contextlib.suppress(Exception):
                         await conn.close()
 
+    def services(self, rt: Runtime) -> dict[str, Service]:
+        """The memory's services: LISTEN, the embedder, contexts, retention."""
+        settings = rt.settings
+        found: dict[str, Service] = {
+            "memory-listen": lambda: self.listen(settings.dsn(), rt.stopping),
+            "memory-context": lambda: context.refresh_loop(
+                rt.pool,
+                self.recaller,
+                self.context_wake,
+                stopping=rt.stopping,
+                states=rt.states,
+                ttl=settings.memory_context_ttl,
+                interval=settings.memory_context_interval,
+            ),
+            "memory-retention": lambda: periodic(
+                lambda: prune.prune(rt.pool, settings.memory_retention),
+                name="memory.retention",
+                interval=settings.memory_retention_interval,
+                first_delay=min(prune.FIRST_PASS, settings.memory_retention_interval),
+                stopping=rt.stopping,
+                states=rt.states,
+            ),
+        }
+        if self.embedder is not None:
+            embedder = self.embedder
+            found["memory-embedder"] = lambda: embedder.run(rt.pool, rt.stopping, rt.states)
+        return found
 
-def install(daemon: Daemon) -> Memory:
-    settings = daemon.settings
-    pipeline = daemon.pipeline
+
+def build(settings: Settings, pipeline: Pipeline) -> Memory:
+    """The memory of an agogd that runs the engine (each stage's recall policy
+    from the registry)."""
     stages = tuple(
         (s.index, s.agent, s.recall or policy.DEFAULT)
         for s in (*pipeline.stages, *pipeline.followups)
     )
-    memory = Memory(settings, stages)
-    daemon.startup_checks.append(memory.startup_check)
-    daemon.add_service("memory-listen", memory.listen)
-    if memory.embedder is not None:
-        daemon.add_service("memory-embedder", memory.embedder.run)
-    daemon.add_service(
-        "memory-context",
-        lambda d: context.refresh_loop(
-            d,
-            memory.recaller,
-            memory.context_wake,
-            ttl=settings.memory_context_ttl,
-            interval=settings.memory_context_interval,
-        ),
-    )
-    daemon.add_service(
-        "memory-retention",
-        lambda d: prune.prune_loop(
-            d, settings.memory_retention, settings.memory_retention_interval
-        ),
-    )
-    return memory
+    return Memory(settings, stages)

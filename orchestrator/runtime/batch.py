@@ -25,8 +25,6 @@ from typing import Any
 
 import asyncpg
 
-from orchestrator.runtime.metrics import Tally
-
 _PARAM = re.compile(r"\$(\d+)")
 # Up to this many queued writes, one CTE statement; above it, executemany.
 CTE_MAX = 24
@@ -63,21 +61,6 @@ class BatchedConnection:
         self._queue: list[tuple[str, tuple[Any, ...], tuple[str, str, str] | None]] = []
         self._count = 0
         self._notify: set[str] = set()
-        # Workflow rows a batch locked up front (store.lock_workflows), by REQ;
-        # each is handed out once, later lookups read the row afresh.
-        self.prefetched: dict[str, Any] = {}
-        # Set when the commit may let the dispatcher admit more work.
-        self.wake_dispatcher = False
-        # When a list, outbox rows (msg_id, subject, payload) are collected here
-        # for the caller to publish after commit, instead of waking the relay.
-        self.outbox: list[tuple[str, str, str]] | None = None
-        # Metric updates of this transaction; the caller applies them after commit.
-        self.tally = Tally()
-        # Channels the caller wakes in its own process after commit instead of
-        # a NOTIFY: a NOTIFY takes a database-wide lock at commit, which would
-        # serialize every replica's commits. Collected in ``woken``.
-        self.local_channels: frozenset[str] = frozenset()
-        self.woken: set[str] = set()
 
     @property
     def queued_args(self) -> int:
@@ -93,10 +76,8 @@ class BatchedConnection:
         self._count += len(args)
 
     def notify_on_flush(self, channel: str) -> None:
-        if channel in self.local_channels:
-            self.woken.add(channel)
-        else:
-            self._notify.add(channel)
+        """NOTIFY ``channel`` with the next flush (so at commit)."""
+        self._notify.add(channel)
 
     async def flush(self) -> None:
         queue, notify = self._queue, self._notify

@@ -1,9 +1,12 @@
-"""The agogd lifecycle: connect, migrate, reconcile, serve; drain on SIGTERM.
+"""The agogd lifecycle: listen, connect, migrate, wire, reconcile, serve; drain on SIGTERM.
 
-Modelled on arq's worker: one object owns the connections, a list of
-long-running services, and a stop event. Services are coroutines that run
-until the stop event is set and then finish their in-flight work; the daemon
-gives them ``shutdown_grace`` seconds before cancelling what is left.
+Modelled on arq's worker: one object owns the connections, the services and
+a stop event. It knows nothing of what the services are: a ``Wiring`` (the
+composition root, ``orchestrator.wiring``) adds its HTTP routes before agogd
+listens and builds the services from the ``Runtime`` once the connections
+are up. Services are coroutines that run until the stop event is set and
+then finish their in-flight work; the daemon gives them ``shutdown_grace``
+seconds before cancelling what is left.
 """
 
 from __future__ import annotations
@@ -12,50 +15,75 @@ import asyncio
 import contextlib
 import signal
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Protocol
 
 import asyncpg
+from aiohttp import web
 from nats.aio.client import Client as NATS
 
 from orchestrator.core.registry import Pipeline
-from orchestrator.engine.outbox import Publisher
 from orchestrator.runtime import db, migrate, nats_conn
+from orchestrator.runtime.context import Runtime
 from orchestrator.runtime.http_server import HttpServer, build_app
 from orchestrator.runtime.logs import get_logger
 from orchestrator.runtime.readiness import Readiness
+from orchestrator.runtime.services import Service, sleep_unless_stopped
 from orchestrator.runtime.settings import Settings
 from orchestrator.runtime.state_log import StateLog
 from orchestrator.runtime.topology import Reconciler, TopologyError
 
 log = get_logger("agogd")
 
-Service = Callable[["Daemon"], Awaitable[None]]
 ReadyHook = Callable[["Daemon"], Awaitable[None]]
+Check = Callable[[], Awaitable[None]]
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 
 
 class StartupError(RuntimeError):
-    """agogd cannot start (a migration or the topology failed)."""
+    """agogd cannot start (a migration, the topology or a start-up check failed)."""
+
+
+@dataclass
+class Assembly:
+    """What a wiring built from the runtime: the services to run, and the checks
+    that must pass (after the migrations, before /readyz turns 200)."""
+
+    services: dict[str, Service] = field(default_factory=dict)
+    checks: list[Check] = field(default_factory=list)
+
+
+class Wiring(Protocol):
+    """The composition root, as the lifecycle sees it."""
+
+    def add_routes(self, app: web.Application) -> None:
+        """Register HTTP routes (before agogd listens; they answer 503 until built)."""
+
+    def build(self, runtime: Runtime) -> Assembly:
+        """Make every service from the live runtime (no I/O; may raise StartupError)."""
 
 
 class Daemon:
-    """One agogd process: owns NATS, Postgres, the HTTP endpoint and services."""
+    """One agogd process: owns NATS, Postgres, the HTTP endpoint and the services."""
 
     def __init__(
         self,
         settings: Settings,
-        pipeline: Pipeline | None = None,
+        pipeline: Pipeline,
+        wiring: Wiring,
         *,
-        engine: bool = True,
         any_http_port: bool = False,
     ) -> None:
         """``any_http_port``: if AGOG_HTTP_PORT is taken, listen on a free port
         instead of failing (for a runner whose port nobody chose)."""
         self.settings = settings
-        self.pipeline = pipeline or settings.load_pipeline()
+        self.pipeline = pipeline
+        self.wiring = wiring
         self.readiness = Readiness()
         self.states = StateLog()
+        self.stopping = asyncio.Event()
         self.http = HttpServer(
             build_app(self.readiness),
             settings.http_host,
@@ -63,40 +91,16 @@ class Daemon:
             any_port=any_http_port,
             header_timeout=settings.http_header_timeout,
         )
-        self.nc: NATS | None = None
-        self.pool: asyncpg.Pool | None = None
-        self.publisher: Publisher | None = None  # set by the outbox relay
-        self.stopping = asyncio.Event()
-        self.services: dict[str, Service] = {"health-monitor": health_monitor}
+        wiring.add_routes(self.http.app)
         self.ready_hooks: list[ReadyHook] = []
-        # Run after migrations, before /readyz turns 200; a StartupError stops agogd.
-        self.startup_checks: list[ReadyHook] = []
+        # Set once connected: the runtime every service was built from.
+        self.runtime: Runtime | None = None
+        self._services: dict[str, Service] = {}
+        self._pool: asyncpg.Pool | None = None
+        self._nc: NATS | None = None
         self._topology_dirty = asyncio.Event()
-        # Late imports: the services need this daemon. The engine runs unless
-        # this process is only an agent runner (`agogd runner`).
-        from orchestrator.api import observe
-        from orchestrator.api import routes as api
-        from orchestrator.engine import handlers as workflow_engine
-        from orchestrator.memory import service as memory_service
-        from workers.infra import health
-        from workers.infra import report as infra_report
-        from workers.runner import service as runner
-
-        self.memory = memory_service.install(self) if engine and settings.memory_enabled else None
-        self.engine = workflow_engine.install(self) if engine else None
-        if self.engine is not None:
-            api.install(self.http.app, self)
-        self.runner = runner.install(self)
-        self.health = health.install(self)
-        self.infra_reports = infra_report.install(self)
-        if engine:  # the engine's process reads every consumer the registry declares
-            self.startup_checks.append(_every_consumer_has_a_reader)
-        self.observer = observe.install(self)  # /metrics, and the board with the engine
 
     # --- public API --------------------------------------------------------
-    def add_service(self, name: str, service: Service) -> None:
-        self.services[name] = service
-
     def request_stop(self, reason: str = "requested") -> None:
         if not self.stopping.is_set():
             log.info("agogd.stopping", reason=reason)
@@ -156,7 +160,8 @@ class Daemon:
         return True
 
     async def _startup(self) -> None:
-        """Connect to Postgres, migrate, connect to NATS, reconcile the topology."""
+        """Connect to Postgres, migrate, connect to NATS, build the services,
+        run their checks, reconcile the topology."""
         conn = await db.wait_for_connection(self.settings, self.states)
         try:
             applied = await migrate.apply(conn, self.settings.migrations_dir)
@@ -166,11 +171,9 @@ class Daemon:
             await conn.close()
         self.readiness.migrations = True
         log.info("migrations.current", applied_now=applied)
-        self.pool = await db.create_pool(self.settings)
-        for check in self.startup_checks:
-            await check(self)
+        self._pool = await db.create_pool(self.settings)
         self.readiness.postgres = True
-        self.nc = await nats_conn.connect(
+        self._nc = await nats_conn.connect(
             self.settings,
             self.states,
             on_disconnect=self._on_nats_disconnect,
@@ -178,8 +181,20 @@ class Daemon:
             stopping=lambda: self.readiness.draining,
         )
         self.readiness.nats = True
+        self.runtime = Runtime(
+            settings=self.settings,
+            pipeline=self.pipeline,
+            states=self.states,
+            stopping=self.stopping,
+            pool=self._pool,
+            nc=self._nc,
+        )
+        assembly = self.wiring.build(self.runtime)
+        self._services = {"health-monitor": self._health_monitor, **assembly.services}
+        for check in assembly.checks:
+            await check()
         try:
-            await self.reconciler().reconcile()
+            await self._reconciler(self._nc).reconcile()
         except TopologyError as exc:
             raise StartupError(str(exc)) from exc
         self.readiness.topology = True
@@ -187,7 +202,7 @@ class Daemon:
 
     async def _serve(self) -> int:
         tasks = {
-            asyncio.create_task(svc(self), name=name): name for name, svc in self.services.items()
+            asyncio.create_task(svc(), name=name): name for name, svc in self._services.items()
         }
         stopper = asyncio.create_task(self.stopping.wait())
         done, _ = await asyncio.wait({*tasks, stopper}, return_when=asyncio.FIRST_COMPLETED)
@@ -219,28 +234,36 @@ class Daemon:
             await asyncio.gather(*pending, return_exceptions=True)
 
     async def _close(self) -> None:
-        if self.nc is not None and not self.nc.is_closed:
+        if self._nc is not None and not self._nc.is_closed:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(5):
-                    await self.nc.drain()
-        if self.pool is not None:
+                    await self._nc.drain()
+        if self._pool is not None:
             try:
                 async with asyncio.timeout(5):
-                    await self.pool.close()
+                    await self._pool.close()
             except TimeoutError:
-                self.pool.terminate()
+                self._pool.terminate()
         await self.http.stop()
         log.info("agogd.stopped")
 
     # --- topology & readiness ------------------------------------------------
-    def reconciler(self) -> Reconciler:
-        assert self.nc is not None
+    def _reconciler(self, nc: NATS) -> Reconciler:
         return Reconciler(
-            self.nc,
+            nc,
             self.pipeline,
             allow_data_loss=self.settings.topology_allow_data_loss,
             consumer_backfill=self.settings.consumer_backfill,
         )
+
+    async def _health_monitor(self) -> None:
+        """Keep /readyz truthful until the daemon stops."""
+        while not self.stopping.is_set():
+            try:
+                await self.refresh_readiness()
+            except Exception as exc:  # a probe must never take the daemon down
+                log.warning("readiness.probe_failed", error=repr(exc))
+            await sleep_unless_stopped(self.stopping, self.settings.health_interval)
 
     async def _on_nats_disconnect(self) -> None:
         self.readiness.nats = False
@@ -251,20 +274,21 @@ class Daemon:
 
     async def refresh_readiness(self) -> None:
         """Re-check every dependency; re-reconcile after a NATS reconnect."""
-        nc_ok = self.nc is not None and self.nc.is_connected
+        nc = self._nc
+        nc_ok = nc is not None and nc.is_connected
         self.readiness.nats = nc_ok
-        if nc_ok and self._topology_dirty.is_set():
+        if nc is not None and nc_ok and self._topology_dirty.is_set():
             self._topology_dirty.clear()
             self.readiness.topology = False
             try:
-                await self.reconciler().reconcile()
+                await self._reconciler(nc).reconcile()
                 self.readiness.topology = True
             except (TopologyError, TimeoutError, OSError) as exc:
                 self._topology_dirty.set()
                 self.states.set("topology", "failing", "error", error=str(exc))
         if self.readiness.topology:
             self.states.set("topology", "ok")
-        self.readiness.postgres = self.pool is not None and await db.ping(self.pool)
+        self.readiness.postgres = self._pool is not None and await db.ping(self._pool)
         self.states.set(
             "postgres",
             "connected" if self.readiness.postgres else "unreachable",
@@ -274,29 +298,3 @@ class Daemon:
             self.states.set("readiness", "ready")
         elif not self.readiness.draining:
             self.states.set("readiness", "not_ready", "warning", failing=self.readiness.failing())
-
-
-async def health_monitor(daemon: Daemon) -> None:
-    """Keep /readyz truthful until the daemon stops."""
-    while not daemon.stopping.is_set():
-        try:
-            await daemon.refresh_readiness()
-        except Exception as exc:  # a probe must never take the daemon down
-            log.warning("readiness.probe_failed", error=repr(exc))
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(daemon.settings.health_interval):
-                await daemon.stopping.wait()
-
-
-async def _every_consumer_has_a_reader(daemon: Daemon) -> None:
-    """A consumer in pipeline.toml that no service reads would fill up
-    unread: refuse to start, in one line, instead of skipping it."""
-    read = set(daemon.engine.consumers if daemon.engine is not None else ())
-    if daemon.infra_reports is not None:
-        read.add(daemon.infra_reports.consumer.name)
-    unread = [c.name for c in daemon.pipeline.consumers if c.name not in read]
-    if unread:
-        raise StartupError(
-            f"pipeline consumer(s) {', '.join(unread)} have no handler in agogd: remove them"
-            " from the pipeline file or name a consumer agogd reads"
-        )

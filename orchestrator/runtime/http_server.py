@@ -1,7 +1,8 @@
-"""agogd's HTTP endpoint: /healthz (alive), /readyz (dependencies OK),
-/metrics (Prometheus) and the pipeline board (``/``, assets under ``/board/``).
+"""agogd's HTTP endpoint: /healthz (alive), /readyz (dependencies OK) and
+/metrics (Prometheus).
 
-The status API (orchestrator.api.routes) adds its routes to the same app.
+The API, the live events and the board (``orchestrator.api``) add their
+routes to the same app, before it listens.
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ from __future__ import annotations
 import errno
 import socket
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -19,14 +19,6 @@ from orchestrator.runtime.readiness import Readiness
 
 READINESS_KEY = web.AppKey("readiness", Readiness)
 REFRESH_KEY = web.AppKey("metrics_refresh", object)
-# The board's assets ship in the package (no CDN): plain HTML, CSS and JS.
-BOARD_DIR = Path(__file__).parents[1] / "api" / "board"
-BOARD_TYPES = {
-    ".html": "text/html",
-    ".css": "text/css",
-    ".js": "text/javascript",
-    ".svg": "image/svg+xml",
-}
 
 
 async def healthz(_request: web.Request) -> web.Response:
@@ -60,33 +52,6 @@ def add_metrics(app: web.Application, refresh: Callable[[], Awaitable[None]] | N
     """``GET /metrics``; ``refresh`` brings the scrape-time gauges up to date first."""
     app[REFRESH_KEY] = refresh
     app.router.add_get("/metrics", metrics)
-
-
-def _board_file(name: str) -> web.Response:
-    path = BOARD_DIR / name
-    kind = BOARD_TYPES.get(path.suffix)
-    if kind is None or path.parent != BOARD_DIR or not path.is_file():
-        raise web.HTTPNotFound(text=f"no board asset {name!r}")
-    return web.Response(
-        body=path.read_bytes(),
-        content_type=kind,
-        charset="utf-8" if kind.startswith("text/") else None,
-        headers={"Cache-Control": "no-cache"},  # an upgraded agogd serves its own
-    )
-
-
-async def board_page(_request: web.Request) -> web.Response:
-    return _board_file("index.html")
-
-
-async def board_asset(request: web.Request) -> web.Response:
-    return _board_file(request.match_info["name"])
-
-
-def add_board(app: web.Application) -> None:
-    """The pipeline board: ``/`` and its assets under ``/board/`` (see board/board.js)."""
-    app.router.add_get("/", board_page)
-    app.router.add_get("/board/{name}", board_asset)
 
 
 class HttpBindError(RuntimeError):

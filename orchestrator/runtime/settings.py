@@ -16,9 +16,10 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from orchestrator.core import registry
+from orchestrator.core.hosts import BadHost, split_host
+from orchestrator.core.memory_kinds import Rule as MemoryRetention
+from orchestrator.core.memory_kinds import check_kinds
 from orchestrator.core.redact import redact_text
-from orchestrator.memory.retention import Rule as MemoryRetention
-from orchestrator.memory.retention import check_kinds
 
 ENV_PREFIX = "AGOG_"
 
@@ -356,8 +357,6 @@ class Settings(BaseSettings):
     def _check_hosts(cls, value: list[str]) -> list[str]:
         for entry in value:
             if entry != "*":
-                from orchestrator.api.guard import BadHost, split_host
-
                 try:
                     split_host(entry)
                 except BadHost as exc:

@@ -240,21 +240,30 @@ class Reconciler:
 
     # --- consumers -------------------------------------------------------
     def desired_consumer_config(self, consumer: ConsumerSpec) -> ConsumerConfig:
-        # Whole seconds, so replicas starting together ask for the same config.
-        start = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=self.consumer_backfill)
+        deliver_policy, opt_start_time = self._start_of(consumer)
         return ConsumerConfig(
             name=consumer.name,
             durable_name=consumer.name,
+            description=consumer.description,
             ack_policy=AckPolicy.EXPLICIT,
-            # A new durable must not replay a week of history (the old daemon's
-            # failure); it starts a bounded backfill window before now.
-            deliver_policy=DeliverPolicy.BY_START_TIME,
-            opt_start_time=start.strftime("%Y-%m-%dT%H:%M:%SZ"),
             ack_wait=consumer.ack_wait,
             max_deliver=consumer.max_deliver,
             max_ack_pending=consumer.max_ack_pending,
             filter_subject=consumer.filter_subject,
+            deliver_policy=deliver_policy,
+            opt_start_time=opt_start_time,
         )
+
+    def _start_of(self, consumer: ConsumerSpec) -> tuple[DeliverPolicy, str | None]:
+        """Where a new durable starts. JetStream cannot change it later, so a
+        live consumer's is never compared."""
+        if consumer.deliver == "all":
+            return DeliverPolicy.ALL, None
+        # A new durable must not replay a week of history (the old daemon's
+        # failure); it starts a bounded backfill window before now. Whole
+        # seconds, so replicas starting together ask for the same config.
+        start = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=self.consumer_backfill)
+        return DeliverPolicy.BY_START_TIME, start.strftime("%Y-%m-%dT%H:%M:%SZ")
 
     async def reconcile_consumer(self, stream: str, consumer: ConsumerSpec) -> str:
         for _ in range(5):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import asyncpg
 
@@ -33,24 +33,15 @@ _PRUNE = "DELETE FROM heal_records WHERE updated_at < now() - make_interval(secs
 
 
 class HealStore:
-    """Locked access to a container's record; ``pool`` is read when used (the
-    daemon connects after the watcher is made)."""
+    """Locked access to a container's record, in the daemon's pool."""
 
-    def __init__(self, pool: Callable[[], asyncpg.Pool | None]) -> None:
-        self._pool = pool
-
-    def _connected_pool(self) -> asyncpg.Pool:
-        """The pool; an OSError (a DB error to the watcher) before it exists."""
-        pool = self._pool()
-        if pool is None:
-            raise OSError("no Postgres pool yet")
-        return pool
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
 
     @contextlib.asynccontextmanager
     async def locked(self, container_id: str, name: str) -> AsyncIterator[ContainerRecord]:
         """The record, locked; saved when the block ends without an error."""
-        pool = self._connected_pool()
-        async with pool.acquire() as conn, conn.transaction():
+        async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute(_INSERT, container_id, name)
             row = await conn.fetchrow(_LOCK, container_id)
             record = ContainerRecord(
@@ -70,11 +61,9 @@ class HealStore:
 
     async def forget(self, container_id: str) -> None:
         """Drop a removed container's record."""
-        pool = self._connected_pool()
-        await pool.execute(_FORGET, container_id)
+        await self.pool.execute(_FORGET, container_id)
 
     async def prune(self, quiet_seconds: float) -> int:
         """Drop records not touched for ``quiet_seconds``; how many went."""
-        pool = self._connected_pool()
-        status = await pool.execute(_PRUNE, quiet_seconds)
+        status = await self.pool.execute(_PRUNE, quiet_seconds)
         return int(status.split()[-1])

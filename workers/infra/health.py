@@ -19,12 +19,15 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import aiodocker
+from nats.aio.client import Client as NATS
 from nats.errors import Error as NatsError
 
+from orchestrator.core.registry import Pipeline
 from orchestrator.engine import store
+from orchestrator.runtime.context import Runtime
 from orchestrator.runtime.db import DB_ERRORS
 from orchestrator.runtime.logs import get_logger
 from orchestrator.runtime.metrics import CONTAINER_RESTARTS
@@ -41,9 +44,6 @@ from workers.adapters.engine_api import (
 )
 from workers.infra.heal_policy import ContainerRecord, HealPolicy, decide, on_probe
 from workers.infra.heal_store import HealStore
-
-if TYPE_CHECKING:
-    from orchestrator.runtime.daemon import Daemon
 
 log = get_logger("agogd.health")
 
@@ -355,9 +355,11 @@ def _int(value: Any) -> int | None:
         return None
 
 
-def install(daemon: Daemon) -> HealthWatcher | None:
-    """Register the health watch when compose projects are configured."""
-    settings, pipeline = daemon.settings, daemon.pipeline
+def build(rt: Runtime) -> HealthWatcher | None:
+    """The health watch when compose projects are configured, else None. Its
+    service is ``lambda: watcher.run(rt.stopping)`` (the composition root
+    makes it: ``run`` takes the stop event, so tests can drive it alone)."""
+    settings = rt.settings
     if not settings.heal_projects:
         return None
     policy = HealPolicy(
@@ -366,11 +368,22 @@ def install(daemon: Daemon) -> HealthWatcher | None:
         window=settings.heal_window,
         backoff_max=settings.heal_backoff_max,
     )
+    return HealthWatcher(
+        settings.docker_url,
+        settings.heal_projects,
+        policy,
+        event_emitter(rt.nc, rt.pipeline, policy),
+        reconcile_interval=settings.heal_reconcile_interval,
+        store=HealStore(rt.pool),
+    )
+
+
+def event_emitter(nc: NATS, pipeline: Pipeline, policy: HealPolicy) -> Emit:
+    """Publish an orchestration event per action, and an escalation (once per
+    policy window) when a container's budget is spent; never raises."""
 
     async def emit(name: str, details: dict[str, Any]) -> None:
-        """An orchestration event per action; an escalation when the budget is spent."""
-        assert daemon.nc is not None
-        js = daemon.nc.jetstream()
+        js = nc.jetstream()
         target = _SAFE.sub("_", details["container"]) or "unknown"
         payload = {"eventType": name, **details, "timestamp": store.now_iso()}
         data = json.dumps(payload, default=str).encode()
@@ -387,13 +400,4 @@ def install(daemon: Daemon) -> HealthWatcher | None:
                     headers={"Nats-Msg-Id": key},
                 )
 
-    watcher = HealthWatcher(
-        settings.docker_url,
-        settings.heal_projects,
-        policy,
-        emit,
-        reconcile_interval=settings.heal_reconcile_interval,
-        store=HealStore(lambda: daemon.pool),
-    )
-    daemon.add_service("health-watch", lambda d: watcher.run(d.stopping))
-    return watcher
+    return emit

@@ -2,7 +2,7 @@
 
 On request (a message on ``agog.orchestration.events.infra_report.requested.<feature>``,
 ``POST /api/infra/report``, ``agogctl infra report``) and after each deploy
-(Berry calls ``publish_report(daemon, req_number, reason="deploy")``), agogd
+(Berry calls ``publish_report(rt, req_number, reason="deploy")``), agogd
 publishes a full report as Miki's deliverable on
 ``agog.deliverables.miki.devops.<feature>``.
 
@@ -31,7 +31,7 @@ import json
 import socket
 import time
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import asyncpg
 from nats.aio.client import Client as NATS
@@ -40,8 +40,11 @@ from nats.errors import Error as NatsError
 
 from orchestrator.core.registry import ConsumerSpec, Pipeline, RegistryError, Reporter
 from orchestrator.engine import store
+from orchestrator.inbound.rejection import Rejection
+from orchestrator.runtime.context import Runtime
 from orchestrator.runtime.logs import get_logger
 from orchestrator.runtime.pull import PullFeed
+from orchestrator.runtime.services import Outcome, consume
 from orchestrator.runtime.settings import Settings, redact_url
 from workers.infra.compose import ComposeProject, compose_entry
 from workers.infra.entries import (
@@ -65,12 +68,10 @@ from workers.infra.inspect import (
 )
 from workers.infra.request import BadRequest, parse_request
 
-if TYPE_CHECKING:
-    from orchestrator.runtime.daemon import Daemon
-
 log = get_logger("agogd.infra_report")
 
 _PUBLISH_ERRORS = (NatsError, OSError, TimeoutError)
+RETRY_DELAY = 5.0  # seconds before a request whose report was not published comes back
 
 
 async def build_report(
@@ -184,7 +185,7 @@ def reporter_of(pipeline: Pipeline) -> Reporter:
 
 
 async def publish_report(
-    daemon: Daemon,
+    rt: Runtime,
     feature: str,
     *,
     reason: str,
@@ -206,21 +207,21 @@ async def publish_report(
     """
     feature = sanitize_feature(feature)
     reason = sanitize_feature(reason)[:40]
-    reporter = reporter_of(daemon.pipeline)
-    subject = daemon.pipeline.deliverable_subject(reporter, feature)
+    reporter = reporter_of(rt.pipeline)
+    subject = rt.pipeline.deliverable_subject(reporter, feature)
     report = await build_report(
-        daemon.settings,
-        daemon.pipeline,
-        nc=daemon.nc,
-        pool=daemon.pool,
-        docker_url=daemon.settings.docker_url,
+        rt.settings,
+        rt.pipeline,
+        nc=rt.nc,
+        pool=rt.pool,
+        docker_url=rt.settings.docker_url,
         feature=feature,
         reason=reason,
     )
     if requested_by:
         report["requested_by"] = requested_by[:200]
     payload = deliverable(reporter, feature, subject, report)
-    data = encode_within(payload, daemon.settings.max_message_bytes)
+    data = encode_within(payload, rt.settings.max_message_bytes)
     key = msg_id or f"infra-report:{reason}:{feature}:{uuid.uuid4().hex}"
     result: dict[str, Any] = {
         **payload,
@@ -229,9 +230,9 @@ async def publish_report(
         "duplicate": False,
         "publish_error": None,
     }
-    nc = daemon.nc
+    nc = rt.nc
     try:
-        if nc is None or nc.is_closed:
+        if nc.is_closed:
             raise OSError("not connected to NATS")
         ack = await nc.jetstream().publish(subject, data, headers={"Nats-Msg-Id": key})
         result.update(published=True, duplicate=bool(ack.duplicate))
@@ -256,100 +257,78 @@ class ReportRequests:
     """Answers report requests from a durable consumer; each is acked after its
     report is published, and a malformed one is rejected once and term'd."""
 
-    def __init__(self, daemon: Daemon, consumer: ConsumerSpec, template: str) -> None:
-        self.daemon, self.consumer, self.template = daemon, consumer, template
+    def __init__(self, rt: Runtime, consumer: ConsumerSpec, template: str) -> None:
+        self.rt, self.consumer, self.template = rt, consumer, template
         self.stream = consumer.streams[0]
         self.answered = 0
 
-    async def run(self, daemon: Daemon) -> None:
-        assert daemon.nc is not None
-        feed = await PullFeed(daemon.nc, self.stream, self.consumer.name, batch=1).start()
-        name = f"consumer.{self.stream}.{self.consumer.name}"
-        try:
-            while not daemon.stopping.is_set():
-                msgs = await feed.next_batch(timeout=1)
-                feed.report(daemon.states, name)
-                for msg in msgs:
-                    try:
-                        await self.handle(msg)
-                    except Exception as exc:  # a bug must not stop the daemon: retry later
-                        log.exception("infra.report_request_failed", msg_subject=msg.subject)
-                        daemon.states.set(name, "failing", "warning", error=repr(exc))
-                        with contextlib.suppress(Exception):
-                            await msg.nak(delay=5)
-        finally:
-            await feed.stop()
+    async def run(self) -> None:
+        """Until the daemon stops: one request at a time, a report each."""
+        feed = await PullFeed(self.rt.nc, self.stream, self.consumer.name, batch=1).start()
+        await consume(
+            feed,
+            self.handle_batch,
+            name=f"consumer.{self.stream}.{self.consumer.name}",
+            stopping=self.rt.stopping,
+            states=self.rt.states,
+            nak_delay=RETRY_DELAY,
+        )
 
-    async def handle(self, msg: Msg) -> None:
+    async def handle_batch(self, msgs: list[Msg]) -> list[Outcome]:
+        return [await self.handle(msg) for msg in msgs]
+
+    async def handle(self, msg: Msg) -> Outcome:
+        """What becomes of one request: ack once its report is published, nak
+        to retry (NATS trouble; max_deliver bounds it), term when malformed."""
         meta = msg.metadata
         try:
             request = parse_request(
-                msg.subject, msg.data, self.template, self.daemon.settings.max_message_bytes
+                msg.subject, msg.data, self.template, self.rt.settings.max_message_bytes
             )
         except BadRequest as exc:
             await self._reject(msg, exc)
-            return
+            return "term"
         with contextlib.suppress(Exception):
             await msg.in_progress()
         result = await publish_report(
-            self.daemon,
+            self.rt,
             request.feature,
             reason=request.reason,
             msg_id=f"infra-report:{meta.stream}:{meta.sequence.stream}",
             requested_by=request.requested_by,
         )
-        with contextlib.suppress(Exception):
-            if result["published"]:
-                self.answered += 1
-                await msg.ack()
-            else:  # NATS trouble: try again later (max_deliver bounds it)
-                await msg.nak(delay=5)
+        if not result["published"]:
+            return "nak"
+        self.answered += 1
+        return "ack"
 
     async def _reject(self, msg: Msg, err: BadRequest) -> None:
-        meta = msg.metadata
-        stream, seq = meta.stream, meta.sequence.stream
+        """Say why on the rejection subject (once per stored request)."""
+        rejection = Rejection.of(msg, err.reason, err.message, by="infra-report")
         log.warning(
             "infra.report_request_rejected",
             msg_subject=msg.subject,
-            stream=stream,
-            seq=seq,
+            stream=rejection.stream,
+            seq=rejection.seq,
             reason_code=err.reason,
             reason=err.message,
         )
-        assert self.daemon.nc is not None
         with contextlib.suppress(*_PUBLISH_ERRORS):
-            await self.daemon.nc.jetstream().publish(
-                self.daemon.pipeline.subjects["rejection"],
-                json.dumps(
-                    {
-                        "eventType": "message.rejected",
-                        "reason_code": err.reason,
-                        "reason": err.message,
-                        "subject": msg.subject,
-                        "stream": stream,
-                        "stream_seq": seq,
-                        "by": "infra-report",
-                        "timestamp": store.now_iso(),
-                        "payload_excerpt": msg.data[:2048].decode("utf-8", "replace"),
-                    }
-                ).encode(),
-                headers={"Nats-Msg-Id": f"infra-report-reject:{stream}:{seq}"},
+            await self.rt.nc.jetstream().publish(
+                self.rt.pipeline.subjects["rejection"],
+                json.dumps(rejection.event()).encode(),
+                headers={"Nats-Msg-Id": rejection.msg_id},
             )
-        with contextlib.suppress(Exception):
-            await msg.term()
 
 
-def install(daemon: Daemon) -> ReportRequests | None:
-    """Answer report requests from NATS, where the workflow engine runs (the
-    API's POST /api/infra/report lives there too). Off in `agogd runner`, or
-    when the pipeline file has no request subject or consumer."""
-    if daemon.engine is None:
-        return None
-    template = daemon.pipeline.subjects.get(REQUEST_SUBJECT)
-    spec = next((c for c in daemon.pipeline.consumers if c.name == REQUEST_CONSUMER), None)
+def build(rt: Runtime) -> ReportRequests | None:
+    """The consumer of report requests from NATS, or None when the pipeline
+    file has no request subject or consumer. Where it runs (beside the
+    workflow engine, not in `agogd runner`) is the composition root's call;
+    its service is ``requests.run``."""
+    template = rt.pipeline.subjects.get(REQUEST_SUBJECT)
+    spec = next((c for c in rt.pipeline.consumers if c.name == REQUEST_CONSUMER), None)
     if template is None or spec is None or not spec.streams:
         log.info("infra.report_requests_off", reason="no request subject or consumer")
         return None
-    requests = ReportRequests(daemon, spec, template)
-    daemon.add_service("infra-report-requests", requests.run)
-    return requests
+    return ReportRequests(rt, spec, template)

@@ -20,15 +20,17 @@ import stat
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import asyncpg
 
+from orchestrator.runtime.context import Runtime
 from orchestrator.runtime.logs import get_logger
 from orchestrator.runtime.metrics import BERRY_DEPLOYS
 from orchestrator.runtime.settings import Settings
 from workers.adapters.git_repo import Author, GitError, GitRepo
 from workers.adapters.supervise import run_process
+from workers.infra.report import publish_report
 from workers.release.deploy import ComposeDeployer, ComposeTarget, DeployError, HealthVerdict
 from workers.release.plan import (
     StageDeliverable,
@@ -37,9 +39,6 @@ from workers.release.plan import (
     path_problem,
     qa_refusal,
 )
-
-if TYPE_CHECKING:
-    from orchestrator.runtime.daemon import Daemon
 
 log = get_logger("agogd.berry")
 
@@ -101,10 +100,10 @@ def file_problem(root: Path, path: str) -> str | None:
 class NativeBerry:
     """One agogd's native Berry: settings in, a notice out."""
 
-    def __init__(self, daemon: Daemon) -> None:
-        self.daemon, self.settings = daemon, daemon.settings
+    def __init__(self, rt: Runtime) -> None:
+        self.rt, self.settings, self.pipeline = rt, rt.settings, rt.pipeline
         settings = self.settings
-        deploy = daemon.pipeline.gate_stage("deploy")
+        deploy = self.pipeline.gate_stage("deploy")
         # Its own corner of the data dir, named after the deploy gate's agent.
         self.state_dir = settings.data_dir.resolve() / (deploy.agent if deploy else "deploy")
         if settings.berry_workspace is None:
@@ -172,7 +171,7 @@ class NativeBerry:
             if isinstance(p.get("deliverable"), dict)
         ]
         # 1. Billy's approval (the QA gate's agent), as cached.
-        qa = self.daemon.pipeline.gate_stage("qa")
+        qa = self.pipeline.gate_stage("qa")
         approval = next(
             (i.deliverable for i in reversed(items) if qa is not None and i.agent == qa.agent),
             None,
@@ -186,7 +185,7 @@ class NativeBerry:
         # 3. The commit.
         title = (assignment.get("contextData") or {}).get("featureTitle")
         message = commit_message(
-            req, title, items, self.daemon.pipeline, self.settings.berry_coauthor_domain
+            req, title, items, self.pipeline, self.settings.berry_coauthor_domain
         )
         sha, files = await self._commit(req, paths, message)
         notice.update(commit_sha=sha, files_changed=len(files), files_committed=files)
@@ -205,7 +204,7 @@ class NativeBerry:
             raise BerryStop("FAILED", deploy["reason"], deploy=deploy)
         deployed = deploy["outcome"] == "deployed"
         result: dict[str, Any] = {"status": "COMPLETE", "deployed": deployed}
-        after = self.daemon.pipeline.followups_after(assignment["agent"])
+        after = self.pipeline.followups_after(assignment["agent"])
         if after:  # seed 002: Berry names Tim as the next agent
             result["next_agent"] = after[0].agent
         if deployed:
@@ -223,8 +222,7 @@ class NativeBerry:
     async def _workspace_lock(self) -> AsyncIterator[None]:
         """One Berry run per workspace at a time, across every agogd replica:
         two runs would fight over git's index and the same compose project."""
-        pool = self.daemon.pool
-        assert pool is not None
+        pool = self.rt.pool
         key = f"berry:{self.workspace}"
         async with self._local_lock, pool.acquire() as conn:
             await conn.execute("SELECT pg_advisory_lock(hashtext($1))", key)
@@ -334,8 +332,7 @@ class NativeBerry:
             project, services = await self.deployer.describe(self.workspace, env_file)
         except (DeployError, ValueError) as exc:
             return {"outcome": "failed", "reason": f"the compose stack is invalid: {exc}"}
-        pool = self.daemon.pool
-        assert pool is not None
+        pool = self.rt.pool
         previous = await self._previous_good(pool, project, req, attempt, sha)
         await _record(pool, req, attempt, project, sha, "deploying", {"previous": previous})
         try:
@@ -451,9 +448,7 @@ class NativeBerry:
     async def _infra_report(self, req: str) -> None:
         """Miki's infrastructure report after each deploy (never fails the stage)."""
         try:
-            from workers.infra.report import publish_report
-
-            await publish_report(self.daemon, req, reason="deploy")
+            await publish_report(self.rt, req, reason="deploy")
         except Exception as exc:  # a report is a courtesy; the deploy stands
             log.warning("berry.infra_report_failed", error=repr(exc))
 

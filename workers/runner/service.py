@@ -1,50 +1,51 @@
 """The agent runner: turns stage assignments into supervised agent processes.
 
-One durable consumer per agent (``agogd_runner_<agent>``) reads that agent's
-assignments. For each one the runner checks that the attempt is still the
-running one, claims (REQ, stage, attempt) in Postgres, spawns the agent with
-the prompt on stdin, heart-beats while it runs, parses its notice (or makes
-a FAILED one that says why), stores it, publishes it with a ``Nats-Msg-Id``
-of (REQ, stage, attempt) until JetStream acks it, and only then acks the
-assignment. A redelivered assignment starts nothing new: its claim shows the
-process running elsewhere, or its stored notice is re-published.
+One durable consumer per agent (the registry's ``[runner_consumer]``,
+``agogd_runner_<agent>``) reads that agent's assignments. For each one the
+runner checks that the attempt is still the running one, claims (REQ, stage,
+attempt) in Postgres, spawns the agent with the prompt on stdin, heart-beats
+while it runs, parses its notice (or makes a FAILED one that says why),
+stores it, publishes it with a ``Nats-Msg-Id`` of (REQ, stage, attempt) until
+JetStream acks it, and only then acks the assignment. A redelivered
+assignment starts nothing new: its claim shows the process running
+elsewhere, or its stored notice is re-published.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import socket
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from orchestrator.core import strict_json
 from orchestrator.core.backoff import delays
-from orchestrator.core.registry import Stage
+from orchestrator.core.registry import ConsumerSpec, Stage
 from orchestrator.engine import store
 from orchestrator.inbound.notices import NoticeError, extract_json, parse_notice, validate_req_id
+from orchestrator.inbound.rejection import Rejection
+from orchestrator.runtime import services
+from orchestrator.runtime.context import Runtime
 from orchestrator.runtime.logs import bound_context, get_logger
 from orchestrator.runtime.pull import PullFeed
+from orchestrator.runtime.services import Outcome, Service, sleep_unless_stopped
+from orchestrator.runtime.topology import Reconciler, TopologyError
 from workers.adapters.supervise import ProcessResult, run_process
 from workers.release.berry import NativeBerry
 from workers.runner import store as runner_store
 from workers.runner.commands import agent_argv, agent_env, native_agents, runner_stages
 from workers.runner.prompt import build_prompt
 
-if TYPE_CHECKING:
-    from orchestrator.runtime.daemon import Daemon
-
 log = get_logger("agogd.runner")
 
-EVENTS_STREAM = "agog_orchestration_events"
-ACK_WAIT = 60.0  # seconds; kept alive with in_progress while a process runs
 TAIL = 2000  # characters of output a FAILED notice carries
 
 
@@ -55,76 +56,82 @@ class BadAssignment(ValueError):
 class Runner:
     """Runs the configured agents' processes for one agogd."""
 
-    def __init__(self, daemon: Daemon, stages: list[Stage]) -> None:
-        self.daemon, self.settings, self.pipeline = daemon, daemon.settings, daemon.pipeline
+    def __init__(self, rt: Runtime, stages: list[Stage]) -> None:
+        self.rt, self.settings, self.pipeline = rt, rt.settings, rt.pipeline
         self.stages = stages
         native = native_agents(self.settings, self.pipeline)
         deploy = self.pipeline.gate_stage("deploy")
         # Both fail early on a setting that cannot work.
         self.argv = {s.agent: agent_argv(self.settings, s) for s in stages if s.agent not in native}
-        self.berry = NativeBerry(daemon) if deploy is not None and deploy.agent in native else None
+        self.berry = NativeBerry(rt) if deploy is not None and deploy.agent in native else None
         self.env = agent_env(self.settings)
         self.slots = asyncio.Semaphore(self.settings.runner_concurrency)
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         self.cancels: dict[str, set[asyncio.Event]] = {}
-        self.tasks: set[asyncio.Task[None]] = set()
+
+    def services(self) -> dict[str, Service]:
+        """The daemon's services: one consumer per agent, and the cancel watch."""
+        out: dict[str, Service] = {
+            f"runner:{stage.agent}": (lambda s=stage: self.consume(s)) for stage in self.stages
+        }
+        out["runner-cancels"] = self.watch_cancels
+        return out
 
     # --- consumers -----------------------------------------------------------
-    async def consume(self, daemon: Daemon, stage: Stage) -> None:
+    def consumer_of(self, stage: Stage) -> ConsumerSpec:
+        """The registry's consumer of this agent's assignments, as many
+        unacked as its processes may hold (a few batches each)."""
+        spec = self.pipeline.runner_consumer(stage.agent)
+        return dataclasses.replace(
+            spec, max_ack_pending=max(self.settings.runner_per_agent * 4, 16)
+        )
+
+    async def consume(self, stage: Stage) -> None:
         """Take this agent's assignments while a per-agent slot is free."""
-        assert daemon.nc is not None
-        durable = f"agogd_runner_{stage.agent}"
-        await self._ensure_consumer(durable, stage)
-        feed = await PullFeed(daemon.nc, EVENTS_STREAM, durable, batch=1).start()
-        per_agent = asyncio.Semaphore(self.settings.runner_per_agent)
+        spec = self.consumer_of(stage)
+        stream = spec.streams[0]
+        if not await self._ensure_consumer(stream, spec):
+            return  # stopped before the consumer could be made
+        feed = await PullFeed(self.rt.nc, stream, spec.name, batch=1).start()
         log.info(
             "runner.consuming",
             agent=stage.agent,
             argv0=self.argv[stage.agent][0] if stage.agent in self.argv else "(native)",
             demo=self.settings.demo or None,
         )
-        try:
-            while not daemon.stopping.is_set():
-                await per_agent.acquire()
-                msgs = await feed.next_batch(timeout=1)
-                if not msgs:
-                    per_agent.release()
-                    continue
-                task = asyncio.ensure_future(self._handle(msgs[0], stage))
-                self.tasks.add(task)
-                task.add_done_callback(self.tasks.discard)
-                task.add_done_callback(lambda _t: per_agent.release())
-            if self.tasks:  # let running agents finish within the grace period
-                await asyncio.gather(*self.tasks, return_exceptions=True)
-        finally:
-            for task in self.tasks:
-                task.cancel()
-            await feed.stop()
 
-    async def _ensure_consumer(self, durable: str, stage: Stage) -> None:
-        assert self.daemon.nc is not None
-        js = self.daemon.nc.jetstream()
-        subject = self.pipeline.subjects["assignment"].format(agent=stage.agent, req=">")
-        config = ConsumerConfig(
-            durable_name=durable,
-            filter_subject=subject,
-            ack_policy=AckPolicy.EXPLICIT,
-            ack_wait=ACK_WAIT,
-            deliver_policy=DeliverPolicy.ALL,  # stale ones are skipped via Postgres
-            max_ack_pending=max(self.settings.runner_per_agent * 4, 16),
-            description=f"agogd runner: {stage.agent}'s stage assignments",
+        async def handle(msgs: list[Msg]) -> list[Outcome]:
+            return [await self._handle(msg, stage, spec.ack_wait) for msg in msgs]
+
+        await services.consume(
+            feed,
+            handle,
+            name=f"consumer.{stream}.{spec.name}",
+            stopping=self.rt.stopping,
+            states=self.rt.states,
+            concurrency=self.settings.runner_per_agent,
+            nak_delay=self.settings.runner_heartbeat_interval,
+        )
+
+    async def _ensure_consumer(self, stream: str, spec: ConsumerSpec) -> bool:
+        """Create or update the consumer, retrying with backoff while NATS is
+        away; False when the daemon stopped first."""
+        reconciler = Reconciler(
+            self.rt.nc, self.pipeline, consumer_backfill=self.settings.consumer_backfill
         )
         for delay in delays(maximum=self.settings.backoff_max):
+            if self.rt.stopping.is_set():
+                return False
             try:
-                await js.add_consumer(EVENTS_STREAM, config)
-                return
-            except (NatsError, OSError) as exc:
-                log.warning("runner.consumer_unavailable", consumer=durable, error=str(exc))
-                await asyncio.sleep(delay)
+                await reconciler.reconcile_consumer(stream, spec)
+                return True
+            except (NatsError, OSError, TimeoutError, TopologyError) as exc:
+                log.warning("runner.consumer_unavailable", consumer=spec.name, error=str(exc))
+                await sleep_unless_stopped(self.rt.stopping, delay)
+        raise AssertionError("unreachable: delays() never ends")
 
-    async def watch_cancels(self, daemon: Daemon) -> None:
+    async def watch_cancels(self) -> None:
         """Stop the processes of a REQ that was cancelled."""
-        assert daemon.nc is not None
         subject = self.pipeline.subjects["workflow_event"].format(event="cancelled", req="*")
 
         async def on_cancel(msg: Msg) -> None:
@@ -132,43 +139,39 @@ class Runner:
             for event in self.cancels.get(req, ()):
                 event.set()
 
-        sub = await daemon.nc.subscribe(subject, cb=on_cancel)
+        sub = await self.rt.nc.subscribe(subject, cb=on_cancel)
         try:
-            await daemon.stopping.wait()
+            await self.rt.stopping.wait()
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
 
     # --- one assignment ----------------------------------------------------------
-    async def _handle(self, msg: Msg, stage: Stage) -> None:
-        keepalive = asyncio.ensure_future(_keep_in_progress(msg))
+    async def _handle(self, msg: Msg, stage: Stage, ack_wait: float) -> Outcome:
+        """What becomes of one assignment, once its notice is published (ack),
+        when it must come back later (nak) or is malformed (term)."""
+        keepalive = asyncio.ensure_future(_keep_in_progress(msg, ack_wait / 3))
         try:
             try:
                 assignment = parse_assignment(msg.data, stage)
             except BadAssignment as exc:
                 await self._reject(msg, str(exc))
-                return
+                return "term"
             with bound_context(
                 req_number=assignment["req_number"],
                 agent=stage.agent,
                 stage=stage.index,
                 attempt=assignment["attempt"],
             ):
-                outcome = await self._run(msg, stage, assignment)
-            if outcome == "nak":
-                await msg.nak(delay=self.settings.runner_heartbeat_interval)
-            else:
-                await msg.ack()
+                return await self._run(msg, stage, assignment)
         except Exception as exc:  # Postgres away, a bug: keep it for a redelivery
             log.error("runner.failed", error=repr(exc), msg_subject=msg.subject)
-            with contextlib.suppress(Exception):
-                await msg.nak(delay=5)
+            return "nak"
         finally:
             keepalive.cancel()
 
-    async def _run(self, msg: Msg, stage: Stage, assignment: dict[str, Any]) -> str:
-        pool = self.daemon.pool
-        assert pool is not None
+    async def _run(self, msg: Msg, stage: Stage, assignment: dict[str, Any]) -> Outcome:
+        pool = self.rt.pool
         run = runner_store.Run(assignment["req_number"], stage.index, assignment["attempt"])
         current = await runner_store.attempt_state(pool, run)
         if current is None or current[0] != "RUNNING":
@@ -199,16 +202,14 @@ class Runner:
         self, stage: Stage, assignment: dict[str, Any], run: runner_store.Run, deadline: datetime
     ) -> dict[str, Any]:
         req, attempt = run.req, run.attempt
-        pool = self.daemon.pool
-        assert pool is not None
+        pool = self.rt.pool
         previous = await runner_store.previous_deliverables(pool, run)
         cancel = asyncio.Event()
         self.cancels.setdefault(req, set()).add(cancel)
 
         async def heartbeat() -> None:
             await runner_store.renew(pool, run, self._lease_seconds())
-            assert self.daemon.nc is not None
-            await self.daemon.nc.publish(
+            await self.rt.nc.publish(
                 self.pipeline.subject("heartbeat", agent=stage.agent, req=req),
                 json.dumps(
                     {
@@ -321,8 +322,7 @@ class Runner:
 
     async def _publish(self, stage: Stage, req: str, attempt: int, notice: dict[str, Any]) -> None:
         """Publish until JetStream acks it: a notice is never dropped."""
-        assert self.daemon.nc is not None
-        js = self.daemon.nc.jetstream()
+        js = self.rt.nc.jetstream()
         subject = self.pipeline.deliverable_subject(stage, req)
         headers = {"Nats-Msg-Id": f"runner:{req}:{stage.index}:{attempt}"}
         data = json.dumps(notice).encode()
@@ -336,26 +336,15 @@ class Runner:
                 await asyncio.sleep(delay)
 
     async def _reject(self, msg: Msg, reason: str) -> None:
+        """Say why on the rejection subject (once per stored assignment)."""
         log.warning("runner.assignment_rejected", msg_subject=msg.subject, reason=reason)
-        assert self.daemon.nc is not None
+        rejection = Rejection.of(msg, "bad_assignment", reason, by="runner")
         with contextlib.suppress(Exception):
-            await self.daemon.nc.jetstream().publish(
+            await self.rt.nc.jetstream().publish(
                 self.pipeline.subjects["rejection"],
-                json.dumps(
-                    {
-                        "eventType": "message.rejected",
-                        "reason_code": "bad_assignment",
-                        "reason": reason,
-                        "subject": msg.subject,
-                        "stream": msg.metadata.stream,
-                        "stream_seq": msg.metadata.sequence.stream,
-                        "by": "runner",
-                        "timestamp": store.now_iso(),
-                    }
-                ).encode(),
-                headers={"Nats-Msg-Id": f"runner-reject:{msg.metadata.sequence.stream}"},
+                json.dumps(rejection.event()).encode(),
+                headers={"Nats-Msg-Id": rejection.msg_id},
             )
-        await msg.term()
 
 
 # --- pure helpers -----------------------------------------------------------------
@@ -432,24 +421,22 @@ def outcome_notice(
     }
 
 
-async def _keep_in_progress(msg: Msg) -> None:
+async def _keep_in_progress(msg: Msg, interval: float) -> None:
     """Keep the assignment's ack deadline moving while it is worked on."""
     while True:
-        await asyncio.sleep(ACK_WAIT / 3)
+        await asyncio.sleep(interval)
         with contextlib.suppress(Exception):
             await msg.in_progress()
 
 
-def install(daemon: Daemon) -> Runner | None:
-    """Register the runner's services when agents are configured (or demo)."""
-    stages = runner_stages(daemon.settings, daemon.pipeline)
+def build(rt: Runtime) -> Runner | None:
+    """The runner when agents are configured (or demo), else None; its
+    services are ``runner.services()``."""
+    stages = runner_stages(rt.settings, rt.pipeline)
     if not stages:
         return None
-    runner = Runner(daemon, stages)
-    for stage in stages:
-        daemon.add_service(f"runner:{stage.agent}", lambda d, s=stage: runner.consume(d, s))
-    daemon.add_service("runner-cancels", runner.watch_cancels)
-    if daemon.settings.demo:
+    runner = Runner(rt, stages)
+    if rt.settings.demo:
         log.warning(
             "runner.demo_mode",
             note="DEMO agents answer every assignment with canned notices; not for real work",

@@ -1,0 +1,141 @@
+"""The engine, assembled from a runtime: its consumers, the outbox relay, the
+dispatcher, the deadlines and the OWNER_REQUESTS.md sync, as named services.
+
+The composition root (``orchestrator.wiring``) calls ``build`` once the
+connections are up; everything the parts need is handed to them here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from orchestrator.engine.handlers import Handlers
+from orchestrator.engine.outbox import OutboxRelay, Publisher
+from orchestrator.engine.owner_sync import OwnerRequestsSync
+from orchestrator.engine.scheduler import Scheduler
+from orchestrator.engine.transactions import AfterCommitted, BatchApplier, Handler
+from orchestrator.engine.transition import Transitions
+from orchestrator.inbound.owner_requests import OwnerRequestsFile
+from orchestrator.runtime.context import Runtime
+from orchestrator.runtime.pull import PullFeed
+from orchestrator.runtime.services import Outcome, Service, consume, periodic
+
+if TYPE_CHECKING:
+    from nats.aio.msg import Msg
+
+    from orchestrator.memory.service import Memory
+
+
+@dataclass(frozen=True)
+class Engine:
+    """The built engine: what the API and the lifecycle need of it."""
+
+    services: dict[str, Service]
+    # The registry's consumers this engine reads (the rest are other services').
+    consumers: tuple[str, ...]
+    wake_dispatcher: asyncio.Event
+    applier: BatchApplier
+    scheduler: Scheduler
+
+    def wake(self) -> None:
+        """A REQ may be admitted now (a new intake, a slot freed elsewhere)."""
+        self.wake_dispatcher.set()
+
+
+def build(rt: Runtime, memory: Memory | None) -> Engine:
+    settings, pipeline = rt.settings, rt.pipeline
+    wake = asyncio.Event()
+    publisher = Publisher(rt.pool, rt.nc.jetstream())
+    after = AfterCommitted(
+        publisher=publisher,
+        wake_dispatcher=wake,
+        local_channels=memory.local_channels if memory is not None else frozenset(),
+        wake_local=memory.wake if memory is not None else None,
+    )
+    transitions = Transitions(pipeline, memory)
+    applier = BatchApplier(pool=rt.pool, pipeline=pipeline, after=after)
+    handlers = Handlers(
+        settings=settings, pipeline=pipeline, transitions=transitions, memory=memory
+    )
+    scheduler = Scheduler(
+        pool=rt.pool,
+        settings=settings,
+        pipeline=pipeline,
+        transitions=transitions,
+        after=after,
+    )
+    services: dict[str, Service] = {}
+    table = handlers.table()
+    read = []
+    for spec in pipeline.consumers:
+        handler = table.get(spec.name)
+        if handler is None:
+            continue  # another service's (the wiring refuses a consumer nobody reads)
+        read.append(spec.name)
+        for stream in spec.streams:
+            services[f"consume:{stream}:{spec.name}"] = _consumer(rt, applier, stream, handler)
+    relay = OutboxRelay(
+        publisher,
+        dsn=settings.dsn(),
+        poll_interval=settings.outbox_poll_interval,
+        stopping=rt.stopping,
+        states=rt.states,
+    )
+    services["outbox-relay"] = relay.run
+    if settings.owner_requests_file is not None:
+        sync = OwnerRequestsSync(
+            OwnerRequestsFile(settings.owner_requests_file),
+            pool=rt.pool,
+            states=rt.states,
+            memory=memory,
+            wake_dispatcher=wake.set,
+        )
+        services["owner-requests"] = lambda: sync.run(
+            interval=settings.owner_requests_interval, stopping=rt.stopping
+        )
+    services["dispatcher"] = lambda: periodic(
+        scheduler.dispatch_pending,
+        name="dispatcher",
+        interval=settings.dispatch_interval,
+        stopping=rt.stopping,
+        states=rt.states,
+        wake=wake,
+        drain=True,
+    )
+    services["deadlines"] = lambda: periodic(
+        scheduler.expire_deadlines,
+        name="deadlines",
+        interval=settings.timeout_scan_interval,
+        stopping=rt.stopping,
+        states=rt.states,
+        drain=True,
+    )
+    return Engine(
+        services=services,
+        consumers=tuple(read),
+        wake_dispatcher=wake,
+        applier=applier,
+        scheduler=scheduler,
+    )
+
+
+def _consumer(rt: Runtime, applier: BatchApplier, stream: str, handler: Handler) -> Service:
+    """One durable consumer on one stream: each batch is acked (or term'd) only
+    after its transaction has committed."""
+
+    async def handle(msgs: list[Msg]) -> list[Outcome]:
+        return await applier.handle_batch(msgs, handler)
+
+    async def run() -> None:
+        feed = PullFeed(rt.nc, stream, handler.consumer, rt.settings.consumer_batch)
+        await consume(
+            await feed.start(),
+            handle,
+            name=f"consumer.{stream}",
+            stopping=rt.stopping,
+            states=rt.states,
+        )
+
+    return run
