@@ -401,8 +401,9 @@ async def test_agogd_answers_a_request_on_nats(
 
         # Berry's call after a deploy: the REQ is the feature; a retried call
         # with the same msg_id publishes once.
-        first = await publish_report(daemon.runtime, "REQ-SHOP-7", reason="deploy", msg_id="deploy:7:1")
-        again = await publish_report(daemon.runtime, "REQ-SHOP-7", reason="deploy", msg_id="deploy:7:1")
+        rt = daemon.runtime
+        first = await publish_report(rt, "REQ-SHOP-7", reason="deploy", msg_id="deploy:7:1")
+        again = await publish_report(rt, "REQ-SHOP-7", reason="deploy", msg_id="deploy:7:1")
         assert first["published"] and not first["duplicate"]
         assert again["published"] and again["duplicate"]
         assert first["subject"] == "agog.deliverables.miki.devops.REQ-SHOP-7"
