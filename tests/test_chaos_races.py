@@ -153,6 +153,7 @@ async def test_two_replicas_mirroring_never_leave_an_older_status_in_the_file(
     path = tmp_path / "OWNER_REQUESTS.md"
     path.write_text("### REQ-RACE-MD-1: A feature\n\n**Status**: NEW\n")
     pools = [await asyncpg.create_pool(pg_dsn, min_size=1, max_size=2) for _ in range(2)]
+
     def sync(pool: asyncpg.Pool, file: OwnerRequestsFile) -> owner_sync.OwnerRequestsSync:
         return owner_sync.OwnerRequestsSync(file, pool=pool, states=StateLog())
 

@@ -332,9 +332,7 @@ async def test_pending_rows_are_backfilled_when_the_provider_comes_back(
                 what="27 pending memories",
             )
             assert (
-                await pool.fetchval(
-                    "SELECT count(*) FROM memories WHERE embedding IS NOT NULL"
-                )
+                await pool.fetchval("SELECT count(*) FROM memories WHERE embedding IS NOT NULL")
                 == 0
             )
             await asyncio.sleep(1.5)  # several failed passes: still one warning
@@ -343,9 +341,7 @@ async def test_pending_rows_are_backfilled_when_the_provider_comes_back(
             assert "cannot reach ollama" in warnings[0]["reason"]
             await server.start()
             try:
-                await _until(
-                    lambda: _none_pending(pool), what="the backfill to embed every row"
-                )
+                await _until(lambda: _none_pending(pool), what="the backfill to embed every row")
 
                 async def restored_logged() -> list[dict[str, Any]]:
                     # Logged once the pass that embedded the rows returns.
