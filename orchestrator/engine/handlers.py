@@ -187,16 +187,9 @@ class Handlers:
         limit = self.settings.intake_max_pending
         if limit <= 0 or req.priority < 2:
             return
-        waiting = await conn.fetchval(
-            "SELECT count(*) FROM (SELECT 1 FROM workflow_state WHERE status = 'PENDING'"
-            " AND priority >= 2 LIMIT $1) AS w",
-            limit,
-        )
-        if waiting < limit:
+        if await store.waiting_low_priority(conn, limit) < limit:
             return
-        if await conn.fetchval(
-            "SELECT 1 FROM workflow_state WHERE req_number = $1", req.req_number
-        ):
+        if await store.workflow_exists(conn, req.req_number):
             return  # a duplicate: answered as one, not refused
         raise Rejected(
             "intake_quota",
@@ -232,13 +225,8 @@ class Handlers:
                     claimed=claimed,
                     note="only agogd's API may set source and decision_id: kept as claimed_*",
                 )
-        await conn.execute(
-            "INSERT INTO strategic_decisions (req_number, decision, reasoning, payload,"
-            " applied_at) VALUES ($1, $2, $3, $4::jsonb, now())",
-            req,
-            decision_msg.decision,
-            decision_msg.reasoning,
-            store.dumps(payload),
+        await store.insert_decision(
+            conn, req, decision_msg.decision, decision_msg.reasoning, payload
         )
         await self.transitions.commit(conn, new, effects, locked)
         resolution = decision_msg.decision

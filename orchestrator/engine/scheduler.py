@@ -45,22 +45,15 @@ class Scheduler:
         """
         async with self.pool.acquire() as raw, raw.transaction():
             conn = EngineTx(raw, self.after.fresh(direct_publish=False))
-            if not await raw.fetchval("SELECT pg_try_advisory_xact_lock($1)", DISPATCH_LOCK):
+            if not await store.try_lock(raw, DISPATCH_LOCK):
                 asyncio.get_running_loop().call_later(DISPATCH_RETRY, self.wake_dispatcher.set)
                 return 0
-            running = await conn.fetchval(
-                "SELECT count(*) FROM workflow_state WHERE status = 'IN_PROGRESS'"
-            )
-            free = self.settings.max_in_flight - running
+            free = self.settings.max_in_flight - await store.running_count(conn)
             if free <= 0:
                 return 0
-            rows = await conn.fetch(
-                "SELECT req_number FROM workflow_state WHERE status = 'PENDING'"
-                " ORDER BY priority, created_at, req_number LIMIT $1",
-                free,
-            )
-            for row in rows:
-                locked = await store.lock_workflow(conn, row["req_number"])
+            rows = await store.next_pending(conn, free)
+            for req in rows:
+                locked = await store.lock_workflow(conn, req)
                 assert locked is not None
                 new, effects = apply(self.pipeline, locked.wf, Start())
                 await self.transitions.commit(conn, new, effects, locked)
@@ -71,33 +64,23 @@ class Scheduler:
     async def expire_deadlines(self) -> int:
         """Apply TimedOut to every RUNNING attempt past its deadline."""
         async with self.pool.acquire() as conn:
-            rows = await conn.fetch(
-                "SELECT req_number, stage, attempt FROM stage_attempts WHERE status = 'RUNNING'"
-                " AND deadline < now() ORDER BY deadline LIMIT 100"
-            )
+            rows = await store.overdue_attempts(conn)
         expired = 0
-        for row in rows:
+        for req, stage, attempt in rows:
             async with self.pool.acquire() as raw, raw.transaction():
                 conn = EngineTx(raw, self.after.fresh(direct_publish=False))
-                locked = await store.lock_workflow(conn, row["req_number"])
-                still = await conn.fetchval(
-                    "SELECT 1 FROM stage_attempts WHERE req_number = $1 AND stage = $2"
-                    " AND attempt = $3 AND status = 'RUNNING' AND deadline < now()",
-                    row["req_number"],
-                    row["stage"],
-                    row["attempt"],
-                )
-                if locked is None or not still:
+                locked = await store.lock_workflow(conn, req)
+                if locked is None or not await store.still_overdue(conn, req, stage, attempt):
                     continue  # a heartbeat or a notice got there first
                 wf = locked.wf
                 expired += 1
-                new, effects = apply(self.pipeline, wf, TimedOut(row["stage"], row["attempt"]))
+                new, effects = apply(self.pipeline, wf, TimedOut(stage, attempt))
                 if any(isinstance(e, Ignored) for e in effects):
                     await store.close_attempt(
                         conn,
                         wf.req,
-                        row["stage"],
-                        row["attempt"],
+                        stage,
+                        attempt,
                         "TIMED_OUT",
                         "deadline passed (stale attempt)",
                     )

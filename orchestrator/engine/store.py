@@ -408,3 +408,76 @@ async def resolve_escalations(conn: Conn, req: str, resolution: str) -> None:
         req,
         resolution[:500],
     )
+
+
+# --- intake, decisions and the scheduler ------------------------------------------------
+async def waiting_low_priority(conn: Conn, limit: int) -> int:
+    """How many P2/P3 REQs wait to be admitted, counted up to ``limit``."""
+    return int(
+        await conn.fetchval(
+            "SELECT count(*) FROM (SELECT 1 FROM workflow_state WHERE status = 'PENDING'"
+            " AND priority >= 2 LIMIT $1) AS w",
+            limit,
+        )
+    )
+
+
+async def workflow_exists(conn: Conn, req: str) -> bool:
+    return bool(await conn.fetchval("SELECT 1 FROM workflow_state WHERE req_number = $1", req))
+
+
+async def insert_decision(
+    conn: Conn, req: str, decision: str, reasoning: str | None, payload: dict[str, Any]
+) -> None:
+    await conn.execute(
+        "INSERT INTO strategic_decisions (req_number, decision, reasoning, payload,"
+        " applied_at) VALUES ($1, $2, $3, $4::jsonb, now())",
+        req,
+        decision,
+        reasoning,
+        dumps(payload),
+    )
+
+
+async def try_lock(conn: Conn, key: int) -> bool:
+    """A transaction-scoped advisory lock, if nobody holds it."""
+    return bool(await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", key))
+
+
+async def running_count(conn: Conn) -> int:
+    return int(
+        await conn.fetchval("SELECT count(*) FROM workflow_state WHERE status = 'IN_PROGRESS'")
+    )
+
+
+async def next_pending(conn: Conn, limit: int) -> list[str]:
+    """The PENDING REQs to admit next: by priority, then age."""
+    rows = await conn.fetch(
+        "SELECT req_number FROM workflow_state WHERE status = 'PENDING'"
+        " ORDER BY priority, created_at, req_number LIMIT $1",
+        limit,
+    )
+    return [r["req_number"] for r in rows]
+
+
+async def overdue_attempts(conn: Conn, limit: int = 100) -> list[tuple[str, int, int]]:
+    """RUNNING attempts past their deadline, oldest first: (REQ, stage, attempt)."""
+    rows = await conn.fetch(
+        "SELECT req_number, stage, attempt FROM stage_attempts WHERE status = 'RUNNING'"
+        " AND deadline < now() ORDER BY deadline LIMIT $1",
+        limit,
+    )
+    return [(r["req_number"], r["stage"], r["attempt"]) for r in rows]
+
+
+async def still_overdue(conn: Conn, req: str, stage: int, attempt: int) -> bool:
+    """Re-checked under the REQ's lock: a heartbeat or a notice may have come first."""
+    return bool(
+        await conn.fetchval(
+            "SELECT 1 FROM stage_attempts WHERE req_number = $1 AND stage = $2"
+            " AND attempt = $3 AND status = 'RUNNING' AND deadline < now()",
+            req,
+            stage,
+            attempt,
+        )
+    )

@@ -88,7 +88,8 @@ async def create_pool(settings: Settings) -> asyncpg.Pool:
         # Operators see agogd's sessions by name in pg_stat_activity.
         server_settings={"application_name": "agogd"},
     )
-    assert pool is not None
+    if pool is None:  # asyncpg's typing: create_pool returns the pool it awaited
+        raise RuntimeError("asyncpg.create_pool returned no pool")
     return pool
 
 
