@@ -109,6 +109,11 @@ def _agogd(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
         ({"AGOG_STAGE_TIMEOUTS": '{"bob": 5}'}, "unknown agent"),
         ({"AGOG_NATS_PASSWORD": "pw-only"}, "AGOG_NATS_USER"),
         ({"AGOG_PIPELINE_FILE": "/nonexistent/pipeline.toml"}, "cannot read pipeline file"),
+        # A setting keyed by an agent the registry does not know is refused,
+        # not ignored in silence.
+        ({"AGOG_RUNNER_COMMANDS": '{"bob": "bob-cli"}'}, "AGOG_RUNNER_COMMANDS: unknown agents"),
+        ({"AGOG_RUNNER_MODELS": '{"Roy": "m"}'}, "AGOG_RUNNER_MODELS: unknown agents ['Roy']"),
+        ({"AGOG_DEMO_REJECT": "nobody"}, "AGOG_DEMO_REJECT: unknown agents"),
     ],
 )
 def test_cli_bad_settings_exit_2_with_one_line(env: dict[str, str], expected: str) -> None:

@@ -87,9 +87,26 @@ def check_runner(settings: Settings, pipeline: Pipeline) -> list[Stage]:
     """Validate the runner settings at start-up; CommandError says what is wrong."""
     stages = runner_stages(settings, pipeline)
     native = native_agents(settings, pipeline)
+    _named_agents_are_known(settings, pipeline)
     for stage in stages:
         if stage.agent not in native:
             agent_argv(settings, stage)
     if native and settings.berry_workspace is None:
         raise CommandError("AGOG_BERRY_MODE=native needs AGOG_BERRY_WORKSPACE (a git working tree)")
     return stages
+
+
+def _named_agents_are_known(settings: Settings, pipeline: Pipeline) -> None:
+    """A setting keyed by an agent the registry does not know would be ignored
+    in silence (a typo, or a pipeline file that renamed the stage): refuse it."""
+    known = {s.agent for s in (*pipeline.stages, *pipeline.followups)}
+    for name, agents in (
+        ("AGOG_RUNNER_COMMANDS", settings.runner_commands),
+        ("AGOG_RUNNER_MODELS", settings.runner_models),
+        ("AGOG_DEMO_REJECT", settings.demo_reject),
+    ):
+        unknown = sorted(set(agents) - known)
+        if unknown:
+            raise CommandError(
+                f"{name}: unknown agents {unknown}; the pipeline's agents are {sorted(known)}"
+            )
