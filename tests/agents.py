@@ -22,8 +22,10 @@ from nats.aio.msg import Msg
 
 from orchestrator.core import registry
 from orchestrator.embedded import seed_notices
+from orchestrator.runtime.context import Runtime
 from orchestrator.runtime.daemon import Daemon
 from orchestrator.runtime.settings import Settings
+from orchestrator.runtime.state_log import StateLog
 from orchestrator.wiring import make_daemon
 
 PIPELINE = registry.load()
@@ -109,6 +111,18 @@ def settings_for(nats_url: str, dsn: str, **overrides: Any) -> Settings:
         "log_level": "warning",
     }
     return Settings(**{**values, **overrides})
+
+
+def runtime_of(settings: Settings, pool: asyncpg.Pool, nc: NATS) -> Runtime:
+    """A real runtime on the test's servers, for a service tested without agogd."""
+    return Runtime(
+        settings=settings,
+        pipeline=PIPELINE,
+        states=StateLog(),
+        stopping=asyncio.Event(),
+        pool=pool,
+        nc=nc,
+    )
 
 
 @asynccontextmanager

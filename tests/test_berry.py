@@ -4,7 +4,6 @@ and NATS, and the real Compose v2 binary."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import socket
 import subprocess
@@ -23,14 +22,13 @@ from orchestrator.core import registry
 from orchestrator.embedded import NatsServer
 from orchestrator.embedded.engine import BUSYBOX_IMAGE, ContainerEngine
 from orchestrator.runtime import migrate
-from orchestrator.runtime.context import Runtime
-from orchestrator.runtime.state_log import StateLog
 from tests.agents import (
     ScriptedAgents,
     collect,
     deliverable_subject,
     notice,
     running_agogd,
+    runtime_of,
     settings_for,
     submit,
     wait_status,
@@ -171,14 +169,7 @@ async def run_berry(
     ws: Workspace, pool: asyncpg.Pool, nc: NATS, nats_url: str, dsn: str, previous: list, **kw: Any
 ) -> dict[str, Any]:
     settings = berry_settings(ws, nats_url, dsn, **kw)
-    rt = Runtime(
-        settings=settings,
-        pipeline=PIPELINE,
-        states=StateLog(),
-        stopping=asyncio.Event(),
-        pool=pool,
-        nc=nc,
-    )
+    rt = runtime_of(settings, pool, nc)
     berry = NativeBerry(rt)
     assignment = {
         "req_number": previous[0]["deliverable"]["req_number"],

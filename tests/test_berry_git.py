@@ -6,7 +6,6 @@ with no container engine: Berry commits, then says it did not deploy."""
 
 from __future__ import annotations
 
-import asyncio
 import stat
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,9 +17,7 @@ from nats.aio.client import Client as NATS
 
 from orchestrator.embedded import NatsServer
 from orchestrator.runtime import migrate
-from orchestrator.runtime.context import Runtime
-from orchestrator.runtime.state_log import StateLog
-from tests.agents import PIPELINE, settings_for
+from tests.agents import runtime_of, settings_for
 from tests.test_berry import git, git_init, previous_stages
 from workers.release.berry import NativeBerry
 
@@ -89,14 +86,7 @@ async def run_berry(
         "data_dir": repo.parent / "agogd-data",
     }
     settings = settings_for(nats_url, dsn, **{**values, **kw})
-    rt = Runtime(
-        settings=settings,
-        pipeline=PIPELINE,
-        states=StateLog(),
-        stopping=asyncio.Event(),
-        pool=pool,
-        nc=nc,
-    )
+    rt = runtime_of(settings, pool, nc)
     berry = NativeBerry(rt)
     previous = previous_stages("REQ-GIT-1", files)
     assignment = {"req_number": "REQ-GIT-1", "agent": "berry", "attempt": 1}

@@ -18,9 +18,8 @@ from nats.js.api import DeliverPolicy, PubAck
 
 from orchestrator.embedded import NatsServer
 from orchestrator.runtime.context import Runtime
-from orchestrator.runtime.state_log import StateLog
 from orchestrator.runtime.topology import Reconciler
-from tests.agents import PIPELINE, settings_for
+from tests.agents import PIPELINE, runtime_of, settings_for
 from workers.infra import report
 from workers.runner import service as runner_service
 
@@ -31,7 +30,7 @@ async def rt(
 ) -> AsyncIterator[Runtime]:
     await Reconciler(nc, PIPELINE).reconcile()
     settings = settings_for(nats_server.url, pg_dsn, demo=True)
-    runtime = Runtime(settings, PIPELINE, StateLog(), asyncio.Event(), migrated_pool, nc)
+    runtime = runtime_of(settings, migrated_pool, nc)
     yield runtime
     runtime.stopping.set()
 
