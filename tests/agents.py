@@ -13,10 +13,12 @@ import random
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 import nats
+import pytest
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
@@ -197,3 +199,15 @@ async def collect(nc: NATS, subject: str) -> tuple[list[dict[str, Any]], Any]:
 
 async def connect(url: str) -> NATS:
     return await nats.connect(url)
+
+
+AGENT_CLIS = Path(__file__).resolve().parents[1] / ".agent-clis" / "node_modules" / ".bin"
+
+
+def agent_cli(name: str) -> str:
+    """The real agent CLI ``name`` (claude, codex, gemini) that scripts/agent-clis
+    installed; a test that needs it fails, saying how to get it."""
+    path = AGENT_CLIS / name
+    if not path.exists():
+        pytest.fail(f"the {name} CLI is not installed under {AGENT_CLIS}: run scripts/agent-clis")
+    return str(path)
