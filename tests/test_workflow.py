@@ -34,8 +34,9 @@ def ok(stage: int, **kw: object) -> Completed:
     verdict = "APPROVED" if P.stage(stage).gate == "critique" else None
     if P.stage(stage).gate == "deploy":
         kw.setdefault("deployed_at", "2026-11-23T10:00:00Z")
+    attempt = kw.pop("attempt", None)
     return Completed(
-        stage=stage, attempt=None, status="COMPLETE", verdict=kw.pop("verdict", verdict), **kw
+        stage=stage, attempt=attempt, status="COMPLETE", verdict=kw.pop("verdict", verdict), **kw
     )  # type: ignore[arg-type]
 
 
@@ -162,8 +163,9 @@ def test_cancel_and_finished_reqs() -> None:
 def _event() -> st.SearchStrategy:
     stage = st.integers(0, N)  # N: Tim, the follow-up
     attempt = st.one_of(st.none(), st.integers(1, 4))
+    money = st.one_of(st.none(), st.sampled_from([0.0, 0.4, 1.0, 2.5]))
     return st.one_of(
-        st.just(Start()),
+        st.builds(Start, budget_usd=st.one_of(st.none(), st.sampled_from([0.5, 2.0, 5.0]))),
         st.builds(
             Completed,
             stage=stage,
@@ -174,6 +176,7 @@ def _event() -> st.SearchStrategy:
             rework_agents=st.lists(st.sampled_from(["roy", "jen", "bob"]), max_size=2).map(tuple),
             deployed_at=st.sampled_from([None, "2026-11-23T10:00:00Z"]),
             deployed=st.sampled_from([None, True, False]),
+            cost_usd=money,
         ),
         st.builds(TimedOut, stage=stage, attempt=st.integers(1, 4)),
         st.builds(
@@ -182,6 +185,7 @@ def _event() -> st.SearchStrategy:
                 ["APPROVE", "REQUEST_CHANGES", "RETRY", "CANCEL", "ESCALATE_HUMAN"]
             ),
             restart_stage=st.one_of(st.none(), stage),
+            budget_usd=st.one_of(st.none(), st.sampled_from([1.0, 3.0, 10.0])),
         ),
     )
 
@@ -225,11 +229,53 @@ def test_invariants_hold_for_any_event_sequence(events: list) -> None:
                 )
                 if P.stage(eff.stage).gate == "deploy":
                     assert before.qa_approved or wf.qa_approved, "Berry before Billy's approval"
+        # Money: spent only grows, by exactly the cost of an applied notice,
+        # and no attempt ever starts once the REQ's budget is spent.
+        assert wf.spent_usd >= before.spent_usd
+        charged = isinstance(ev, Completed) and not any(isinstance(e, Ignored) for e in effects)
+        if wf.spent_usd != before.spent_usd:
+            assert charged and ev.cost_usd, "spent without an applied notice's cost"
+            assert abs(wf.spent_usd - before.spent_usd - ev.cost_usd) < 1e-9
+        for eff in effects:
+            if isinstance(eff, Dispatch):
+                assert (
+                    wf.budget_usd is None
+                    or before.spent_usd < wf.budget_usd
+                    or (wf.spent_usd < wf.budget_usd)
+                ), "an attempt started over the REQ's budget"
+                assert wf.budget_usd is None or wf.spent_usd < wf.budget_usd
+                assert eff.budget_left_usd == wf.budget_left_usd or P.is_followup(eff.stage)
         for index, used in wf.retries.items():
             assert used <= stage_by_index(P, int(index)).retries, "retry over budget"
         for gate, used in wf.rework.items():
             budget = next(s.rework_budget for s in P.stages if s.gate == gate)
             assert used <= budget, "rework over budget"
+
+
+# --- budgets ---------------------------------------------------------------------
+def test_an_attempt_that_would_start_over_the_budget_blocks_and_a_decision_resumes_it() -> None:
+    wf, effects = run([Start(budget_usd=1.0), ok(0, cost_usd=0.6), ok(1, cost_usd=0.5)])
+    assert wf.status == "BLOCKED" and wf.stage == 2 and wf.budget_blocked
+    assert wf.spent_usd == 1.1
+    assert not any(isinstance(e, Dispatch) for e in effects[-3:]), "roy was not started"
+    (esc,) = [e for e in effects if isinstance(e, Escalate)]
+    assert esc.priority == "NEEDS_HUMAN_DECISION" and "$1.10 of $1.00" in esc.reason
+    # An APPROVE of a stage that never ran runs it (never skips it), with the new budget.
+    wf, effects = apply(P, wf, Decision("APPROVE", budget_usd=5.0))
+    (dispatch,) = [e for e in effects if isinstance(e, Dispatch)]
+    assert (dispatch.stage, dispatch.attempt) == (2, 1)
+    assert dispatch.budget_left_usd == 3.9 and wf.status == "IN_PROGRESS"
+    # Without a new budget, a RETRY stays blocked (nothing overspends silently).
+    wf, _ = apply(P, wf, ok(2, attempt=1, cost_usd=4.0))
+    assert wf.status == "BLOCKED" and wf.stage == 3
+    wf, effects = apply(P, wf, Decision("RETRY"))
+    assert wf.status == "BLOCKED" and not any(isinstance(e, Dispatch) for e in effects)
+
+
+def test_costs_of_ignored_notices_are_not_charged() -> None:
+    wf, _ = run([Start(budget_usd=10.0), ok(0, cost_usd=1.0)])
+    late, effects = apply(P, wf, ok(0, attempt=1, cost_usd=1.0))  # a duplicate of stage 0
+    assert any(isinstance(e, Ignored) for e in effects) and late.spent_usd == 1.0
 
 
 # --- follow-ups: Tim obeys his retries, the REQ stays DEPLOYED ------------------

@@ -87,6 +87,8 @@ class ActionBody(BaseModel):
     instructions: str | dict[str, Any] | None = None
     reason: str = Field(default="", max_length=4000)
     decision_id: str | None = None
+    # A new budget for the REQ (USD): resume/retry/decide a REQ blocked on it.
+    budget_usd: float | None = Field(default=None, gt=0, lt=1e6, allow_inf_nan=False)
 
 
 def _wait_of(request: web.Request) -> float:
@@ -246,6 +248,8 @@ async def act(request: web.Request) -> web.Response:
     }
     if body.instructions:
         payload["instructions"] = body.instructions
+    if body.budget_usd is not None:
+        payload["budget_usd"] = body.budget_usd
     data = json.dumps(payload).encode()
     try:
         decision = parse_decision(data, req, pipeline, settings.max_message_bytes)

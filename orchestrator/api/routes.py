@@ -8,6 +8,8 @@ GET      /api/reqs                   read     REQ rows with stage cells; filters
                                               ``limit`` (orchestrator.api.views)
 POST     /api/reqs                   token    submit a REQ (idempotent)
 GET      /api/reqs/{req}             read     the full history of one REQ
+GET      /api/reqs/{req}/logs        read     an attempt's agent output (``stage``,
+                                              ``attempt``, ``since`` bytes)
 POST     /api/reqs/{req}/{action}    token    retry, cancel, resume, decide
                                               (orchestrator.api.actions)
 GET      /api/streams                read     every agog_* stream: messages,
@@ -189,6 +191,35 @@ async def get_req(request: web.Request) -> web.Response:
     return json_ok(body)
 
 
+def _whole(request: web.Request, name: str, limit: int = 2**31 - 1) -> int | None:
+    """An optional whole-number query parameter, 400 if it is anything else."""
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return None
+    if not raw.isdecimal() or int(raw) > limit:
+        raise ApiError(400, f"{name} must be a whole number")
+    return int(raw)
+
+
+async def logs(request: web.Request) -> web.Response:
+    """``GET /api/reqs/{req}/logs[?stage=S][&attempt=N][&since=BYTES]``: an
+    attempt's agent output as the runner kept it (the last
+    AGOG_RUNNER_TRANSCRIPT_BYTES); ``since`` asks for what came after."""
+    req = req_of(request)
+    stage: int | None = None
+    if request.query.get("stage"):
+        try:
+            stage = api_views.find_stage(pipeline_of(request), request.query["stage"]).index
+        except api_views.BadFilter as exc:
+            raise ApiError(400, str(exc)) from None
+    attempt, since = _whole(request, "attempt"), _whole(request, "since", 2**62)
+    async with pool_of(request).acquire() as conn:
+        body = await api_views.transcript(conn, req, stage, attempt, since)
+    if body is None:
+        raise ApiError(404, f"no agent output kept for {req} (the runner ran no agent for it)")
+    return json_ok(body)
+
+
 async def streams(request: web.Request) -> web.Response:
     """``GET /api/streams``: each agog_* stream with its messages, bytes and
     consumers (pending, ack pending, lag), as in Miki's report."""
@@ -247,6 +278,7 @@ def install(
     app.router.add_get("/api/reqs", list_reqs)
     app.router.add_post("/api/reqs", submit_req)
     app.router.add_get("/api/reqs/{req}", get_req)
+    app.router.add_get("/api/reqs/{req}/logs", logs)
     app.router.add_post("/api/reqs/{req}/{action}", api_actions.act)
     app.router.add_get("/api/streams", streams)
     api_events.install(app, pipeline)

@@ -171,6 +171,9 @@ def _cells(pipeline: Pipeline, row: Any, latest: list[dict[str, Any]]) -> list[d
                 "started_at": attempt["started_at"] if attempt else None,
                 "finished_at": attempt["finished_at"] if attempt else None,
                 "seconds": attempt["seconds"] if attempt else None,
+                # Every attempt of the stage together (a rework's too).
+                "cost_usd": attempt.get("cost_usd") if attempt else None,
+                "tokens": attempt.get("tokens") if attempt else None,
             }
         )
     return cells
@@ -190,10 +193,16 @@ _ROW_COLUMNS = (
     " ws.budgets->>'blocked_reason' AS blocked_reason, ws.commit_sha, ws.deployed_at,"
     " ws.deployed_by, ws.created_at, ws.updated_at,"
     " extract(epoch FROM now() - ws.created_at)::float8 AS age_seconds,"
+    " coalesce((ws.budgets->>'spent_usd')::float8, 0) AS cost_usd,"
+    " (ws.budgets->>'budget_usd')::float8 AS budget_usd,"
     " (SELECT coalesce(json_agg(json_build_object('stage', a.stage, 'attempt', a.attempt,"
     "   'status', a.status, 'reason', a.reason, 'started_at', a.started_at,"
     "   'finished_at', a.finished_at, 'seconds',"
-    "   extract(epoch FROM coalesce(a.finished_at, now()) - a.started_at))), '[]')"
+    "   extract(epoch FROM coalesce(a.finished_at, now()) - a.started_at),"
+    "   'cost_usd', (SELECT sum(c.cost_usd)::float8 FROM stage_attempts c"
+    "    WHERE c.req_number = a.req_number AND c.stage = a.stage),"
+    "   'tokens', (SELECT sum(coalesce(c.input_tokens, 0) + coalesce(c.output_tokens, 0))"
+    "    FROM stage_attempts c WHERE c.req_number = a.req_number AND c.stage = a.stage))), '[]')"
     "  FROM (SELECT DISTINCT ON (stage) * FROM stage_attempts s"
     "   WHERE s.req_number = ws.req_number ORDER BY stage, attempt DESC) a) AS latest"
 )
@@ -265,7 +274,8 @@ async def req_detail(
     attempts = await conn.fetch(
         "SELECT id, stage, agent, attempt, status, reason, instructions, started_at, deadline,"
         " last_heartbeat_at, finished_at,"
-        " extract(epoch FROM coalesce(finished_at, now()) - started_at)::float8 AS seconds"
+        " extract(epoch FROM coalesce(finished_at, now()) - started_at)::float8 AS seconds,"
+        f" {USAGE_COLUMNS}"
         " FROM stage_attempts WHERE req_number = $1 ORDER BY id",
         req,
     )
@@ -279,6 +289,7 @@ async def req_detail(
         req,
     )
     body["deliverables"] = distinct_deliverables(deliverables, names)
+    body["usage"] = await usage_by_agent(conn, req)
     decisions = await conn.fetch(
         "SELECT id, decision, reasoning, payload, received_at, applied_at"
         " FROM strategic_decisions WHERE req_number = $1 ORDER BY id",
@@ -311,6 +322,69 @@ async def req_detail(
     )
     body["events"] = [{**dict(e), "detail": _labelled(_jsonb(e["detail"]))} for e in events]
     return body
+
+
+USAGE_COLUMNS = (
+    "cli, model, session_id, input_tokens, output_tokens, cache_read_tokens,"
+    " cache_write_tokens, cost_usd::float8 AS cost_usd, turns, duration_s"
+)
+_USAGE_SUMS = (
+    "sum(input_tokens)::bigint AS input_tokens, sum(output_tokens)::bigint AS output_tokens,"
+    " sum(cache_read_tokens)::bigint AS cache_read_tokens,"
+    " sum(cache_write_tokens)::bigint AS cache_write_tokens, sum(cost_usd)::float8 AS cost_usd,"
+    " sum(turns)::bigint AS turns, count(*) FILTER (WHERE cost_usd IS NOT NULL"
+    " OR input_tokens IS NOT NULL) AS attempts_reported"
+)
+
+
+async def usage_by_agent(conn: asyncpg.Connection, req: str) -> dict[str, Any]:
+    """Tokens and cost of a REQ's attempts, per agent and in total."""
+    rows = await conn.fetch(
+        f"SELECT agent, {_USAGE_SUMS} FROM stage_attempts WHERE req_number = $1"
+        " GROUP BY agent ORDER BY min(stage)",
+        req,
+    )
+    total = await conn.fetchrow(
+        f"SELECT {_USAGE_SUMS} FROM stage_attempts WHERE req_number = $1", req
+    )
+    return {"agents": [dict(r) for r in rows], "total": dict(total) if total else {}}
+
+
+async def transcript(
+    conn: asyncpg.Connection,
+    req: str,
+    stage: int | None,
+    attempt: int | None,
+    since: int | None,
+) -> dict[str, Any] | None:
+    """An attempt's kept agent output (the latest attempt of ``stage``, or the
+    REQ's latest if no stage is named), from byte ``since`` on."""
+    row = await conn.fetchrow(
+        "SELECT stage, attempt, agent, text, total_bytes, running, updated_at"
+        " FROM agent_transcripts WHERE req_number = $1"
+        " AND ($2::int IS NULL OR stage = $2) AND ($3::int IS NULL OR attempt = $3)"
+        " ORDER BY updated_at DESC, stage DESC, attempt DESC LIMIT 1",
+        req,
+        stage,
+        attempt,
+    )
+    if row is None:
+        return None
+    data = row["text"].encode()
+    start = row["total_bytes"] - len(data)
+    offset = start if since is None else min(max(since, start), row["total_bytes"])
+    return {
+        "req_number": req,
+        "stage": row["stage"],
+        "attempt": row["attempt"],
+        "agent": row["agent"],
+        "running": row["running"],
+        "total_bytes": row["total_bytes"],
+        "offset": offset,
+        "skipped": max(0, offset - since) if since is not None else start,
+        "text": data[offset - start :].decode("utf-8", "ignore"),
+        "updated_at": row["updated_at"],
+    }
 
 
 def _labelled(value: Any) -> Any:

@@ -47,6 +47,13 @@ class Workflow:
     # Follow-up stage index -> RUNNING, COMPLETE, FAILED or BLOCKED. Their
     # attempts and retries are counted in ``attempts`` and ``retries`` too.
     followups: dict[str, str] = field(default_factory=dict)
+    # What the REQ's agents have spent (USD, as their notices reported it), and
+    # what it may spend (None: no limit). No attempt starts once it is spent.
+    spent_usd: float = 0.0
+    budget_usd: float | None = None
+    # BLOCKED because the budget was spent before ``stage`` could start: that
+    # stage never ran, so an APPROVE runs it rather than skipping it.
+    budget_blocked: bool = False
 
     @property
     def finished(self) -> bool:
@@ -62,6 +69,9 @@ class Workflow:
             "attempt": self.attempt,
             "blocked_reason": self.blocked_reason,
             "followups": self.followups,
+            "spent_usd": self.spent_usd,
+            "budget_usd": self.budget_usd,
+            "budget_blocked": self.budget_blocked,
         }
 
     @classmethod
@@ -79,13 +89,38 @@ class Workflow:
             qa_approved=bool(counters.get("qa_approved", False)),
             blocked_reason=counters.get("blocked_reason"),
             followups=dict(counters.get("followups", {})),
+            spent_usd=float(counters.get("spent_usd") or 0.0),
+            budget_usd=_money(counters.get("budget_usd")),
+            budget_blocked=bool(counters.get("budget_blocked", False)),
         )
+
+    def over_budget(self) -> str | None:
+        """Why no further attempt may start, or None while the budget allows."""
+        if self.budget_usd is None or self.spent_usd < self.budget_usd:
+            return None
+        return (
+            f"budget spent: ${self.spent_usd:.2f} of ${self.budget_usd:.2f} for {self.req};"
+            " a decision with a higher budget_usd resumes it"
+        )
+
+    @property
+    def budget_left_usd(self) -> float | None:
+        if self.budget_usd is None:
+            return None
+        return max(0.0, round(self.budget_usd - self.spent_usd, 6))
+
+
+def _money(value: Any) -> float | None:
+    return None if value is None else float(value)
 
 
 # --- events (inputs) -----------------------------------------------------------
 @dataclass(frozen=True)
 class Start:
-    """The dispatcher admits a PENDING REQ into the pipeline."""
+    """The dispatcher admits a PENDING REQ into the pipeline, with the REQ's
+    budget (AGOG_BUDGET_USD_PER_REQ) unless it has one already."""
+
+    budget_usd: float | None = None
 
 
 @dataclass(frozen=True)
@@ -129,6 +164,8 @@ class Completed:
     history: tuple[AttemptMark, ...] = ()
     # How far the NATS server's clock may be behind Postgres's (seconds).
     clock_margin: float = 2.0
+    # What the attempt cost (USD), as the notice's usage reported it.
+    cost_usd: float | None = None
 
     @property
     def did_deploy(self) -> bool:
@@ -150,6 +187,8 @@ class Decision:
     restart_stage: int | None = None
     instructions: dict[str, Any] = field(default_factory=dict)
     reason: str = ""
+    # A new budget for the REQ (USD): how a REQ blocked on its budget resumes.
+    budget_usd: float | None = None
 
 
 Event = Start | Completed | TimedOut | Decision
@@ -164,6 +203,8 @@ class Dispatch:
     agent: str
     attempt: int
     instructions: dict[str, Any] = field(default_factory=dict)
+    # What the REQ may still spend (None: no limit); the runner gives it to the CLI.
+    budget_left_usd: float | None = None
 
 
 @dataclass(frozen=True)
@@ -242,7 +283,7 @@ def apply(pipeline: Pipeline, wf: Workflow, event: Event) -> tuple[Workflow, lis
             raise DecisionRejected(f"{wf.req} is {wf.status}; a decision cannot change it")
         return wf, [Ignored(f"{wf.req} is already {wf.status}")]
     if isinstance(event, Start):
-        return _start(pipeline, wf)
+        return _start(pipeline, wf, event)
     if isinstance(event, Completed):
         return _completed(pipeline, wf, event)
     if isinstance(event, TimedOut):
@@ -258,9 +299,20 @@ def _dispatch(
     status: Status = "IN_PROGRESS",
 ) -> tuple[Workflow, list[Effect]]:
     stage = pipeline.stage(index)
-    attempt = wf.attempts.get(str(index), 0) + 1
     qa_index = _gate_index(pipeline, "qa")
     qa_approved = wf.qa_approved and (qa_index is None or index > qa_index)
+    over = wf.over_budget()
+    if over is not None:  # the attempt would start over the REQ's budget: not started
+        last = wf.attempts.get(str(index), 0)
+        new = replace(
+            wf, status="BLOCKED", stage=index, attempt=last, qa_approved=qa_approved,
+            blocked_reason=over, budget_blocked=True,
+        )  # fmt: skip
+        return new, [
+            Emit("stage", "blocked", index, None, over),
+            Escalate(f"{wf.req}:{index}:{last}:budget", "NEEDS_HUMAN_DECISION", over),
+        ]
+    attempt = wf.attempts.get(str(index), 0) + 1
     new = replace(
         wf,
         status=status,
@@ -269,20 +321,30 @@ def _dispatch(
         attempts={**wf.attempts, str(index): attempt},
         qa_approved=qa_approved,
         blocked_reason=None,
+        budget_blocked=False,
     )
     return new, [
-        Dispatch(index, stage.agent, attempt, instructions or {}),
+        Dispatch(index, stage.agent, attempt, instructions or {}, wf.budget_left_usd),
         Emit("stage", "started", index, attempt),
     ]
+
+
+def _charge(wf: Workflow, cost: float | None) -> Workflow:
+    """Add an applied notice's cost to what the REQ has spent."""
+    if not cost or cost < 0:
+        return wf
+    return replace(wf, spent_usd=round(wf.spent_usd + cost, 6))
 
 
 def _gate_index(pipeline: Pipeline, gate: str) -> int | None:
     return next((s.index for s in pipeline.stages if s.gate == gate), None)
 
 
-def _start(pipeline: Pipeline, wf: Workflow) -> tuple[Workflow, list[Effect]]:
+def _start(pipeline: Pipeline, wf: Workflow, ev: Start) -> tuple[Workflow, list[Effect]]:
     if wf.status != "PENDING":
         return wf, [Ignored(f"{wf.req} already started ({wf.status})")]
+    if wf.budget_usd is None and ev.budget_usd is not None:
+        wf = replace(wf, budget_usd=ev.budget_usd)
     new, effects = _dispatch(pipeline, wf, 0)
     return new, [Emit("workflow", "started"), *effects]
 
@@ -441,6 +503,7 @@ def _completed(pipeline: Pipeline, wf: Workflow, ev: Completed) -> tuple[Workflo
     stage = pipeline.stage(ev.stage)
     if ev.status == "IN_PROGRESS":
         return wf, [Ignored("in-progress notice (treated as a heartbeat)")]
+    wf = _charge(wf, ev.cost_usd)
     if stage.gate == "qa" and (ev.status in ("BLOCKED", "FAILED") or not ev.qa_passed):
         target = pipeline.rework_target(stage, ev.rework_agents)
         return _rework(pipeline, wf, stage, target, "qa", ev, "FAILED", "QA failed")
@@ -505,6 +568,8 @@ def _timed_out(pipeline: Pipeline, wf: Workflow, ev: TimedOut) -> tuple[Workflow
 
 
 def _decision(pipeline: Pipeline, wf: Workflow, ev: Decision) -> tuple[Workflow, list[Effect]]:
+    if ev.budget_usd is not None:
+        wf = replace(wf, budget_usd=ev.budget_usd)
     if ev.kind == "CANCEL":
         effects: list[Effect] = []
         if wf.status == "IN_PROGRESS" and wf.stage is not None:
@@ -530,7 +595,8 @@ def _decision(pipeline: Pipeline, wf: Workflow, ev: Decision) -> tuple[Workflow,
         ]
     resumed: list[Effect] = [Emit("workflow", "resumed", reason=f"decision {ev.kind}")]
     instructions = {"decision": {"kind": ev.kind, **ev.instructions}} if ev.instructions else {}
-    if ev.kind == "RETRY" or (ev.kind == "APPROVE" and current.gate == "qa"):
+    never_ran = wf.budget_blocked  # blocked before the stage started: run it
+    if ev.kind == "RETRY" or (ev.kind == "APPROVE" and (current.gate == "qa" or never_ran)):
         wf = replace(wf, retries={**wf.retries, str(wf.stage): 0})
         new, effects = _dispatch(pipeline, wf, wf.stage, instructions)
         return new, [*closing, *resumed, *effects]
@@ -565,6 +631,19 @@ def _dispatch_followup(
     wf: Workflow, followup: Stage, instructions: dict[str, Any]
 ) -> tuple[Workflow, list[Effect]]:
     key = str(followup.index)
+    over = wf.over_budget()
+    if over is not None:  # as a pipeline stage: not started over the budget
+        last = wf.attempts.get(key, 0)
+        new = replace(wf, followups={**wf.followups, key: "BLOCKED"})
+        return new, [
+            Emit("stage", "blocked", followup.index, None, over),
+            Escalate(
+                f"{wf.req}:{followup.index}:{last}:budget",
+                "NEEDS_HUMAN_DECISION",
+                over,
+                stage=followup.index,
+            ),
+        ]
     attempt = wf.attempts.get(key, 0) + 1
     new = replace(
         wf,
@@ -572,7 +651,7 @@ def _dispatch_followup(
         followups={**wf.followups, key: "RUNNING"},
     )
     return new, [
-        Dispatch(followup.index, followup.agent, attempt, instructions),
+        Dispatch(followup.index, followup.agent, attempt, instructions, wf.budget_left_usd),
         Emit("stage", "started", followup.index, attempt),
     ]
 
@@ -605,6 +684,7 @@ def _followup(pipeline: Pipeline, wf: Workflow, ev: Event) -> tuple[Workflow, li
         return wf, [late]
     if ev.status == "IN_PROGRESS":
         return wf, [Ignored("in-progress notice (treated as a heartbeat)")]
+    wf = _charge(wf, ev.cost_usd)
     if ev.status == "COMPLETE":
         new = replace(wf, followups={**wf.followups, key: "COMPLETE"})
         return new, [
@@ -661,6 +741,8 @@ def _followup_decision(
     """An operator's RETRY of a follow-up: it runs again, with a fresh budget."""
     if followup is None:
         raise DecisionRejected(f"the pipeline has no stage {index}")
+    if ev.budget_usd is not None:
+        wf = replace(wf, budget_usd=ev.budget_usd)
     if ev.kind != "RETRY":
         raise DecisionRejected(f"{followup.name} is a follow-up: it can only be retried")
     if wf.status not in ("DEPLOYED", "COMPLETE"):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import signal
 import sys
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -17,6 +18,7 @@ from typing import Any, NoReturn, TypeVar
 import click
 
 from orchestrator.core.safe_text import neutralise, neutralise_data
+from orchestrator.ctl import agents as ctl_agents
 from orchestrator.ctl import render as ctl_render
 from orchestrator.ctl.client import (
     EXIT_FAILED,
@@ -253,6 +255,50 @@ def req_show(
     _show(code, body, as_json, lambda safe, paint: ctl_render.req_detail(safe, paint, events))
 
 
+@req.command("logs")
+@click.argument("req_number")
+@click.option("--stage", default=None, help="Index, agent or name (default: the latest run).")
+@click.option("--attempt", default=None, type=click.IntRange(1), help="Default: the latest.")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing while the agent runs.")
+@_token_option
+@_json_option
+@click.pass_context
+def req_logs(
+    ctx: click.Context,
+    req_number: str,
+    stage: str | None,
+    attempt: int | None,
+    follow: bool,
+    token: str | None,
+    as_json: bool,
+) -> None:
+    """An attempt's agent output as the runner kept it (the last
+    AGOG_RUNNER_TRANSCRIPT_BYTES); --follow prints on until the agent ends."""
+    url, token = _target(ctx, token)
+    path = f"/api/reqs/{urllib.parse.quote(req_number, safe='')}/logs"
+    query = {"stage": stage, "attempt": attempt}
+    since: int | None = None
+    while True:
+        params = {k: v for k, v in {**query, "since": since}.items() if v is not None}
+        code, body = _call(url, "GET", f"{path}?{urllib.parse.urlencode(params)}", token=token)
+        if code >= 300:
+            _fail(code, body, as_json)
+        if as_json:
+            click.echo(json.dumps(body))
+        else:
+            if since is None:
+                header = f"== {body['agent']} stage {body['stage']} attempt {body['attempt']}"
+                skipped = f" ({body['skipped']} earlier bytes not kept)" if body["skipped"] else ""
+                click.echo(neutralise(header + skipped), err=True)
+            click.echo(neutralise(body["text"], keep_newlines=True), nl=False)
+        # Stay on the attempt first shown, even when a newer one starts.
+        query = {"stage": body["stage"], "attempt": body["attempt"]}
+        since = body["total_bytes"]
+        if not follow or not body["running"]:
+            return
+        time.sleep(1.0)
+
+
 def _act(
     ctx: click.Context,
     req_number: str,
@@ -302,6 +348,15 @@ def _instructions_option(func: F) -> F:
     )(func)
 
 
+def _budget_option(func: F) -> F:
+    return click.option(
+        "--budget-usd",
+        type=click.FloatRange(min=0, min_open=True),
+        default=None,
+        help="A new budget for the REQ (USD): resumes one blocked on its spend.",
+    )(func)
+
+
 def _wait_option(func: F) -> F:
     return click.option(
         "--wait",
@@ -333,6 +388,7 @@ def _instructions(value: str | None) -> str | dict[str, Any] | None:
 )
 @_reason_option
 @_instructions_option
+@_budget_option
 @_wait_option
 @_token_option
 @_json_option
@@ -343,13 +399,19 @@ def req_retry(
     stage: str | None,
     reason: str,
     instructions: str | None,
+    budget_usd: float | None,
     wait: float,
     token: str | None,
     as_json: bool,
 ) -> None:
     """Run the current stage again (or restart from an earlier --stage, or
     re-run a follow-up such as --stage tim: the REQ stays DEPLOYED)."""
-    fields = {"stage": stage, "reason": reason, "instructions": _instructions(instructions)}
+    fields = {
+        "stage": stage,
+        "reason": reason,
+        "instructions": _instructions(instructions),
+        "budget_usd": budget_usd,
+    }
     _act(ctx, req_number, "retry", fields, token, wait, as_json)
 
 
@@ -371,6 +433,7 @@ def req_cancel(
 @click.argument("req_number")
 @_reason_option
 @_instructions_option
+@_budget_option
 @_wait_option
 @_token_option
 @_json_option
@@ -380,13 +443,18 @@ def req_resume(
     req_number: str,
     reason: str,
     instructions: str | None,
+    budget_usd: float | None,
     wait: float,
     token: str | None,
     as_json: bool,
 ) -> None:
     """Take a BLOCKED or ESCALATED REQ forward: its current stage runs again
     (a RETRY decision, with a fresh retry budget)."""
-    fields = {"reason": reason, "instructions": _instructions(instructions)}
+    fields = {
+        "reason": reason,
+        "instructions": _instructions(instructions),
+        "budget_usd": budget_usd,
+    }
     _act(ctx, req_number, "resume", fields, token, wait, as_json)
 
 
@@ -396,6 +464,7 @@ def req_resume(
 @click.option("--restart-stage", default=None, help="REQUEST_CHANGES: the stage to go back to.")
 @click.option("--reason", default="", help="The decision's reasoning.")
 @_instructions_option
+@_budget_option
 @_wait_option
 @_token_option
 @_json_option
@@ -407,6 +476,7 @@ def req_decide(
     restart_stage: str | None,
     reason: str,
     instructions: str | None,
+    budget_usd: float | None,
     wait: float,
     token: str | None,
     as_json: bool,
@@ -421,8 +491,43 @@ def req_decide(
         "restart_stage": restart,
         "reason": reason,
         "instructions": _instructions(instructions),
+        "budget_usd": budget_usd,
     }
     _act(ctx, req_number, "decide", fields, token, wait, as_json)
+
+
+# --- agents ----------------------------------------------------------------------------
+@main.group()
+def agents() -> None:
+    """The pipeline's agent definitions for the agent CLIs."""
+
+
+@agents.command("init")
+@click.option("--cli", "cli", type=click.Choice(ctl_agents.CLIS), required=True)
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("."),
+    show_default=True,
+    help="The working tree the agents run in (AGOG_RUNNER_WORKDIR).",
+)
+@click.option("--force", is_flag=True, help="Replace files that were edited since.")
+def agents_init(cli: str, directory: Path, force: bool) -> None:
+    """Write each agent's role definition (role, working-tree rule, the notice
+    contract with its JSON) where the CLI reads it: .claude/agents/<agent>.md,
+    AGENTS.md (codex) or GEMINI.md (gemini). Edited files are kept without --force."""
+    import os
+
+    from orchestrator.core.registry import RegistryError, load
+
+    source = os.environ.get("AGOG_PIPELINE_FILE")
+    try:
+        pipeline = load(Path(source) if source else None)
+    except RegistryError as exc:
+        raise click.ClickException(f"AGOG_PIPELINE_FILE: {exc}") from None
+    for path, outcome in ctl_agents.write(ctl_agents.plan(pipeline, cli, directory), force):
+        click.echo(f"{outcome:<10} {path}")
 
 
 # --- streams -------------------------------------------------------------------------

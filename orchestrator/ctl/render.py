@@ -164,6 +164,21 @@ def priority(value: Any) -> str:
     return "-" if value is None else str(value)
 
 
+def money(value: Any) -> str:
+    """USD as "$0.42" ("-": nothing reported)."""
+    if not isinstance(value, int | float) or isinstance(value, bool) or not value:
+        return "-"
+    return f"${value:.2f}" if value >= 0.01 else f"${value:.4f}"
+
+
+def tokens(a: Mapping[str, Any]) -> str:
+    """Tokens in/out of an attempt ("-": none reported)."""
+    n_in, n_out = a.get("input_tokens"), a.get("output_tokens")
+    if n_in is None and n_out is None:
+        return "-"
+    return f"{n_in or 0}/{n_out or 0}"
+
+
 def cell_text(cell: Mapping[str, Any], paint: Painter) -> str:
     text, style = CELL.get(str(cell.get("state")), (str(cell.get("state")), None))
     attempt = cell.get("attempt")
@@ -177,7 +192,7 @@ def cell_text(cell: Mapping[str, Any], paint: Painter) -> str:
 def status_grid(body: Mapping[str, Any], paint: Painter) -> list[str]:
     """REQs x stages: one row per REQ, one column per stage (agent names)."""
     stages = body.get("stages", [])
-    header = ["REQ", "PRI", "STATUS", *[s["agent"] for s in stages], "AGE"]
+    header = ["REQ", "PRI", "STATUS", *[s["agent"] for s in stages], "COST", "AGE"]
     rows = [[paint(h, "bold") for h in header]]
     for req in body.get("reqs", []):
         cells = {c["index"]: c for c in req.get("stages", [])}
@@ -187,6 +202,7 @@ def status_grid(body: Mapping[str, Any], paint: Painter) -> list[str]:
                 priority(req.get("priority")),
                 paint(req["status"], STATUS_STYLE.get(req["status"])),
                 *[cell_text(cells.get(s["index"], {"state": "waiting"}), paint) for s in stages],
+                money(req.get("cost_usd")),
                 duration(req.get("age_seconds")),
             ]
         )
@@ -205,6 +221,40 @@ def status_grid(body: Mapping[str, Any], paint: Painter) -> list[str]:
 def _short(text: Any, width: int = 70) -> str:
     """A cell's excerpt of (neutralised) text, on one line."""
     return excerpt(neutralise(str(text or "")), width)
+
+
+def _failures(attempts: list[Mapping[str, Any]], paint: Painter) -> list[str]:
+    """Why each attempt that failed did, in full (the table cuts reasons short):
+    the exit code and the agent's last lines of stderr, as the runner said."""
+    lines = []
+    for a in attempts:
+        reason = neutralise(str(a.get("reason") or ""), keep_newlines=True)
+        if a.get("status") in ("FAILED", "TIMED_OUT", "BLOCKED") and len(reason) > 50:
+            head = f"  {a['agent']} stage {a['stage']} try {a['attempt']}: "
+            body = reason[:1500].replace("\n", "\n" + " " * len(head))
+            lines.append(paint(head, "yellow") + body)
+    return ["", *lines] if lines else []
+
+
+def _usage(body: Mapping[str, Any]) -> list[str]:
+    """The REQ's spend: in total, per agent, against its budget."""
+    usage = body.get("usage") or {}
+    total = usage.get("total") or {}
+    if not total.get("attempts_reported"):
+        return []
+    budget = body.get("budget_usd")
+    against = f" of a ${budget:.2f} budget" if isinstance(budget, int | float) else ""
+    line = (
+        f"  spent {money(body.get('cost_usd') or total.get('cost_usd'))}{against};"
+        f" tokens {total.get('input_tokens') or 0} in, {total.get('output_tokens') or 0} out,"
+        f" {total.get('cache_read_tokens') or 0} from cache"
+    )
+    agents = [
+        f"{a['agent']} {money(a.get('cost_usd'))}"
+        for a in usage.get("agents", [])
+        if a.get("attempts_reported")
+    ]
+    return [line, "  by agent: " + ", ".join(agents)] if agents else [line]
 
 
 def req_detail(body: Mapping[str, Any], paint: Painter, events: int = 20) -> list[str]:
@@ -232,7 +282,8 @@ def req_detail(body: Mapping[str, Any], paint: Painter, events: int = 20) -> lis
     attempts = body.get("attempts", [])
     lines += ["", paint("stages", "bold")]
     if attempts:
-        rows = [["#", "STAGE", "AGENT", "TRY", "STATUS", "STARTED", "TOOK", "REASON"]]
+        header = ["#", "STAGE", "AGENT", "TRY", "STATUS", "STARTED", "TOOK", "TOKENS", "COST"]
+        rows = [[*header, "REASON"]]
         for a in attempts:
             rows.append(
                 [
@@ -243,12 +294,16 @@ def req_detail(body: Mapping[str, Any], paint: Painter, events: int = 20) -> lis
                     paint(a["status"], _attempt_style(a["status"])),
                     clock(a.get("started_at")),
                     duration(a.get("seconds")),
+                    tokens(a),
+                    money(a.get("cost_usd")),
                     _short(a.get("reason"), 50),
                 ]
             )
         lines += table(rows, "  ")
+        lines += _failures(attempts, paint)
     else:
         lines.append("  (no attempts yet)")
+    lines += _usage(body)
     deliverables = body.get("deliverables", [])
     if deliverables:
         lines += ["", paint("deliverables", "bold")]

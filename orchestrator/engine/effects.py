@@ -108,7 +108,10 @@ class EffectRunner:
         req = self.wf.req
         if isinstance(effect, Dispatch):
             await self.dispatch(
-                stage_by_index(self.pipeline, effect.stage), effect.attempt, effect.instructions
+                stage_by_index(self.pipeline, effect.stage),
+                effect.attempt,
+                effect.instructions,
+                effect.budget_left_usd,
             )
         elif isinstance(effect, CloseAttempt):
             await store.close_attempt(
@@ -145,7 +148,13 @@ class EffectRunner:
                 detail=detail,
             )
 
-    async def dispatch(self, stage: Stage, attempt: int, instructions: dict[str, Any]) -> None:
+    async def dispatch(
+        self,
+        stage: Stage,
+        attempt: int,
+        instructions: dict[str, Any],
+        budget_left_usd: float | None = None,
+    ) -> None:
         """Record the attempt and queue its assignment (the stage.started event)."""
         req = self.wf.req
         metrics.count_dispatch(self.conn, stage.agent, attempt, instructions)
@@ -170,6 +179,8 @@ class EffectRunner:
                 "gate": stage.gate,
                 "deliverableSubject": self.pipeline.deliverable_subject(stage, req),
                 "instructions": instructions,
+                # What the REQ may still spend (USD; null: no limit).
+                "budget_left_usd": budget_left_usd,
                 "memories": memories,
                 "contextData": {
                     "featureTitle": self.title,

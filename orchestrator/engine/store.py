@@ -313,6 +313,29 @@ async def close_attempt(
     )
 
 
+async def record_usage(conn: Conn, req: str, stage: int, attempt: int, usage: Any) -> None:
+    """What the attempt's agent used (its notice's usage), on the attempt."""
+    await conn.execute(
+        "UPDATE stage_attempts SET cli = $4, model = $5, session_id = $6, input_tokens = $7,"
+        " output_tokens = $8, cache_read_tokens = $9, cache_write_tokens = $10,"
+        " cost_usd = $11, turns = $12, duration_s = $13"
+        " WHERE req_number = $1 AND stage = $2 AND attempt = $3",
+        req,
+        stage,
+        attempt,
+        usage.cli,
+        usage.model,
+        usage.session_id,
+        usage.input_tokens,
+        usage.output_tokens,
+        usage.cache_read_tokens,
+        usage.cache_write_tokens,
+        usage.cost_usd,
+        usage.turns,
+        usage.duration_s,
+    )
+
+
 async def extend_deadline(
     conn: Conn, req: str, stage: int, attempt: int | None, timeout: float
 ) -> bool:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from nats.aio.msg import Msg
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from orchestrator.core import strict_json
 from orchestrator.core.registry import Pipeline, Stage
@@ -39,6 +39,8 @@ class DecisionMessage(BaseModel):
     reasoning: str = ""
     restart_stage: int | None = None
     instructions: dict[str, Any] = {}
+    # A new budget for the REQ (USD), e.g. to resume one blocked on its budget.
+    budget_usd: float | None = Field(default=None, gt=0, lt=1e6, allow_inf_nan=False)
 
     @model_validator(mode="before")
     @classmethod
@@ -75,7 +77,9 @@ class DecisionMessage(BaseModel):
         return validate_req_id(value)
 
     def to_event(self) -> Decision:
-        return Decision(self.decision, self.restart_stage, self.instructions, self.reasoning)
+        return Decision(
+            self.decision, self.restart_stage, self.instructions, self.reasoning, self.budget_usd
+        )
 
 
 def parse_decision(
@@ -152,6 +156,7 @@ def completed_event(
         digest=digest,
         history=history,
         clock_margin=clock_margin,
+        cost_usd=notice.usage.cost_usd if notice.usage is not None else None,
     )
 
 

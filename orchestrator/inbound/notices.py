@@ -22,6 +22,7 @@ from typing import Any, Literal
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Field,
     PrivateAttr,
     ValidationError,
     field_validator,
@@ -255,6 +256,39 @@ def _as_text(value: object) -> object:
     return str(value) if _is_number(value) else value
 
 
+class AgentUsage(BaseModel):
+    """What an attempt's agent used, under a notice's ``usage`` (the runner
+    writes it from the CLI's structured output; any agent may send it).
+
+    Lenient: fields that are not what they should be are dropped, never the
+    notice (an unreadable usage must not fail a stage whose work is done).
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+    cli: str | None = Field(default=None, max_length=40)
+    model: str | None = Field(default=None, max_length=200)
+    session_id: str | None = Field(default=None, max_length=200)
+    input_tokens: int | None = Field(default=None, ge=0, lt=2**62)
+    output_tokens: int | None = Field(default=None, ge=0, lt=2**62)
+    cache_read_tokens: int | None = Field(default=None, ge=0, lt=2**62)
+    cache_write_tokens: int | None = Field(default=None, ge=0, lt=2**62)
+    cost_usd: float | None = Field(default=None, ge=0, lt=1e6, allow_inf_nan=False)
+    turns: int | None = Field(default=None, ge=0, lt=2**31)
+    duration_s: float | None = Field(default=None, ge=0, lt=1e9, allow_inf_nan=False)
+
+    @property
+    def tokens(self) -> dict[str, int]:
+        """Token counts by kind (input, output, cache_read, cache_write)."""
+        counts = {
+            "input": self.input_tokens,
+            "output": self.output_tokens,
+            "cache_read": self.cache_read_tokens,
+            "cache_write": self.cache_write_tokens,
+        }
+        return {kind: n for kind, n in counts.items() if n}
+
+
 class CompletionNotice(BaseModel):
     """A completion notice, normalised from every shape agents have used.
 
@@ -295,6 +329,7 @@ class CompletionNotice(BaseModel):
     # False: Berry committed and tested but did not deploy (no engine, rollback).
     deployed: bool | None = None
     attempt: int | None = None
+    usage: AgentUsage | None = None
     # The object as the agent published it (after fence extraction), with the
     # agent and REQ filled from the subject where it left them out.
     _published: dict[str, Any] = PrivateAttr(default_factory=dict)
@@ -331,6 +366,27 @@ class CompletionNotice(BaseModel):
         _fold_verdict(d)
         _fold_qa(d)
         return d
+
+    @field_validator("usage", mode="before")
+    @classmethod
+    def _usage(cls, value: Any) -> AgentUsage | None:
+        """Keep what is readable of the usage; drop the rest, never the notice."""
+        if not isinstance(value, Mapping):
+            return None
+        data = {
+            k: v
+            for k, v in value.items()
+            if k in AgentUsage.model_fields and v is not None and not isinstance(v, bool)
+        }
+        while True:
+            try:
+                return AgentUsage.model_validate(data)
+            except ValidationError as exc:
+                bad = {str(err["loc"][0]) for err in exc.errors() if err.get("loc")}
+                if not bad & set(data):
+                    return None
+                for key in bad:
+                    data.pop(key, None)
 
     @field_validator("agent", mode="before")
     @classmethod

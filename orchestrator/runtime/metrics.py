@@ -108,6 +108,18 @@ ESCALATIONS = Counter(
     ["priority"],
     registry=REGISTRY,
 )
+AGENT_TOKENS = Counter(
+    "agogd_agent_tokens_total",
+    "Tokens agents used, by kind (input, output, cache_read, cache_write), from their notices.",
+    ["agent", "model", "kind"],
+    registry=REGISTRY,
+)
+AGENT_COST = Counter(
+    "agogd_agent_cost_usd_total",
+    "What agents spent (USD), as their CLIs reported it in the notices' usage.",
+    ["agent", "model"],
+    registry=REGISTRY,
+)
 MESSAGES_REJECTED = Counter(
     "agogd_messages_rejected_total",
     "Bad messages rejected once and term'd, by reason code (invalid_json, wrong_schema...).",
@@ -268,6 +280,16 @@ def count_close(conn: object, agent: str, outcome: str, verdict: str | None = No
         tally.inc(REJECTIONS, agent)
     elif verdict == "failure":
         tally.inc(FAILURES, agent, outcome)
+
+
+def count_usage(conn: object, agent: str, usage: Any) -> None:
+    """An applied notice's usage: its tokens by kind and its cost."""
+    tally = tally_of(conn)
+    model = usage.model or "unknown"
+    for kind, n in usage.tokens.items():
+        tally.inc(AGENT_TOKENS, agent, model, kind, amount=n)
+    if usage.cost_usd:
+        tally.inc(AGENT_COST, agent, model, amount=usage.cost_usd)
 
 
 def count_dispatch(conn: object, agent: str, attempt: int, instructions: Mapping[str, Any]) -> None:

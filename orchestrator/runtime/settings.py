@@ -136,17 +136,58 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Agents whose processes this agogd spawns ('all' for every stage agent).",
     )
+    runner_cli: Literal["claude", "codex", "gemini", "generic"] = Field(
+        default="claude",
+        description="The agent CLI profile every agent runs (claude, codex, gemini, generic).",
+    )
+    runner_clis: dict[str, Literal["claude", "codex", "gemini", "generic"]] = Field(
+        default_factory=dict,
+        description='JSON of agent -> CLI profile over runner_cli, e.g. {"roy": "codex"}.',
+    )
+    runner_cli_paths: dict[str, str] = Field(
+        default_factory=dict,
+        description='JSON of CLI -> executable, e.g. {"claude": "/opt/bin/claude"} (default: PATH).',
+    )
+    runner_resume: bool = Field(
+        default=True,
+        description="On a rework or retry, the agent resumes its previous session of the REQ.",
+    )
+    runner_bypass_permissions: bool = Field(
+        default=False,
+        description="Let the CLIs skip their permission checks (their bypass flag): never by default.",
+    )
+    runner_transcript_bytes: int = Field(
+        default=1024 * 1024,
+        ge=4096,
+        description="Bytes of each attempt's agent output kept (the last ones) for agogctl req logs.",
+    )
     runner_command: str = Field(
-        default="claude --agent .claude/agents/{agent}.md --model {model} --print",
-        description="argv template (split like a shell, run without one): {agent} {model} {role}.",
+        default="{agent}",
+        description="The generic profile's argv template (split like a shell, run without one):"
+        " {agent} {model} {role}.",
     )
     runner_commands: dict[str, str] = Field(
-        default_factory=dict, description="JSON of agent -> argv template, over runner_command."
+        default_factory=dict,
+        description="JSON of agent -> argv template; such an agent runs the generic profile.",
     )
     runner_models: dict[str, str] = Field(
         default_factory=dict, description="JSON of agent -> model for {model}."
     )
-    runner_default_model: str = "sonnet"
+    runner_default_model: str | None = Field(
+        default=None, description="The model every agent asks for (unset: the CLI's default)."
+    )
+    budget_usd_per_req: float | None = Field(
+        default=None,
+        gt=0,
+        description="What one REQ's agents may spend (USD); no attempt starts over it.",
+    )
+    budget_usd_per_stage: float | None = Field(
+        default=None, gt=0, description="What one stage attempt may spend (USD), given to the CLI."
+    )
+    budget_usd_per_agent: dict[str, float] = Field(
+        default_factory=dict,
+        description='JSON of agent -> per-attempt budget (USD) over budget_usd_per_stage.',
+    )
     runner_workdir: Path = Field(default=Path("."), description="Agents' working directory.")
     runner_env: Annotated[list[str], NoDecode] = Field(
         default_factory=list,

@@ -11,31 +11,20 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from orchestrator.core import roles
+
 PREVIOUS_LIMIT = 8000  # characters of one previous deliverable in the prompt
 
 
 def expected_notice(assignment: dict[str, Any]) -> dict[str, Any]:
     """The notice skeleton the agent must fill in and print last."""
-    notice: dict[str, Any] = {
-        "agent": assignment["agent"],
-        "req_number": assignment["req_number"],
-        "attempt": assignment["attempt"],
-        "status": "COMPLETE",
-        "summary": "<one paragraph: what you did>",
-        "deliverable": assignment.get("deliverableSubject"),
-        "changes": {"files_created": [], "files_modified": [], "key_changes": []},
-    }
-    gate = assignment.get("gate")
-    if gate == "critique":
-        notice["critique_verdict"] = "APPROVED | APPROVED_WITH_CONDITIONS | REJECTED"
-        notice["required_fixes"] = []
-    elif gate == "qa":
-        notice["tests_passed"] = True
-        notice["qa_failures"] = []
-        notice["rework_agents"] = []
-    elif gate == "deploy":
-        notice["commit_sha"] = "<the deployed commit>"
-    return notice
+    return roles.expected_notice(
+        assignment["agent"],
+        assignment["req_number"],
+        assignment["attempt"],
+        str(assignment.get("gate") or "none"),
+        assignment.get("deliverableSubject"),
+    )
 
 
 def build_prompt(assignment: dict[str, Any], deliverables: list[dict[str, Any]]) -> str:

@@ -105,3 +105,30 @@ async def previous_deliverables(pool: asyncpg.Pool, run: Run) -> list[dict[str, 
         {"stage": r["stage"], "agent": r["agent"], "deliverable": json.loads(r["deliverable"])}
         for r in rows
     ]
+
+
+# --- sessions and transcripts --------------------------------------------------------
+_SESSION = (
+    "SELECT session_id FROM stage_attempts WHERE req_number = $1 AND stage = $2"
+    " AND attempt < $3 AND session_id IS NOT NULL AND cli = $4"
+    " ORDER BY attempt DESC LIMIT 1"
+)
+_TRANSCRIPT = (
+    "INSERT INTO agent_transcripts (req_number, stage, attempt, agent, text, total_bytes,"
+    " running, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, now())"
+    " ON CONFLICT (req_number, stage, attempt) DO UPDATE SET text = EXCLUDED.text,"
+    " total_bytes = EXCLUDED.total_bytes, running = EXCLUDED.running, updated_at = now()"
+)
+
+
+async def previous_session(pool: asyncpg.Pool, run: Run, cli: str) -> str | None:
+    """The CLI session of this stage's latest earlier attempt on the REQ (for a
+    rework or a retry to resume), if that attempt ran the same CLI."""
+    value = await pool.fetchval(_SESSION, *run.key, cli)
+    return str(value) if value else None
+
+
+async def save_transcript(
+    pool: asyncpg.Pool, run: Run, agent: str, text: str, total: int, running: bool
+) -> None:
+    await pool.execute(_TRANSCRIPT, *run.key, agent, text, total, running)

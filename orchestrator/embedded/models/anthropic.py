@@ -1,0 +1,255 @@
+"""A scripted Anthropic Messages API server, for Claude Code and other clients.
+
+It speaks the wire protocol of ``POST /v1/messages`` (also ``?beta=true``):
+with ``"stream": true`` the answer is server-sent events (``message_start``,
+``ping``, ``content_block_start``/``content_block_delta``/``content_block_stop``
+with ``text_delta`` or ``input_json_delta``, ``message_delta`` with the
+``stop_reason`` and usage, ``message_stop``), otherwise one message JSON. A
+text turn becomes a ``text`` block (``stop_reason`` ``end_turn``); a tool
+turn becomes a ``tool_use`` block with a ``toolu_`` id, using the tool name
+the client offered (``stop_reason`` ``tool_use``). Each turn's tokens are
+reported as ``input_tokens``, ``output_tokens``, ``cache_read_input_tokens``
+and ``cache_creation_input_tokens``.
+
+Main requests versus side requests: the agent loop of Claude Code always
+offers its tools (``tools`` is a non-empty list); its side calls (session
+titles, quota and connectivity checks, summaries, the small fast model's
+jobs) offer none. So a ``/v1/messages`` request with tools takes the
+script's next turn and is recorded in ``requests``; one without tools is
+answered with ``side_text`` (or a minimal instance of the JSON schema it
+asks for) and kept in ``side_requests``, never consuming a turn.
+``/v1/messages/count_tokens`` answers an estimate, ``/v1/models`` a model
+list, ``/api/hello`` (Claude Code's reachability probe) 200; none of them
+consume a turn. Any other path is a 404 ``not_found_error``.
+
+Malformed requests get the API's own error shape
+(``{"type": "error", "error": {"type": ..., "message": ...}}`` with a
+``request-id`` header): 401 without an API key, 400 for a body that is not
+JSON or lacks ``model``, ``max_tokens`` or ``messages``. A responder that
+raises ``ApiError`` makes the server answer that error instead of a turn.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+from aiohttp import web
+
+from orchestrator.embedded.models.base import ScriptedModelServer, Turn
+
+API_VERSION = "2023-06-01"
+CHUNK = 24  # characters per streamed delta: clients must join several
+
+
+class ApiError(Exception):
+    """An Anthropic API error the server answers with (raise it from a responder)."""
+
+    def __init__(self, status: int, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.kind, self.message = status, kind, message
+
+
+def error_response(status: int, kind: str, message: str) -> web.Response:
+    """The API's error body and its ``request-id`` header."""
+    request_id = f"req_{uuid.uuid4().hex[:24]}"
+    body = {"type": "error", "error": {"type": kind, "message": message}, "request_id": request_id}
+    return web.json_response(body, status=status, headers={"request-id": request_id})
+
+
+def _usage(turn: Turn, output_tokens: int) -> dict[str, Any]:
+    return {
+        "input_tokens": turn.input_tokens,
+        "cache_creation_input_tokens": turn.cache_write_tokens,
+        "cache_read_input_tokens": turn.cache_read_tokens,
+        "output_tokens": output_tokens,
+        "service_tier": "standard",
+    }
+
+
+def _offered_name(wanted: str, tools: list[dict[str, Any]]) -> str:
+    """The tool's name as the client spelled it in ``tools`` (else as scripted)."""
+    names = [t.get("name", "") for t in tools if isinstance(t, dict)]
+    if wanted in names:
+        return wanted
+    folded = {n.lower(): n for n in names}
+    return folded.get(wanted.lower(), wanted)
+
+
+def content_block(turn: Turn, tools: list[dict[str, Any]]) -> dict[str, Any]:
+    """The turn as one content block: ``text`` or ``tool_use``."""
+    if turn.tool is None:
+        return {"type": "text", "text": turn.text}
+    return {
+        "type": "tool_use",
+        "id": f"toolu_{uuid.uuid4().hex[:24]}",
+        "name": _offered_name(turn.tool, tools),
+        "input": turn.arguments,
+    }
+
+
+def message(turn: Turn, body: dict[str, Any]) -> dict[str, Any]:
+    """The full (non-streaming) message for a turn."""
+    block = content_block(turn, body.get("tools") or [])
+    return {
+        "id": f"msg_{uuid.uuid4().hex[:24]}",
+        "type": "message",
+        "role": "assistant",
+        "model": body.get("model"),
+        "content": [block],
+        "stop_reason": "tool_use" if block["type"] == "tool_use" else "end_turn",
+        "stop_sequence": None,
+        "usage": _usage(turn, turn.output_tokens),
+    }
+
+
+def _sse(event: str, data: dict[str, Any]) -> bytes:
+    return f"event: {event}\ndata: {json.dumps(data)}\n\n".encode()
+
+
+def stream_events(msg: dict[str, Any], turn: Turn) -> list[bytes]:
+    """The server-sent events of ``msg``, in the API's order."""
+    block = msg["content"][0]
+    start = {**msg, "content": [], "stop_reason": None, "usage": _usage(turn, 1)}
+    if block["type"] == "text":
+        empty, pieces = {"type": "text", "text": ""}, block["text"]
+        deltas = [{"type": "text_delta", "text": pieces[i : i + CHUNK]} for i in range(0, len(pieces), CHUNK)]
+    else:
+        empty, args = {**block, "input": {}}, json.dumps(block["input"])
+        deltas = [{"type": "input_json_delta", "partial_json": args[i : i + CHUNK]} for i in range(0, len(args), CHUNK)]
+    events = [
+        _sse("message_start", {"type": "message_start", "message": start}),
+        _sse("content_block_start", {"type": "content_block_start", "index": 0, "content_block": empty}),
+        _sse("ping", {"type": "ping"}),
+    ]
+    events += [_sse("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": d}) for d in deltas]
+    end = {"stop_reason": msg["stop_reason"], "stop_sequence": None}
+    events += [
+        _sse("content_block_stop", {"type": "content_block_stop", "index": 0}),
+        _sse("message_delta", {"type": "message_delta", "delta": end, "usage": {"output_tokens": turn.output_tokens}}),
+        _sse("message_stop", {"type": "message_stop"}),
+    ]
+    return events
+
+
+def schema_instance(schema: dict[str, Any]) -> Any:
+    """A minimal value of a JSON schema (for side requests that ask for JSON)."""
+    kind = schema.get("type")
+    if "enum" in schema:
+        return schema["enum"][0]
+    if kind == "object" or "properties" in schema:
+        props = schema.get("properties", {})
+        return {k: schema_instance(v) for k, v in props.items() if isinstance(v, dict)}
+    if kind == "array":
+        return []
+    if kind in ("integer", "number"):
+        return 0
+    if kind == "boolean":
+        return False
+    return "scripted"
+
+
+def _asked_schema(body: dict[str, Any]) -> dict[str, Any] | None:
+    """The JSON schema a request asks its answer to follow, if any."""
+    for holder in (body.get("output_config"), body):
+        fmt = holder.get("format") or holder.get("output_format") if isinstance(holder, dict) else None
+        if isinstance(fmt, dict) and isinstance(fmt.get("schema"), dict):
+            return fmt["schema"]
+    return None
+
+
+def _check(request: web.Request, body: Any) -> web.Response | None:
+    """The API's error for a malformed request, or None."""
+    if not (request.headers.get("x-api-key") or request.headers.get("authorization")):
+        return error_response(401, "authentication_error", "x-api-key header is required")
+    if not isinstance(body, dict):
+        return error_response(400, "invalid_request_error", "request body must be a JSON object")
+    for name in ("model", "max_tokens", "messages"):
+        if name not in body:
+            return error_response(400, "invalid_request_error", f"{name}: Field required")
+    if not isinstance(body["messages"], list) or not body["messages"]:
+        return error_response(400, "invalid_request_error", "messages: at least one message is required")
+    if not isinstance(body["max_tokens"], int) or body["max_tokens"] < 1:
+        return error_response(400, "invalid_request_error", "max_tokens: must be a positive integer")
+    return None
+
+
+async def _json_body(request: web.Request) -> Any:
+    try:
+        return json.loads(await request.read() or b"null")
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+class AnthropicServer(ScriptedModelServer):
+    """The Anthropic Messages API, answered from the script (see the module doc)."""
+
+    side_text = "Scripted session"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.side_requests: list[dict[str, Any]] = []
+
+    def add_routes(self, app: web.Application) -> None:
+        app.router.add_post("/v1/messages", self._messages)
+        app.router.add_post("/v1/messages/count_tokens", self._count_tokens)
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_get("/v1/models/{model}", self._model)
+        app.router.add_route("*", "/api/hello", self._hello)
+        app.router.add_route("*", "/{tail:.*}", self._not_found)
+
+    async def _messages(self, request: web.Request) -> web.StreamResponse:
+        body = await _json_body(request)
+        problem = _check(request, body)
+        if problem is not None:
+            return problem
+        if not body.get("tools"):
+            return await self._side(request, body)
+        async with self._lock:  # turns go out in the order requests came in
+            self.record(request, body)
+            try:
+                turn = self.script.next(body)
+            except ApiError as exc:
+                return error_response(exc.status, exc.kind, exc.message)
+        return await self._answer(request, body, turn)
+
+    async def _side(self, request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        self.side_requests.append({"path": request.path_qs, "headers": dict(request.headers), **body})
+        schema = _asked_schema(body)
+        text = json.dumps(schema_instance(schema)) if schema else self.side_text
+        return await self._answer(request, body, Turn(text=text, input_tokens=1, output_tokens=1))
+
+    async def _answer(self, request: web.Request, body: dict[str, Any], turn: Turn) -> web.StreamResponse:
+        msg = message(turn, body)
+        if not body.get("stream"):
+            return web.json_response(msg, headers={"request-id": f"req_{uuid.uuid4().hex[:24]}"})
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await response.prepare(request)
+        for event in stream_events(msg, turn):
+            await response.write(event)
+        await response.write_eof()
+        return response
+
+    async def _count_tokens(self, request: web.Request) -> web.Response:
+        body = await _json_body(request)
+        if not isinstance(body, dict) or "messages" not in body or "model" not in body:
+            return error_response(400, "invalid_request_error", "model and messages are required")
+        return web.json_response({"input_tokens": max(1, len(json.dumps(body)) // 4)})
+
+    async def _models(self, _: web.Request) -> web.Response:
+        data = [_model_info(name) for name in ("claude-opus-5-5", "claude-sonnet-4-5", "claude-haiku-4-5")]
+        return web.json_response({"data": data, "has_more": False, "first_id": data[0]["id"], "last_id": data[-1]["id"]})
+
+    async def _model(self, request: web.Request) -> web.Response:
+        return web.json_response(_model_info(request.match_info["model"]))
+
+    async def _hello(self, _: web.Request) -> web.Response:
+        return web.Response(status=200)
+
+    async def _not_found(self, request: web.Request) -> web.Response:
+        return error_response(404, "not_found_error", f"Not found: {request.method} {request.path}")
+
+
+def _model_info(name: str) -> dict[str, Any]:
+    return {"type": "model", "id": name, "display_name": name, "created_at": "2025-01-01T00:00:00Z"}
