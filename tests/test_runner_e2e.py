@@ -200,7 +200,7 @@ async def test_agogd_runner_on_its_own_beside_the_engine(
     try:
         runner.wait_ready(60)
         async with running_agogd(settings_for(nats_server.url, pg_dsn)) as engine:
-            assert engine.runner is None
+            assert engine.wiring.parts.runner is None
             await submit(nc, "REQ-SPLIT-1")
             await wait_status(pg_dsn, "REQ-SPLIT-1", "DEPLOYED", timeout=90)
         assert runner.named("runner.demo_mode")

@@ -86,8 +86,11 @@ class EffectRunner:
         memory: Bound | None = None,
         digest: str | None = None,
         about: Stage | None = None,
+        usage: Any = None,
     ) -> None:
         self.pipeline, self.conn, self.wf, self.title = pipeline, conn, wf, title
+        # What the closing notice's agent used (its usage), kept on the attempt.
+        self.usage = usage
         # The digest of that notice, kept on the attempt to recognise a late copy.
         self.digest = digest
         # The stage a notice was for: an ignored one is recorded against it.
@@ -123,9 +126,12 @@ class EffectRunner:
                 effect.reason or None,
                 self.deliverable,
                 self.digest,
+                self.usage,
             )
             stage = stage_by_index(self.pipeline, effect.stage)
             metrics.count_close(self.conn, stage.agent, effect.outcome, effect.verdict)
+            if self.usage is not None:
+                metrics.count_usage(self.conn, stage.agent, self.usage)
         elif isinstance(effect, Emit):
             await self.emit(effect)
         elif isinstance(effect, Escalate):

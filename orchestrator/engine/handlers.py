@@ -149,11 +149,9 @@ class Handlers:
                 conn.after.tally.observe(
                     metrics.STAGE_DURATION, locked.ages[stage.index], stage.agent
                 )
-            await self.transitions.commit(conn, new, effects, locked, normalized, digest)
-            if notice.usage is not None:
-                attempt = notice.attempt or wf.attempts.get(str(stage.index), wf.attempt)
-                await store.record_usage(conn, wf.req, stage.index, attempt, notice.usage)
-                metrics.count_usage(conn, stage.agent, notice.usage)
+            await self.transitions.commit(
+                conn, new, effects, locked, normalized, digest, notice.usage
+            )
             if self.memory is not None:
                 await self.memory.bind(locked.title).notice(
                     conn,

@@ -55,7 +55,8 @@ class Scheduler:
             for req in rows:
                 locked = await store.lock_workflow(conn, req)
                 assert locked is not None
-                new, effects = apply(self.pipeline, locked.wf, Start(self.settings.budget_usd_per_req))
+                start = Start(self.settings.budget_usd_per_req)
+                new, effects = apply(self.pipeline, locked.wf, start)
                 await self.transitions.commit(conn, new, effects, locked)
             await conn.flush()
         await self.after.run(conn.after)

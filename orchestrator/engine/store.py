@@ -297,11 +297,22 @@ async def close_attempt(
     reason: str | None,
     deliverable: dict[str, Any] | None = None,
     digest: str | None = None,
+    usage: Any = None,
 ) -> None:
+    """Close a running attempt; with ``usage`` (the notice's), what its agent used.
+    One statement: a second UPDATE of the row in the same batch would not be seen."""
+    u = usage
     await conn.execute(
         "UPDATE stage_attempts SET status = $4, reason = $5, finished_at = now(),"
         " deliverable = coalesce($6::jsonb, deliverable),"
-        " notice_digest = coalesce($7, notice_digest)"
+        " notice_digest = coalesce($7, notice_digest),"
+        " cli = coalesce($8, cli), model = coalesce($9, model),"
+        " session_id = coalesce($10, session_id), input_tokens = coalesce($11, input_tokens),"
+        " output_tokens = coalesce($12, output_tokens),"
+        " cache_read_tokens = coalesce($13, cache_read_tokens),"
+        " cache_write_tokens = coalesce($14, cache_write_tokens),"
+        " cost_usd = coalesce($15, cost_usd), turns = coalesce($16, turns),"
+        " duration_s = coalesce($17, duration_s)"
         " WHERE req_number = $1 AND stage = $2 AND attempt = $3 AND status = 'RUNNING'",
         req,
         stage,
@@ -310,29 +321,16 @@ async def close_attempt(
         reason,
         dumps(deliverable) if deliverable else None,
         digest,
-    )
-
-
-async def record_usage(conn: Conn, req: str, stage: int, attempt: int, usage: Any) -> None:
-    """What the attempt's agent used (its notice's usage), on the attempt."""
-    await conn.execute(
-        "UPDATE stage_attempts SET cli = $4, model = $5, session_id = $6, input_tokens = $7,"
-        " output_tokens = $8, cache_read_tokens = $9, cache_write_tokens = $10,"
-        " cost_usd = $11, turns = $12, duration_s = $13"
-        " WHERE req_number = $1 AND stage = $2 AND attempt = $3",
-        req,
-        stage,
-        attempt,
-        usage.cli,
-        usage.model,
-        usage.session_id,
-        usage.input_tokens,
-        usage.output_tokens,
-        usage.cache_read_tokens,
-        usage.cache_write_tokens,
-        usage.cost_usd,
-        usage.turns,
-        usage.duration_s,
+        u.cli if u else None,
+        u.model if u else None,
+        u.session_id if u else None,
+        u.input_tokens if u else None,
+        u.output_tokens if u else None,
+        u.cache_read_tokens if u else None,
+        u.cache_write_tokens if u else None,
+        u.cost_usd if u else None,
+        u.turns if u else None,
+        u.duration_s if u else None,
     )
 
 

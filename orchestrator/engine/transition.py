@@ -29,6 +29,7 @@ class Transitions:
         locked: store.Locked,
         deliverable: dict[str, Any] | None = None,
         digest: str | None = None,
+        usage: Any = None,
     ) -> None:
         await store.save_workflow(conn, new, deployment(effects))
         memory = self.memory.bind(locked.title, locked.recalled) if self.memory else None
@@ -41,6 +42,7 @@ class Transitions:
             locked.delivered,
             memory,
             digest=digest,
+            usage=usage,
         )
         await runner.run(effects)
         if new.status != "IN_PROGRESS":

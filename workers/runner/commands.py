@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import os
 import shlex
+import subprocess
 import sys
 
 from orchestrator.core.registry import Pipeline, Stage
 from orchestrator.runtime.settings import Settings
+from workers.runner.profiles.base import Profile, ProfileError, parse_version
+from workers.runner.profiles.generic import GenericProfile
+from workers.runner.profiles.registry import builtin
 
 # Passed to every agent; anything else only when named in AGOG_RUNNER_ENV.
 BASE_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "USER", "TERM")
-FIELDS = ("agent", "model", "role")
 
 
 class CommandError(ValueError):
@@ -48,27 +51,82 @@ def runner_stages(settings: Settings, pipeline: Pipeline) -> list[Stage]:
     return [s for s in every if s.agent in wanted]
 
 
-def agent_argv(settings: Settings, stage: Stage) -> list[str]:
-    """The argv for one stage's agent (the demo agent in demo mode)."""
+def cli_of(settings: Settings, agent: str) -> str:
+    """The CLI profile an agent runs: AGOG_RUNNER_CLIS, else generic for an
+    agent with its own AGOG_RUNNER_COMMANDS template (or when only
+    AGOG_RUNNER_COMMAND was set, as before profiles), else AGOG_RUNNER_CLI."""
     if settings.demo:
-        return [sys.executable, "-m", "workers.runner.demo_agent"]
-    template = settings.runner_commands.get(stage.agent, settings.runner_command)
-    values = {
-        "agent": stage.agent,
-        "model": settings.runner_models.get(stage.agent, settings.runner_default_model),
-        "role": stage.role,
-    }
-    try:
-        tokens = shlex.split(template)
-        argv = [token.format_map(values) for token in tokens]
-    except (ValueError, KeyError, IndexError) as exc:
-        raise CommandError(
-            f"runner command for {stage.agent} {template!r}: {exc!r}"
-            f" (fields available: {', '.join('{' + f + '}' for f in FIELDS)})"
-        ) from None
-    if not argv:
-        raise CommandError(f"runner command for {stage.agent} is empty")
-    return argv
+        return "generic"
+    if agent in settings.runner_clis:
+        return settings.runner_clis[agent]
+    if agent in settings.runner_commands:
+        return "generic"
+    chosen = settings.model_fields_set
+    if "runner_command" in chosen and "runner_cli" not in chosen:
+        return "generic"
+    return settings.runner_cli
+
+
+def profile_for(settings: Settings, stage: Stage) -> tuple[Profile, str]:
+    """The agent's profile and the executable it runs (argv[0])."""
+    cli = cli_of(settings, stage.agent)
+    if cli == "generic":
+        if settings.demo:
+            template = f"{shlex.quote(sys.executable)} -m workers.runner.demo_agent"
+        else:
+            template = settings.runner_commands.get(stage.agent, settings.runner_command)
+        profile: Profile = GenericProfile(template)
+        try:
+            argv0 = profile.argv(stage.agent, model_of(settings, stage.agent), stage.role)[0]
+        except ProfileError as exc:
+            raise CommandError(str(exc)) from None
+        return profile, argv0
+    profile = builtin(cli)
+    return profile, settings.runner_cli_paths.get(cli, profile.binary)
+
+
+def model_of(settings: Settings, agent: str) -> str | None:
+    return settings.runner_models.get(agent, settings.runner_default_model)
+
+
+def agent_argv(settings: Settings, stage: Stage) -> list[str]:
+    """The argv of a generic-profile agent (the demo agent in demo mode)."""
+    profile, _ = profile_for(settings, stage)
+    assert isinstance(profile, GenericProfile)
+    return profile.argv(stage.agent, model_of(settings, stage.agent), stage.role)
+
+
+def check_versions(settings: Settings, stages: list[Stage]) -> dict[str, str]:
+    """Run each configured CLI's ``--version`` once; CommandError, in one line,
+    when one is missing or older than its profile is tested with."""
+    found: dict[str, str] = {}
+    for stage in stages:
+        profile, binary = profile_for(settings, stage)
+        if profile.name == "generic" or profile.name in found:
+            continue
+        argv = profile.version_argv(binary)
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+        except FileNotFoundError:
+            raise CommandError(
+                f"the {profile.name} CLI ({binary!r}) is not installed or not on PATH:"
+                f' install it, or set AGOG_RUNNER_CLI_PATHS=\'{{"{profile.name}": "/path"}}\''
+            ) from None
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise CommandError(f"the {profile.name} CLI ({binary!r}) did not run: {exc}") from None
+        text = (done.stdout or done.stderr).strip()
+        version = parse_version(text)
+        if done.returncode != 0 or version is None:
+            last = text.splitlines()[-1] if text else f"exit code {done.returncode}"
+            raise CommandError(f"{' '.join(argv)} failed: {last[:200]}")
+        if version < profile.min_version:
+            wanted = ".".join(map(str, profile.min_version))
+            raise CommandError(
+                f"the {profile.name} CLI is {'.'.join(map(str, version))}; agogd's profile needs"
+                f" {wanted} or newer ({binary})"
+            )
+        found[profile.name] = ".".join(map(str, version))
+    return found
 
 
 def agent_env(settings: Settings) -> dict[str, str]:
@@ -90,7 +148,7 @@ def check_runner(settings: Settings, pipeline: Pipeline) -> list[Stage]:
     _named_agents_are_known(settings, pipeline)
     for stage in stages:
         if stage.agent not in native:
-            agent_argv(settings, stage)
+            profile_for(settings, stage)
     if native and settings.berry_workspace is None:
         raise CommandError("AGOG_BERRY_MODE=native needs AGOG_BERRY_WORKSPACE (a git working tree)")
     return stages

@@ -19,8 +19,11 @@ import dataclasses
 import json
 import os
 import socket
+import tempfile
+import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from nats.aio.msg import Msg
@@ -29,11 +32,13 @@ from nats.errors import Error as NatsError
 from orchestrator.core import strict_json
 from orchestrator.core.backoff import delays
 from orchestrator.core.registry import ConsumerSpec, Stage
+from orchestrator.core.roles import role_text
 from orchestrator.engine import store
 from orchestrator.inbound.notices import NoticeError, extract_json, parse_notice, validate_req_id
 from orchestrator.inbound.rejection import Rejection
 from orchestrator.runtime import services
 from orchestrator.runtime.context import Runtime
+from orchestrator.runtime.db import DB_ERRORS
 from orchestrator.runtime.logs import bound_context, get_logger
 from orchestrator.runtime.pull import PullFeed
 from orchestrator.runtime.services import Outcome, Service, sleep_unless_stopped
@@ -41,12 +46,21 @@ from orchestrator.runtime.topology import Reconciler, TopologyError
 from workers.adapters.supervise import ProcessResult, run_process
 from workers.release.berry import NativeBerry
 from workers.runner import store as runner_store
-from workers.runner.commands import agent_argv, agent_env, native_agents, runner_stages
+from workers.runner.commands import (
+    agent_env,
+    model_of,
+    native_agents,
+    profile_for,
+    runner_stages,
+)
+from workers.runner.profiles.base import AgentOutput, RunSpec
 from workers.runner.prompt import build_prompt
+from workers.runner.transcript import Transcript, secrets_of
 
 log = get_logger("agogd.runner")
 
 TAIL = 2000  # characters of output a FAILED notice carries
+TRANSCRIPT_EVERY = 1.0  # seconds between saves of a running attempt's transcript
 
 
 class BadAssignment(ValueError):
@@ -62,9 +76,12 @@ class Runner:
         native = native_agents(self.settings, self.pipeline)
         deploy = self.pipeline.gate_stage("deploy")
         # Both fail early on a setting that cannot work.
-        self.argv = {s.agent: agent_argv(self.settings, s) for s in stages if s.agent not in native}
+        self.profiles = {
+            s.agent: profile_for(self.settings, s) for s in stages if s.agent not in native
+        }
         self.berry = NativeBerry(rt) if deploy is not None and deploy.agent in native else None
         self.env = agent_env(self.settings)
+        self.secrets = secrets_of(self.env, self.settings.runner_env)
         self.slots = asyncio.Semaphore(self.settings.runner_concurrency)
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         self.cancels: dict[str, set[asyncio.Event]] = {}
@@ -96,7 +113,7 @@ class Runner:
         log.info(
             "runner.consuming",
             agent=stage.agent,
-            argv0=self.argv[stage.agent][0] if stage.agent in self.argv else "(native)",
+            cli=self.profiles[stage.agent][0].name if stage.agent in self.profiles else "(native)",
             demo=self.settings.demo or None,
         )
 
@@ -222,41 +239,96 @@ class Runner:
                 ).encode(),
             )
 
-        def on_line(stream: str, line: str) -> None:
-            log.info("agent.output", stream=stream, line=line)
-
         timeout = max(1.0, (deadline - datetime.now(UTC)).total_seconds())
-        if stage.agent not in self.argv:
-            try:
+        try:
+            if stage.agent not in self.profiles:
                 return await self._native(stage, assignment, previous, heartbeat, cancel, timeout)
-            finally:
-                self.cancels[req].discard(cancel)
-                if not self.cancels[req]:
-                    del self.cancels[req]
-        argv = self.argv[stage.agent]
-        log.info("agent.started", argv0=argv[0], timeout=round(timeout, 1))
-        async with self.slots:
+            return await self._run_cli(stage, assignment, previous, run, heartbeat, cancel, timeout)
+        finally:
+            self.cancels[req].discard(cancel)
+            if not self.cancels[req]:
+                del self.cancels[req]
+
+    async def _run_cli(
+        self,
+        stage: Stage,
+        assignment: dict[str, Any],
+        previous: list[dict[str, Any]],
+        run: runner_store.Run,
+        heartbeat: Callable[[], Awaitable[None]],
+        cancel: asyncio.Event,
+        timeout: float,
+    ) -> dict[str, Any]:
+        """One attempt of a real (or generic) agent CLI, supervised, its output
+        kept as the attempt's transcript."""
+        profile, binary = self.profiles[stage.agent]
+        resume = None
+        if self.settings.runner_resume and run.attempt > 1 and profile.name != "generic":
+            resume = await runner_store.previous_session(self.rt.pool, run, profile.name)
+        transcript = Transcript(self.settings.runner_transcript_bytes, self.secrets)
+        with tempfile.TemporaryDirectory(prefix="agogd-attempt-") as scratch:
+            spec = RunSpec(
+                agent=stage.agent,
+                role=stage.role,
+                model=model_of(self.settings, stage.agent),
+                workdir=self.settings.runner_workdir.resolve(),
+                prompt=build_prompt(assignment, previous),
+                role_text=role_text(self.pipeline, stage),
+                resume_session=resume,
+                budget_usd=attempt_budget(self.settings, stage.agent, assignment),
+                bypass_permissions=self.settings.runner_bypass_permissions,
+                scratch=Path(scratch),
+            )
+            invocation = profile.invocation(spec, binary)
+            for path, text in invocation.files.items():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(text)
+
+            def on_line(stream: str, line: str) -> None:
+                transcript.add(stream, line)
+                log.info("agent.output", stream=stream, line=transcript.scrub(line))
+
+            log.info(
+                "agent.started",
+                cli=profile.name,
+                argv0=invocation.argv[0],
+                resume=resume,
+                timeout=round(timeout, 1),
+            )
+            flusher = asyncio.ensure_future(self._keep_transcript(run, stage.agent, transcript))
+            started = time.monotonic()
             try:
-                result = await run_process(
-                    argv,
-                    stdin=build_prompt(assignment, previous),
-                    cwd=self.settings.runner_workdir,
-                    env=self.env,
-                    timeout=timeout,
-                    kill_grace=self.settings.runner_kill_grace,
-                    output_limit=self.settings.runner_output_limit,
-                    on_line=on_line,
-                    heartbeat=heartbeat,
-                    heartbeat_interval=self.settings.runner_heartbeat_interval,
-                    cancel=cancel,
-                )
+                async with self.slots:
+                    result = await run_process(
+                        invocation.argv,
+                        stdin=invocation.stdin,
+                        cwd=spec.workdir,
+                        env={**self.env, **invocation.env},
+                        timeout=timeout,
+                        kill_grace=self.settings.runner_kill_grace,
+                        output_limit=self.settings.runner_output_limit,
+                        on_line=on_line,
+                        heartbeat=heartbeat,
+                        heartbeat_interval=self.settings.runner_heartbeat_interval,
+                        cancel=cancel,
+                    )
             finally:
-                self.cancels[req].discard(cancel)
-                if not self.cancels[req]:
-                    del self.cancels[req]
+                flusher.cancel()
+                text, total = transcript.snapshot()
+                with contextlib.suppress(*DB_ERRORS):
+                    await runner_store.save_transcript(
+                        self.rt.pool, run, stage.agent, text, total, running=False
+                    )
+        output = profile.parse(result.stdout, result.stderr_tail)
         notice = outcome_notice(
-            result, stage, assignment, self.pipeline.agents, self.settings.max_message_bytes
+            result,
+            stage,
+            assignment,
+            self.pipeline.agents,
+            self.settings.max_message_bytes,
+            output=output,
         )
+        notice["usage"] = usage_of(profile.name, output, time.monotonic() - started)
         level = log.info if notice["status"] != "FAILED" else log.warning
         level(
             "agent.finished",
@@ -265,8 +337,25 @@ class Runner:
             reason=notice.get("reason"),
             killed=result.killed or None,
             stragglers_killed=result.stragglers_killed or None,
+            cost_usd=output.usage.cost_usd,
+            session=output.session_id,
         )
         return notice
+
+    async def _keep_transcript(
+        self, run: runner_store.Run, agent: str, transcript: Transcript
+    ) -> None:
+        """Save the transcript about every second while the agent runs (for
+        ``agogctl req logs --follow`` and the board)."""
+        while True:
+            await asyncio.sleep(TRANSCRIPT_EVERY)
+            if not transcript.dirty:
+                continue
+            text, total = transcript.snapshot()
+            try:
+                await runner_store.save_transcript(self.rt.pool, run, agent, text, total, True)
+            except DB_ERRORS as exc:  # the next save or the last one catches up
+                log.debug("runner.transcript_save_failed", error=repr(exc))
 
     async def _native(
         self,
@@ -368,15 +457,26 @@ def parse_assignment(data: bytes, stage: Stage) -> dict[str, Any]:
     return value
 
 
+def last_lines(text: str, count: int = 3, width: int = 300) -> str:
+    """The last non-empty lines of an output, on one line (for a reason)."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return " | ".join(lines[-count:])[-width:]
+
+
 def outcome_notice(
     result: ProcessResult,
     stage: Stage,
     assignment: dict[str, Any],
     known_agents: Any,
     max_bytes: int,
+    output: AgentOutput | None = None,
 ) -> dict[str, Any]:
-    """The notice to publish: the agent's own, normalised, or a FAILED one saying why."""
+    """The notice to publish: the agent's own, normalised, or a FAILED one
+    saying why (with the exit code and the last lines of stderr, which
+    ``agogctl req show`` prints in full)."""
     req, attempt = assignment["req_number"], assignment["attempt"]
+    output = output or AgentOutput(text=result.stdout)
+    stderr = last_lines(result.stderr_tail)
     reason: str | None = None
     if result.error:
         reason = result.error
@@ -385,10 +485,13 @@ def outcome_notice(
     elif result.timed_out:
         reason = f"deadline passed: the agent was stopped ({', '.join(result.killed)})"
     elif result.exit_code != 0:
-        reason = f"the agent exited with code {result.exit_code}"
+        said = output.error or stderr or last_lines(result.stdout)
+        reason = f"the agent exited with code {result.exit_code}" + (f": {said}" if said else "")
+    elif output.is_error:
+        reason = f"the agent CLI reported an error: {output.error or stderr or 'no detail'}"
     else:
         try:
-            found = extract_json(result.stdout)
+            found = extract_json(output.text)
             notice = parse_notice(
                 json.dumps(found).encode(),
                 known_agents=known_agents,
@@ -398,6 +501,8 @@ def outcome_notice(
             )
         except NoticeError as exc:
             reason = f"no valid notice in the output ({exc.reason}: {exc.message})"
+            if stderr:
+                reason += f"; stderr: {stderr}"
         else:
             if notice.attempt not in (None, attempt):
                 reason = f"the notice is for attempt {notice.attempt}, not {attempt}"
@@ -405,7 +510,7 @@ def outcome_notice(
                 # The agent's own object, every field under its own name (the
                 # deliverable cache is read with psql), with its attempt.
                 return {**notice.published, "attempt": attempt}
-    tail = result.stdout[-TAIL:] + (
+    tail = output.text[-TAIL:] + (
         "\n[stderr]\n" + result.stderr_tail[-TAIL:] if result.stderr_tail else ""
     )
     return {
@@ -419,6 +524,35 @@ def outcome_notice(
         "output_tail": tail,
         "output_truncated": result.stdout_truncated,
     }
+
+
+def usage_of(cli: str, output: AgentOutput, seconds: float) -> dict[str, Any]:
+    """The notice's ``usage``: what the CLI said the attempt used."""
+    usage = output.usage
+    found = {
+        "cli": cli,
+        "model": output.model,
+        "session_id": output.session_id,
+        "input_tokens": usage.input_tokens,
+        "output_tokens": usage.output_tokens,
+        "cache_read_tokens": usage.cache_read_tokens,
+        "cache_write_tokens": usage.cache_write_tokens,
+        "cost_usd": usage.cost_usd,
+        "turns": usage.turns,
+        "duration_s": round(seconds, 3),
+    }
+    return {k: v for k, v in found.items() if v is not None}
+
+
+def attempt_budget(settings: Any, agent: str, assignment: dict[str, Any]) -> float | None:
+    """What this attempt may spend: its agent's or every stage's budget, and
+    no more than the REQ has left (the assignment's budget_left_usd)."""
+    limits = [settings.budget_usd_per_agent.get(agent, settings.budget_usd_per_stage)]
+    left = assignment.get("budget_left_usd")
+    if isinstance(left, int | float) and not isinstance(left, bool):
+        limits.append(float(left))
+    found = [x for x in limits if x is not None]
+    return min(found) if found else None
 
 
 async def _keep_in_progress(msg: Msg, interval: float) -> None:

@@ -57,4 +57,3 @@ class Transcript:
         kept = bytes(self._kept[-self.limit :])
         self.dirty = False
         return kept.decode("utf-8", "ignore"), self.total
-
