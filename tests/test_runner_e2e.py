@@ -9,6 +9,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import asyncpg
 from nats.aio.client import Client as NATS
 
@@ -23,6 +24,7 @@ from tests.agents import (
     submit,
     wait_status,
 )
+from tests.test_memory import agogctl
 
 # An agent that records each spawn, takes a while, and answers from its prompt.
 AGENT = """
@@ -245,3 +247,91 @@ async def test_cancel_stops_the_running_agent(
             await conn.close()
     assert run is not None and run["outcome"] == "FAILED"
     assert run["reason"].startswith("cancelled")
+
+
+# An agent that talks for a while (one line holds a secret from its
+# environment), so its transcript can be followed live, then answers.
+TALKER = """
+import json, os, re, sys, time
+prompt = sys.stdin.read()
+assignment = json.loads(re.search(r"```json\\n(.*?)\\n```", prompt, re.S).group(1))
+for i in range(6):
+    print("working step %d" % i, flush=True)
+    time.sleep(0.4)
+print("using key " + os.environ["TEST_AGENT_API_KEY"], flush=True)
+print("a warning", file=sys.stderr, flush=True)
+print(json.dumps({"agent": assignment["agent"], "req_number": assignment["req_number"],
+                  "status": "COMPLETE", "summary": "talked"}))
+"""
+
+# An agent that fails the way a CLI does: a message on stderr, exit code 3.
+FAILER = """
+import sys
+sys.stdin.read()
+print("starting", flush=True)
+print("Error: invalid x-api-key (401)", file=sys.stderr)
+print("giving up", file=sys.stderr)
+sys.exit(3)
+"""
+
+
+async def test_an_attempts_output_is_kept_followed_live_and_scrubbed_of_secrets(
+    nats_server: NatsServer, pg_dsn: str, nc: NATS, tmp_path: Path, monkeypatch: Any
+) -> None:
+    script = tmp_path / "talker.py"
+    script.write_text(textwrap.dedent(TALKER))
+    monkeypatch.setenv("TEST_AGENT_API_KEY", "sk-test-0123456789abcdef")
+    await ScriptedAgents(nc, all_but_roy).start()
+    settings = settings_for(
+        nats_server.url,
+        pg_dsn,
+        runner_agents=["roy"],
+        runner_command=f"{sys.executable} {script}",
+        runner_env=["TEST_AGENT_API_KEY"],
+    )
+    async with running_agogd(settings) as daemon:
+        url = daemon.http.url
+        await submit(nc, "REQ-LOG-1")
+        seen: list[dict[str, Any]] = []
+        async with aiohttp.ClientSession() as http:
+            deadline = asyncio.get_running_loop().time() + 60
+            while True:  # follow it while it runs, as agogctl req logs --follow does
+                async with http.get(f"{url}/api/reqs/REQ-LOG-1/logs?stage=roy") as response:
+                    if response.status == 200:
+                        seen.append(await response.json())
+                if seen and not seen[-1]["running"]:
+                    break
+                assert asyncio.get_running_loop().time() < deadline, seen[-1:] or "no logs"
+                await asyncio.sleep(0.2)
+        code, out, err = await agogctl(url, "req", "logs", "REQ-LOG-1", "--stage", "roy")
+        await wait_status(pg_dsn, "REQ-LOG-1", "DEPLOYED")
+    running = [s for s in seen if s["running"]]
+    assert running, "the transcript was not readable while the agent ran"
+    assert "working step" in running[0]["text"] and "talked" not in running[0]["text"]
+    final = seen[-1]
+    assert final["agent"] == "roy" and final["attempt"] == 1
+    assert "working step 5" in final["text"] and "[stderr] a warning" in final["text"]
+    assert "sk-test-0123456789abcdef" not in final["text"]
+    assert "using key [redacted]" in final["text"]
+    assert code == 0, err
+    assert "working step 0" in out and "[redacted]" in out and "sk-test" not in out
+
+
+async def test_a_failing_agent_shows_its_exit_code_and_stderr_in_req_show(
+    nats_server: NatsServer, pg_dsn: str, nc: NATS, tmp_path: Path
+) -> None:
+    script = tmp_path / "failer.py"
+    script.write_text(textwrap.dedent(FAILER))
+    await ScriptedAgents(nc, all_but_roy).start()
+    settings = settings_for(
+        nats_server.url,
+        pg_dsn,
+        runner_agents=["roy"],
+        runner_command=f"{sys.executable} {script}",
+    )
+    async with running_agogd(settings) as daemon:
+        await submit(nc, "REQ-FAIL-1")
+        await wait_status(pg_dsn, "REQ-FAIL-1", "BLOCKED", timeout=60)
+        code, out, err = await agogctl(daemon.http.url, "req", "show", "REQ-FAIL-1")
+    assert code == 0, err
+    assert "exited with code 3: Error: invalid x-api-key (401) | giving up" in out
