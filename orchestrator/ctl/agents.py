@@ -53,8 +53,13 @@ def plan(pipeline: Pipeline, cli: str, directory: Path) -> list[Planned]:
         "# AgogSaaS pipeline agents\n\nagogd runs one agent per stage; the assignment in the"
         " prompt says which you are. Follow that agent's section.\n\n"
     )
-    body = header + "\n".join(role_text(pipeline, s).replace("\n# ", "\n## ") for s in stages)
+    body = header + "\n".join(_demoted(role_text(pipeline, s)) for s in stages)
     return [Planned(directory / SHARED_FILE[cli], _marked(body))]
+
+
+def _demoted(text: str) -> str:
+    """Each heading one level down: the agents' sections under the file's title."""
+    return "\n".join("#" + line if line.startswith("#") else line for line in text.split("\n"))
 
 
 def edited(existing: str) -> bool:
