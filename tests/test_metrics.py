@@ -273,6 +273,8 @@ def exposed_names() -> set[str]:
         metrics.STAGE_OUTCOMES.labels("roy", "COMPLETE"),
         metrics.RETRIES.labels("roy", "retry"),
         metrics.MESSAGES_REJECTED.labels("invalid_json"),
+        metrics.AGENT_TOKENS.labels("roy", "m", "input"),
+        metrics.AGENT_COST.labels("roy", "m"),
     ):
         assert series is not None  # created, so that it is exposed
     text = generate_latest(metrics.REGISTRY).decode()
