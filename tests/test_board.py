@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -277,3 +278,74 @@ async def test_board_assets_are_served_from_the_package() -> None:
             "/board/x.py",
         ):
             assert (await client.get(bad)).status == 404, bad
+
+
+# Roy, run by the runner: he talks for a few seconds, then answers with what he spent.
+TALKING_ROY = """
+import json, re, sys, time
+prompt = sys.stdin.read()
+assignment = json.loads(re.search(r"```json\\n(.*?)\\n```", prompt, re.S).group(1))
+for i in range(10):
+    print("roy is working: step %d" % i, flush=True)
+    time.sleep(0.5)
+print(json.dumps({"agent": "roy", "req_number": assignment["req_number"],
+                  "status": "COMPLETE", "summary": "built it",
+                  "usage": {"model": "scripted", "cost_usd": 0.25,
+                            "input_tokens": 10, "output_tokens": 5}}))
+"""
+
+
+async def test_board_shows_spend_and_an_agents_output_live(
+    nats_server: NatsServer, nc: NATS, pg_dsn: str, tmp_path: Path
+) -> None:
+    script = tmp_path / "roy.py"
+    script.write_text(TALKING_ROY)
+
+    def others(assignment: dict[str, Any]) -> dict[str, Any] | None:
+        if assignment["agent"] == "roy":
+            return None
+        reply = happy(assignment)
+        assert reply is not None
+        return {**reply, "usage": {"model": "scripted", "cost_usd": 0.5}}
+
+    agents = await ScriptedAgents(nc, others).start()
+    settings = settings_for(
+        nats_server.url,
+        pg_dsn,
+        runner_agents=["roy"],
+        runner_command=f"{sys.executable} {script}",
+    )
+    async with (
+        running_agogd(settings) as daemon,
+        chromium(tmp_path / "chromium-profile") as page,
+    ):
+        url = daemon.http.url
+        await page.navigate(f"{url}/")
+        await page.wait_for("window.board && window.board.live", what="board live")
+        await submit(url, REQ, "Inventory API", "P1")
+        await wait_cell(page, REQ, "roy", "running")
+        # Opened while Roy runs, the history panel shows his output as it comes.
+        await page.click(f'tr[data-req="{REQ}"] td.req-col')
+        output = "document.querySelector('#h-output').textContent"
+        await page.wait_for(
+            f"document.querySelector('#h-output-box').hidden === false"
+            f" && {output}.includes('roy is working: step 1')",
+            what="roy's output in the history panel",
+        )
+        assert "step 9" not in await page.evaluate(output), "shown only once it had all come"
+        assert "running" in await page.evaluate(
+            "document.querySelector('#h-output-who').textContent"
+        )
+        await page.wait_for(f"{output}.includes('roy is working: step 9')", what="the rest")
+        # Each stage's spend in its cell, the REQ's beside its status.
+        await wait_cell(page, REQ, "roy", "done")
+        await page.wait_for(
+            f"{cell(REQ, 'roy')}.querySelector('.meta').textContent.includes('$0.25')"
+            f" && {cell(REQ, 'cynthia')}.querySelector('.meta').textContent.includes('$0.50')",
+            what="the stages' spend in their cells",
+        )
+        await wait_status(pg_dsn, REQ, "DEPLOYED")
+        cost = f"document.querySelector('tr[data-req=\"{REQ}\"] .cost')"
+        await page.wait_for(f"{cost}?.textContent === '$3.75'", what="the REQ's spend")
+        assert page.problems() == [], page.problems()
+    await agents.stop()

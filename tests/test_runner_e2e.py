@@ -297,8 +297,9 @@ async def test_an_attempts_output_is_kept_followed_live_and_scrubbed_of_secrets(
             deadline = asyncio.get_running_loop().time() + 60
             while True:  # follow it while it runs, as agogctl req logs --follow does
                 async with http.get(f"{url}/api/reqs/REQ-LOG-1/logs?stage=roy") as response:
-                    if response.status == 200:
-                        seen.append(await response.json())
+                    body = await response.json()
+                    if response.status == 200 and body["kept"]:
+                        seen.append(body)
                 if seen and not seen[-1]["running"]:
                     break
                 assert asyncio.get_running_loop().time() < deadline, seen[-1:] or "no logs"

@@ -215,8 +215,12 @@ async def logs(request: web.Request) -> web.Response:
     attempt, since = _whole(request, "attempt"), _whole(request, "since", 2**62)
     async with pool_of(request).acquire() as conn:
         body = await api_views.transcript(conn, req, stage, attempt, since)
-    if body is None:
-        raise ApiError(404, f"no agent output kept for {req} (the runner ran no agent for it)")
+        if body is None:
+            if not await conn.fetchval("SELECT 1 FROM workflow_state WHERE req_number = $1", req):
+                raise ApiError(404, f"no workflow for {req}")
+            # Nothing kept (yet): its agents run outside agogd's runner, or the
+            # runner has not started one. Not an error: a follower looks again.
+            body = {"req_number": req, "kept": False, "running": False, "text": ""}
     return json_ok(body)
 
 

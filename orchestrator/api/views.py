@@ -375,6 +375,7 @@ async def transcript(
     offset = start if since is None else min(max(since, start), row["total_bytes"])
     return {
         "req_number": req,
+        "kept": True,
         "stage": row["stage"],
         "attempt": row["attempt"],
         "agent": row["agent"],

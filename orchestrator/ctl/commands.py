@@ -283,6 +283,16 @@ def req_logs(
         code, body = _call(url, "GET", f"{path}?{urllib.parse.urlencode(params)}", token=token)
         if code >= 300:
             _fail(code, body, as_json)
+        if not body.get("kept"):
+            if follow:  # the runner has not started its agent yet
+                time.sleep(1.0)
+                continue
+            click.echo(
+                f"no agent output kept for {neutralise(req_number)}: its agents run outside"
+                " agogd's runner, or none has started yet",
+                err=True,
+            )
+            return
         if as_json:
             click.echo(json.dumps(body))
         else:

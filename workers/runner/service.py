@@ -53,7 +53,7 @@ from workers.runner.commands import (
     profile_for,
     runner_stages,
 )
-from workers.runner.profiles.base import AgentOutput, RunSpec
+from workers.runner.profiles.base import AgentOutput, RunSpec, Usage
 from workers.runner.prompt import build_prompt
 from workers.runner.transcript import Transcript, secrets_of
 
@@ -328,7 +328,9 @@ class Runner:
             self.settings.max_message_bytes,
             output=output,
         )
-        notice["usage"] = usage_of(profile.name, output, time.monotonic() - started)
+        # What the CLI reported wins; what the agent itself said fills the rest.
+        own = notice.get("usage") if isinstance(notice.get("usage"), dict) else {}
+        notice["usage"] = {**own, **usage_of(profile.name, output, time.monotonic() - started)}
         level = log.info if notice["status"] != "FAILED" else log.warning
         level(
             "agent.finished",
@@ -529,18 +531,21 @@ def outcome_notice(
 def usage_of(cli: str, output: AgentOutput, seconds: float) -> dict[str, Any]:
     """The notice's ``usage``: what the CLI said the attempt used."""
     usage = output.usage
-    found = {
+    found: dict[str, Any] = {
         "cli": cli,
         "model": output.model,
         "session_id": output.session_id,
-        "input_tokens": usage.input_tokens,
-        "output_tokens": usage.output_tokens,
-        "cache_read_tokens": usage.cache_read_tokens,
-        "cache_write_tokens": usage.cache_write_tokens,
-        "cost_usd": usage.cost_usd,
-        "turns": usage.turns,
         "duration_s": round(seconds, 3),
     }
+    if usage != Usage():  # the CLI reported its usage (a generic command does not)
+        found |= {
+            "input_tokens": usage.input_tokens,
+            "output_tokens": usage.output_tokens,
+            "cache_read_tokens": usage.cache_read_tokens,
+            "cache_write_tokens": usage.cache_write_tokens,
+            "cost_usd": usage.cost_usd,
+            "turns": usage.turns,
+        }
     return {k: v for k, v in found.items() if v is not None}
 
 

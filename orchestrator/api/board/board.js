@@ -52,6 +52,11 @@
   };
 
   // --- formatting ------------------------------------------------------------------
+  function money(usd) {
+    if (!usd) return "";
+    return usd >= 0.01 ? `$${usd.toFixed(2)}` : `$${usd.toFixed(4)}`;
+  }
+
   function duration(seconds) {
     if (seconds === null || seconds === undefined || Number.isNaN(seconds)) return "";
     const s = Math.max(0, Math.floor(seconds));
@@ -134,6 +139,7 @@
       meta.textContent = duration(cell.seconds);
     }
     if (cell && cell.attempt > 1) meta.textContent += ` · #${cell.attempt}`;
+    if (cell && cell.cost_usd) meta.textContent += ` · ${money(cell.cost_usd)}`;
     const box = el("div", { title: cell && cell.reason ? cell.reason : "" }, label, meta);
     td.append(box);
     return td;
@@ -145,7 +151,8 @@
       el("div", {}, el("span", { class: "req-id", text: req.req_number }),
         el("span", { class: `prio ${prio(req.priority).toLowerCase()}`, text: prio(req.priority) })),
       el("div", { class: "req-title", text: req.title || "", title: req.title || "" }));
-    const status = el("td", { class: "status-col" }, el("span", { class: `badge ${req.status}`, text: req.status }));
+    const status = el("td", { class: "status-col" }, el("span", { class: `badge ${req.status}`, text: req.status }),
+      req.cost_usd ? el("span", { class: "cost", text: money(req.cost_usd), title: req.budget_usd ? `of a ${money(req.budget_usd)} budget` : "spent by its agents" }) : null);
     tr.append(who, status);
     const cells = new Map((req.stages || []).map((c) => [c.index, c]));
     for (const stage of state.stages) tr.append(cellNode(stage, cells.get(stage.index)));
@@ -333,6 +340,7 @@
     fact(facts, "Priority", prio(detail.priority));
     fact(facts, "Stage", detail.current_stage_name ? `${detail.current_stage_name} (${detail.current_agent})` : "");
     fact(facts, "Blocked", detail.blocked_reason);
+    fact(facts, "Spent", detail.cost_usd ? `${money(detail.cost_usd)}${detail.budget_usd ? ` of ${money(detail.budget_usd)}` : ""}` : "");
     fact(facts, "Commit", detail.commit_sha);
     fact(facts, "Deployed", detail.deployed_at ? `${clock(detail.deployed_at)} by ${detail.deployed_by}` : "");
     fact(facts, "Created", clock(detail.created_at));
@@ -349,7 +357,7 @@
       const item = el("li", { class: "attempt", "data-state": attemptState(a, stage), "data-stage": a.agent },
         el("div", { class: "line" },
           el("span", { class: "who", text: `${a.stage_name || (stage && stage.name) || a.stage} · ${a.agent} #${a.attempt}` }),
-          el("span", { class: "when", text: `${a.status.toLowerCase()} · ${duration(a.seconds)} · ${clock(a.started_at)}` })),
+          el("span", { class: "when", text: `${a.status.toLowerCase()} · ${duration(a.seconds)} · ${clock(a.started_at)}${a.cost_usd ? ` · ${money(a.cost_usd)}` : ""}` })),
         a.reason ? el("div", { class: "reason", text: a.reason }) : null,
         d ? el("div", { class: "deliverable" },
           el("span", { class: "summary", text: d.summary || "(no summary)" }),
@@ -372,6 +380,45 @@
     panel.hidden = false;
     document.body.classList.add("history-open");
     if (scroll) panel.scrollTop = 0;
+    followOutput(req, !detail.finished);
+  }
+
+  // The agent's output of the REQ's latest attempt, followed while it runs
+  // (GET /api/reqs/{req}/logs?since=N returns what came after byte N).
+  async function followOutput(req, live) {
+    const box = $("h-output-box");
+    const pre = $("h-output");
+    const token = (state.outputToken = {});
+    let since = null;
+    let attempt = null;
+    pre.textContent = "";
+    box.hidden = true;
+    while (state.open === req && state.outputToken === token) {
+      const query = attempt ? `stage=${attempt.stage}&attempt=${attempt.attempt}&since=${since}` : "";
+      let body;
+      try {
+        body = await api(`/api/reqs/${encodeURIComponent(req)}/logs?${query}`);
+      } catch (err) {
+        return; // agogd away: the next refresh of the panel tries again
+      }
+      if (state.outputToken !== token) return;
+      if (!body.kept) {
+        // No output kept yet: an agent the runner is about to start, or one
+        // outside agogd. Look again while the REQ is live.
+        if (!live) return;
+        await new Promise((resolve) => setTimeout(resolve, 1000));
+        continue;
+      }
+      attempt = { stage: body.stage, attempt: body.attempt };
+      box.hidden = false;
+      $("h-output-who").textContent = `${body.agent} #${body.attempt}${body.running ? " · running" : ""}`;
+      pre.textContent += body.text;
+      if (pre.textContent.length > 200000) pre.textContent = pre.textContent.slice(-200000);
+      pre.scrollTop = pre.scrollHeight;
+      since = body.total_bytes;
+      if (!body.running) return;
+      await new Promise((resolve) => setTimeout(resolve, 1000));
+    }
   }
 
   function closeHistory() {
