@@ -146,7 +146,7 @@ class Settings(BaseSettings):
     )
     runner_cli_paths: dict[str, str] = Field(
         default_factory=dict,
-        description='JSON of CLI -> executable, e.g. {"claude": "/opt/bin/claude"} (default: PATH).',
+        description='JSON of CLI -> executable, e.g. {"claude": "/opt/bin/claude"} (else PATH).',
     )
     runner_resume: bool = Field(
         default=True,
@@ -154,12 +154,12 @@ class Settings(BaseSettings):
     )
     runner_bypass_permissions: bool = Field(
         default=False,
-        description="Let the CLIs skip their permission checks (their bypass flag): never by default.",
+        description="Let the CLIs skip their permission checks (their bypass flag); off by default.",
     )
     runner_transcript_bytes: int = Field(
         default=1024 * 1024,
         ge=4096,
-        description="Bytes of each attempt's agent output kept (the last ones) for agogctl req logs.",
+        description="Bytes of each attempt's agent output kept (the last) for agogctl req logs.",
     )
     runner_command: str = Field(
         default="{agent}",
