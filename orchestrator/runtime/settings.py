@@ -154,7 +154,7 @@ class Settings(BaseSettings):
     )
     runner_bypass_permissions: bool = Field(
         default=False,
-        description="Let the CLIs skip their permission checks (their bypass flag); off by default.",
+        description="Let the CLIs skip their permission checks (their bypass flag).",
     )
     runner_transcript_bytes: int = Field(
         default=1024 * 1024,
