@@ -53,7 +53,7 @@ from workers.runner.commands import (
     profile_for,
     runner_stages,
 )
-from workers.runner.profiles.base import AgentOutput, RunSpec, Usage
+from workers.runner.profiles.base import AgentOutput, RunSpec, Usage, per_attempt
 from workers.runner.prompt import build_prompt
 from workers.runner.transcript import Transcript, secrets_of
 
@@ -262,9 +262,13 @@ class Runner:
         """One attempt of a real (or generic) agent CLI, supervised, its output
         kept as the attempt's transcript."""
         profile, binary = self.profiles[stage.agent]
-        resume = None
+        resume, before = None, None
         if self.settings.runner_resume and run.attempt > 1 and profile.name != "generic":
-            resume = await runner_store.previous_session(self.rt.pool, run, profile.name)
+            found = await runner_store.previous_session(self.rt.pool, run, profile.name)
+            if found is not None:
+                resume = found[0]
+                if profile.session_totals:
+                    before = usage_from(found[1])
         transcript = Transcript(self.settings.runner_transcript_bytes, self.secrets)
         with tempfile.TemporaryDirectory(prefix="agogd-attempt-") as scratch:
             spec = RunSpec(
@@ -330,7 +334,8 @@ class Runner:
         )
         # What the CLI reported wins; what the agent itself said fills the rest.
         own = notice.get("usage") if isinstance(notice.get("usage"), dict) else {}
-        notice["usage"] = {**own, **usage_of(profile.name, output, time.monotonic() - started)}
+        reported = usage_of(profile.name, output, time.monotonic() - started, before)
+        notice["usage"] = {**own, **reported}
         level = log.info if notice["status"] != "FAILED" else log.warning
         level(
             "agent.finished",
@@ -528,9 +533,14 @@ def outcome_notice(
     }
 
 
-def usage_of(cli: str, output: AgentOutput, seconds: float) -> dict[str, Any]:
-    """The notice's ``usage``: what the CLI said the attempt used."""
-    usage = output.usage
+def usage_of(
+    cli: str, output: AgentOutput, seconds: float, before: Usage | None = None
+) -> dict[str, Any]:
+    """The notice's ``usage``: what the CLI said the attempt used. A CLI that
+    reports a resumed session's totals (``before``: the totals after the
+    previous attempt) is counted for this attempt alone; the totals are kept
+    under ``session_totals`` for the next one."""
+    usage = per_attempt(output.usage, before)
     found: dict[str, Any] = {
         "cli": cli,
         "model": output.model,
@@ -545,8 +555,18 @@ def usage_of(cli: str, output: AgentOutput, seconds: float) -> dict[str, Any]:
             "cache_write_tokens": usage.cache_write_tokens,
             "cost_usd": usage.cost_usd,
             "turns": usage.turns,
+            "session_totals": dataclasses.asdict(output.usage),
         }
     return {k: v for k, v in found.items() if v is not None}
+
+
+def usage_from(totals: dict[str, Any]) -> Usage | None:
+    """A stored ``session_totals`` back as a Usage (None if unreadable)."""
+    fields = {f.name for f in dataclasses.fields(Usage)}
+    try:
+        return Usage(**{k: v for k, v in totals.items() if k in fields}) if totals else None
+    except TypeError:
+        return None
 
 
 def attempt_budget(settings: Any, agent: str, assignment: dict[str, Any]) -> float | None:

@@ -109,9 +109,10 @@ async def previous_deliverables(pool: asyncpg.Pool, run: Run) -> list[dict[str, 
 
 # --- sessions and transcripts --------------------------------------------------------
 _SESSION = (
-    "SELECT session_id FROM stage_attempts WHERE req_number = $1 AND stage = $2"
-    " AND attempt < $3 AND session_id IS NOT NULL AND cli = $4"
-    " ORDER BY attempt DESC LIMIT 1"
+    "SELECT a.session_id, r.notice -> 'usage' -> 'session_totals' AS totals"
+    " FROM stage_attempts a LEFT JOIN runner_runs r USING (req_number, stage, attempt)"
+    " WHERE a.req_number = $1 AND a.stage = $2 AND a.attempt < $3"
+    " AND a.session_id IS NOT NULL AND a.cli = $4 ORDER BY a.attempt DESC LIMIT 1"
 )
 _TRANSCRIPT = (
     "INSERT INTO agent_transcripts (req_number, stage, attempt, agent, text, total_bytes,"
@@ -121,11 +122,17 @@ _TRANSCRIPT = (
 )
 
 
-async def previous_session(pool: asyncpg.Pool, run: Run, cli: str) -> str | None:
+async def previous_session(
+    pool: asyncpg.Pool, run: Run, cli: str
+) -> tuple[str, dict[str, Any]] | None:
     """The CLI session of this stage's latest earlier attempt on the REQ (for a
-    rework or a retry to resume), if that attempt ran the same CLI."""
-    value = await pool.fetchval(_SESSION, *run.key, cli)
-    return str(value) if value else None
+    rework or a retry to resume), if that attempt ran the same CLI, with the
+    session's usage totals as the CLI reported them after that attempt."""
+    row = await pool.fetchrow(_SESSION, *run.key, cli)
+    if row is None:
+        return None
+    totals = json.loads(row["totals"]) if row["totals"] else {}
+    return str(row["session_id"]), totals if isinstance(totals, dict) else {}
 
 
 async def save_transcript(

@@ -87,6 +87,9 @@ class Profile(Protocol):
     name: str  # "claude", "codex", "gemini", "generic"
     binary: str  # the executable looked up on PATH unless configured
     min_version: tuple[int, ...]  # the oldest version this profile is tested with
+    # True when a resumed run reports the whole session's tokens and cost (the
+    # runner then subtracts what the earlier attempts of the session reported).
+    session_totals: bool
 
     def invocation(self, spec: RunSpec, binary: str) -> Invocation:
         """The argv (with ``binary`` as argv[0]) and input for one attempt."""
@@ -105,3 +108,24 @@ def parse_version(text: str) -> tuple[int, ...] | None:
     """The first x.y.z in a ``--version`` output."""
     match = _VERSION.search(text)
     return tuple(int(g) for g in match.groups()) if match else None
+
+
+def per_attempt(total: Usage, before: Usage | None) -> Usage:
+    """One attempt's usage, from the session's totals after it and before it."""
+    if before is None:
+        return total
+
+    def less(now: int, then: int) -> int:
+        return max(0, now - then)
+
+    cost = total.cost_usd
+    if cost is not None and before.cost_usd is not None:
+        cost = max(0.0, round(cost - before.cost_usd, 6))
+    return Usage(
+        input_tokens=less(total.input_tokens, before.input_tokens),
+        output_tokens=less(total.output_tokens, before.output_tokens),
+        cache_read_tokens=less(total.cache_read_tokens, before.cache_read_tokens),
+        cache_write_tokens=less(total.cache_write_tokens, before.cache_write_tokens),
+        cost_usd=cost,
+        turns=total.turns,
+    )

@@ -25,6 +25,7 @@ class GenericProfile:
     name: str = "generic"
     binary: str = ""
     min_version: tuple[int, ...] = ()
+    session_totals: bool = False
 
     def argv(self, agent: str, model: str | None, role: str) -> list[str]:
         values = {"agent": agent, "model": model or "", "role": role}

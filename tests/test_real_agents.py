@@ -1,0 +1,166 @@
+"""Whole REQs through agogd with a real agent CLI as every agent.
+
+The CLIs are the real ones (scripts/agent-clis); only the model behind each
+is scripted, by a local server that speaks its API (orchestrator.embedded.
+models) and plays every stage from the prompt the runner wrote. The runner,
+NATS, Postgres and the CLI's own tools are real: Roy's CLI writes a file in
+the working tree through its edit tool, QA fails the first round so Roy's
+rework resumes his own session (the server sees his first turns again), and
+every attempt's tokens, cost, session and transcript are kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from nats.aio.client import Client as NATS
+
+from orchestrator.embedded import NatsServer
+from orchestrator.embedded.models import Script, ScriptedModelServer, Turn
+from orchestrator.embedded.models.anthropic import AnthropicServer
+from orchestrator.embedded.models.pipeline_script import PipelineResponder, assignments_in
+from tests.agents import agent_cli, running_agogd, settings_for, submit, wait_status
+
+API = "def api():\n    return 42\n"
+EVERY_AGENT = ["cynthia", "sylvia", "roy", "jen", "billy", "priya", "berry", "tim"]
+
+
+@dataclass(frozen=True)
+class Cli:
+    """How a test points one real CLI at its scripted model, hermetically."""
+
+    name: str
+    server: Callable[[Script], ScriptedModelServer]
+    env: Callable[[ScriptedModelServer, Path], dict[str, str]]
+    write_tool: Callable[[Path], Turn]  # the CLI's own tool call that writes a file
+    model: str
+    reports_cost: bool = False
+
+
+def claude_env(server: ScriptedModelServer, home: Path) -> dict[str, str]:
+    return {
+        "HOME": str(home),
+        "ANTHROPIC_BASE_URL": server.url,
+        "ANTHROPIC_API_KEY": "test-key",
+        "DISABLE_TELEMETRY": "1",
+        "DISABLE_ERROR_REPORTING": "1",
+        "CLAUDE_CODE_DISABLE_FEEDBACK_SURVEY": "1",
+    }
+
+
+CLIS = {
+    "claude": Cli(
+        name="claude",
+        server=lambda script: AnthropicServer(script),
+        env=claude_env,
+        write_tool=lambda path: Turn(
+            tool="Write",
+            arguments={"file_path": str(path), "content": "def api():\n    return 42\n"},
+        ),
+        model="claude-sonnet-4-5",
+        reports_cost=True,
+    ),
+}
+
+
+async def _attempts(dsn: str, req: str) -> list[asyncpg.Record]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return await conn.fetch(
+            "SELECT a.agent, a.stage, a.attempt, a.status, a.cli, a.model, a.session_id,"
+            " a.input_tokens, a.output_tokens, a.cost_usd::float8 AS cost, a.turns,"
+            " t.total_bytes FROM stage_attempts a LEFT JOIN agent_transcripts t"
+            " USING (req_number, stage, attempt) WHERE a.req_number = $1 ORDER BY a.id",
+            req,
+        )
+    finally:
+        await conn.close()
+
+
+@pytest.mark.parametrize("cli_name", sorted(CLIS))
+async def test_a_req_through_every_stage_with_a_real_cli_as_every_agent(
+    cli_name: str,
+    nats_server: NatsServer,
+    pg_dsn: str,
+    nc: NATS,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cli = CLIS[cli_name]
+    tree, home = tmp_path / "tree", tmp_path / "home"
+    tree.mkdir()
+    home.mkdir()
+
+    def roy_writes(assignment: dict[str, Any]) -> Turn | None:
+        if assignment["agent"] == "roy" and assignment["attempt"] == 1:
+            return cli.write_tool(tree / "api.py")
+        return None
+
+    responder = PipelineResponder(fail_first={"qa"}, tool_first=roy_writes)
+    server = cli.server(Script(responder=responder))
+    await server.start()
+    env = cli.env(server, home)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    settings = settings_for(
+        nats_server.url,
+        pg_dsn,
+        runner_agents=["all"],
+        runner_cli=cli.name,
+        runner_cli_paths={cli.name: agent_cli(cli.name)},
+        runner_default_model=cli.model,
+        runner_workdir=tree,
+        runner_env=sorted(env),
+        runner_concurrency=2,
+    )
+    try:
+        async with running_agogd(settings):
+            await submit(nc, "REQ-REAL-1", title="Inventory API")
+            row = await wait_status(pg_dsn, "REQ-REAL-1", "DEPLOYED", timeout=600)
+            attempts = await _attempts(pg_dsn, "REQ-REAL-1")
+            for _ in range(600):  # Tim runs after the deployment
+                if any(a["agent"] == "tim" and a["status"] == "COMPLETE" for a in attempts):
+                    break
+                await asyncio.sleep(0.2)
+                attempts = await _attempts(pg_dsn, "REQ-REAL-1")
+    finally:
+        await server.stop()
+    assert row["commit_sha"] == "c0ffee1"
+    # Every agent ran through the real CLI; QA failed once, so Roy reworked.
+    done = [(a["agent"], a["attempt"]) for a in attempts if a["status"] == "COMPLETE"]
+    assert {agent for agent, _ in done} == set(EVERY_AGENT), attempts
+    assert ("roy", 2) in done and ("billy", 2) in done
+    assert next(a["status"] for a in attempts if a["agent"] == "billy") == "FAILED"
+    # Roy's CLI wrote the file itself, through its own tool, in the REQ's tree.
+    assert (tree / "api.py").read_text() == API
+    # Each attempt's accounting, from the CLI's own structured output.
+    for a in attempts:
+        assert a["cli"] == cli.name and a["session_id"], a
+        assert a["input_tokens"] and a["output_tokens"] and a["turns"], a
+        assert a["total_bytes"], f"no transcript kept for {a['agent']} #{a['attempt']}"
+    roy = [a for a in attempts if a["agent"] == "roy"]
+    assert roy[1]["session_id"] == roy[0]["session_id"], "the rework did not resume"
+    # The server saw Roy's first prompt again in his rework's conversation.
+    rework = [
+        r
+        for r in server.requests
+        if (found := assignments_in(r)) and (found[-1]["agent"], found[-1]["attempt"]) == ("roy", 2)
+    ]
+    assert rework, "no request for roy's second attempt"
+    earlier = [(x["agent"], x["attempt"]) for x in assignments_in(rework[0])]
+    assert ("roy", 1) in earlier, earlier
+    # The scripted turns report 100 tokens in, 20 out each: Roy's first attempt
+    # took two (the write, then the notice), his resumed one a single turn, and
+    # it is counted for itself, not with the session's earlier turns.
+    assert (roy[0]["input_tokens"], roy[0]["output_tokens"], roy[0]["turns"]) == (200, 40, 2)
+    assert (roy[1]["input_tokens"], roy[1]["output_tokens"], roy[1]["turns"]) == (100, 20, 1)
+    if cli.reports_cost:
+        assert roy[0]["cost"] > 0 and roy[1]["cost"] == pytest.approx(roy[0]["cost"] / 2)
+    assert os.environ["HOME"] == str(home)
