@@ -105,16 +105,20 @@ async def test_usage_is_kept_summed_counted_and_the_budget_blocks_until_a_decisi
         assert row["status"] == "DEPLOYED"
         metrics = await scrape_until(
             url,
-            lambda s: s.value("agogd_agent_cost_usd_total", agent="tim", model="scripted-model")
-            > 0,
+            lambda s: (
+                s.value("agogd_agent_cost_usd_total", agent="tim", model="scripted-model") > 0
+            ),
             "tim's cost counted",
         )
-        assert metrics.value(
-            "agogd_agent_cost_usd_total", agent="roy", model="scripted-model"
-        ) == 0.4
-        assert metrics.value(
-            "agogd_agent_tokens_total", agent="roy", model="scripted-model", kind="input"
-        ) == 1000
+        assert (
+            metrics.value("agogd_agent_cost_usd_total", agent="roy", model="scripted-model") == 0.4
+        )
+        assert (
+            metrics.value(
+                "agogd_agent_tokens_total", agent="roy", model="scripted-model", kind="input"
+            )
+            == 1000
+        )
     await agents.stop()
     conn = await asyncpg.connect(pg_dsn)
     try:

@@ -186,7 +186,7 @@ class Settings(BaseSettings):
     )
     budget_usd_per_agent: dict[str, float] = Field(
         default_factory=dict,
-        description='JSON of agent -> per-attempt budget (USD) over budget_usd_per_stage.',
+        description="JSON of agent -> per-attempt budget (USD) over budget_usd_per_stage.",
     )
     runner_workdir: Path = Field(default=Path("."), description="Agents' working directory.")
     runner_env: Annotated[list[str], NoDecode] = Field(

@@ -18,7 +18,7 @@ def builtin(name: str) -> Profile:
 
         return codex
     if name == "gemini":
-        from workers.runner.profiles.gemini import PROFILE as gemini
+        from workers.runner.profiles.gemini import profile as gemini
 
         return gemini
     raise ProfileError(f"no CLI profile {name!r}: use one of {', '.join(BUILTIN)} or generic")
