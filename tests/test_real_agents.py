@@ -29,7 +29,15 @@ from orchestrator.embedded.models.anthropic import AnthropicServer
 from orchestrator.embedded.models.gemini import GeminiServer
 from orchestrator.embedded.models.openai_responses import OpenAIResponsesServer
 from orchestrator.embedded.models.pipeline_script import PipelineResponder, assignments_in
-from tests.agents import agent_cli, running_agogd, settings_for, submit, wait_status
+from tests.agents import (
+    ScriptedAgents,
+    agent_cli,
+    happy,
+    running_agogd,
+    settings_for,
+    submit,
+    wait_status,
+)
 from workers.runner.profiles.gemini import HEADLESS_SETTINGS
 
 API = "def api():\n    return 42\n"
@@ -217,3 +225,44 @@ async def test_a_req_through_every_stage_with_a_real_cli_as_every_agent(
         assert roy[0]["cost"] > 0
         assert roy[1]["cost"] == pytest.approx(roy[0]["cost"] / first_turns)
     assert os.environ["HOME"] == str(home)
+
+
+async def test_a_retry_after_a_failed_attempt_starts_a_fresh_session(
+    nats_server: NatsServer,
+    pg_dsn: str,
+    nc: NATS,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A rework resumes; a retry after a FAILED attempt does not: that session
+    may be what failed (Gemini CLI 0.61 cannot resume one that used tools)."""
+    cli = CLIS["claude"]
+    tree, home = tmp_path / "tree", tmp_path / "home"
+    tree.mkdir()
+    home.mkdir()
+    server = cli.server(Script(responder=PipelineResponder(fail_agents={"jen"})))
+    await server.start()
+    env = cli.env(server, home)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    settings = settings_for(
+        nats_server.url,
+        pg_dsn,
+        runner_agents=["jen"],
+        runner_cli="claude",
+        runner_cli_paths={"claude": agent_cli("claude")},
+        runner_workdir=tree,
+        runner_env=sorted(env),
+    )
+    others = await ScriptedAgents(nc, lambda a: None if a["agent"] == "jen" else happy(a)).start()
+    try:
+        async with running_agogd(settings):
+            await submit(nc, "REQ-REAL-2")
+            await wait_status(pg_dsn, "REQ-REAL-2", "DEPLOYED", timeout=300)
+    finally:
+        await others.stop()
+        await server.stop()
+    jen = [a for a in await _attempts(pg_dsn, "REQ-REAL-2") if a["agent"] == "jen"]
+    assert [a["status"] for a in jen] == ["FAILED", "COMPLETE"]
+    assert jen[0]["session_id"] and jen[1]["session_id"]
+    assert jen[1]["session_id"] != jen[0]["session_id"], "the retry resumed the failed session"

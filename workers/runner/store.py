@@ -114,6 +114,11 @@ _SESSION = (
     " WHERE a.req_number = $1 AND a.stage = $2 AND a.attempt < $3"
     " AND a.session_id IS NOT NULL AND a.cli = $4 ORDER BY a.attempt DESC LIMIT 1"
 )
+# A retry after a failed attempt starts afresh: that session may be what failed.
+_RESUMABLE = (
+    "SELECT status NOT IN ('FAILED', 'TIMED_OUT', 'CANCELLED') FROM stage_attempts"
+    " WHERE req_number = $1 AND stage = $2 AND attempt = $3 - 1"
+)
 _TRANSCRIPT = (
     "INSERT INTO agent_transcripts (req_number, stage, attempt, agent, text, total_bytes,"
     " running, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, now())"
@@ -126,8 +131,10 @@ async def previous_session(
     pool: asyncpg.Pool, run: Run, cli: str
 ) -> tuple[str, dict[str, Any]] | None:
     """The CLI session of this stage's latest earlier attempt on the REQ (for a
-    rework or a retry to resume), if that attempt ran the same CLI, with the
+    rework to resume), if that attempt ran the same CLI and did not fail, with the
     session's usage totals as the CLI reported them after that attempt."""
+    if not await pool.fetchval(_RESUMABLE, *run.key):
+        return None
     row = await pool.fetchrow(_SESSION, *run.key, cli)
     if row is None:
         return None

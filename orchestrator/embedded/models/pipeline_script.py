@@ -55,10 +55,12 @@ class PipelineResponder:
         self,
         fail_first: Iterable[str] = (),
         tool_first: Callable[[dict[str, Any]], Turn | None] | None = None,
+        fail_agents: Iterable[str] = (),
     ) -> None:
         """``tool_first(assignment)``: a tool call the agent makes before it
         answers (once per attempt), e.g. writing a file through the CLI."""
         self.fail_first = set(fail_first)
+        self.fail_agents = set(fail_agents)  # these report FAILED on their first attempt
         self.tool_first = tool_first
         self.answered: list[tuple[str, str, int]] = []  # (agent, REQ, attempt)
         self._tooled: set[tuple[str, str, int]] = set()
@@ -90,6 +92,9 @@ class PipelineResponder:
             "summary": f"{agent} did stage {assignment['stageIndex']} (attempt {attempt})",
         }
         failing = gate in self.fail_first and attempt == 1
+        if agent in self.fail_agents and attempt == 1:
+            notice["status"] = "FAILED"
+            notice["summary"] = f"{agent} could not finish (scripted)"
         if gate == "critique":
             notice["critique_verdict"] = "APPROVED"
         elif gate == "qa":
