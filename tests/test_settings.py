@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.core import registry
 from orchestrator.runtime.settings import Settings, describe_error, redact_url
 
 
@@ -114,6 +115,18 @@ def _agogd(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
         ({"AGOG_RUNNER_COMMANDS": '{"bob": "bob-cli"}'}, "AGOG_RUNNER_COMMANDS: unknown agents"),
         ({"AGOG_RUNNER_MODELS": '{"Roy": "m"}'}, "AGOG_RUNNER_MODELS: unknown agents ['Roy']"),
         ({"AGOG_DEMO_REJECT": "nobody"}, "AGOG_DEMO_REJECT: unknown agents"),
+        # A configured agent CLI that is not there stops the start in one line.
+        (
+            {
+                "AGOG_RUNNER_AGENTS": "roy",
+                "AGOG_RUNNER_CLI_PATHS": '{"claude": "/nonexistent/claude"}',
+            },
+            "the claude CLI ('/nonexistent/claude') is not installed",
+        ),
+        (
+            {"AGOG_RUNNER_AGENTS": "roy", "AGOG_RUNNER_CLI_PATHS": '{"claude": "/bin/false"}'},
+            "/bin/false --version failed",
+        ),
     ],
 )
 def test_cli_bad_settings_exit_2_with_one_line(env: dict[str, str], expected: str) -> None:
@@ -130,6 +143,25 @@ def test_check_config_ok() -> None:
     result = _agogd({}, "check-config")
     assert result.returncode == 0, result.stderr
     assert "7 stages" in result.stdout
+
+
+def test_a_configured_cli_is_version_checked_at_start() -> None:
+    """The real claude CLI passes its profile's version check; one made to look
+    older is refused, naming the versions."""
+    from tests.agents import agent_cli
+    from workers.runner.commands import CommandError, check_versions
+    from workers.runner.profiles import claude
+
+    settings = Settings(runner_agents=["roy"], runner_cli_paths={"claude": agent_cli("claude")})
+    stages = [registry.load().stage(2)]
+    assert check_versions(settings, stages)["claude"] >= "2.1.332"
+    newer = (*claude.PROFILE.min_version[:-1], claude.PROFILE.min_version[-1] + 1000)
+    old, claude.ClaudeProfile.min_version = claude.ClaudeProfile.min_version, newer
+    try:
+        with pytest.raises(CommandError, match="agogd's profile needs"):
+            check_versions(settings, stages)
+    finally:
+        claude.ClaudeProfile.min_version = old
 
 
 def test_entry_points_answer_help() -> None:

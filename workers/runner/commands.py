@@ -151,6 +151,7 @@ def check_runner(settings: Settings, pipeline: Pipeline) -> list[Stage]:
             profile_for(settings, stage)
     if native and settings.berry_workspace is None:
         raise CommandError("AGOG_BERRY_MODE=native needs AGOG_BERRY_WORKSPACE (a git working tree)")
+    check_versions(settings, [s for s in stages if s.agent not in native])
     return stages
 
 

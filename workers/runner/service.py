@@ -307,7 +307,8 @@ class Runner:
                         invocation.argv,
                         stdin=invocation.stdin,
                         cwd=spec.workdir,
-                        env={**self.env, **invocation.env},
+                        # The CLI's temporary files (error reports...) go with the attempt.
+                        env={**self.env, "TMPDIR": scratch, **invocation.env},
                         timeout=timeout,
                         kill_grace=self.settings.runner_kill_grace,
                         output_limit=self.settings.runner_output_limit,
