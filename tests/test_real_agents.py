@@ -141,6 +141,30 @@ async def _attempts(dsn: str, req: str) -> list[asyncpg.Record]:
         await conn.close()
 
 
+async def started_cli(
+    cli: Cli,
+    responder: PipelineResponder,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> tuple[ScriptedModelServer, dict[str, Any]]:
+    """The CLI's scripted model, started, its environment set for the runner's
+    agents, and the runner settings that run this CLI in ``tmp_path/tree``."""
+    tree, home = tmp_path / "tree", tmp_path / "home"
+    tree.mkdir(exist_ok=True)
+    home.mkdir(exist_ok=True)
+    server = await cli.server(Script(responder=responder)).start()
+    env = cli.env(server, home)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    runner = {
+        "runner_cli": cli.name,
+        "runner_cli_paths": {cli.name: agent_cli(cli.name)},
+        "runner_workdir": tree,
+        "runner_env": sorted(env),
+    }
+    return server, runner
+
+
 @pytest.mark.parametrize("cli_name", sorted(CLIS))
 async def test_a_req_through_every_stage_with_a_real_cli_as_every_agent(
     cli_name: str,
@@ -152,8 +176,6 @@ async def test_a_req_through_every_stage_with_a_real_cli_as_every_agent(
 ) -> None:
     cli = CLIS[cli_name]
     tree, home = tmp_path / "tree", tmp_path / "home"
-    tree.mkdir()
-    home.mkdir()
 
     def writes(assignment: dict[str, Any]) -> Turn | None:
         if assignment["agent"] == cli.writer and assignment["attempt"] == 1:
@@ -161,21 +183,14 @@ async def test_a_req_through_every_stage_with_a_real_cli_as_every_agent(
         return None
 
     responder = PipelineResponder(fail_first={"qa"}, tool_first=writes)
-    server = cli.server(Script(responder=responder))
-    await server.start()
-    env = cli.env(server, home)
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
+    server, runner = await started_cli(cli, responder, tmp_path, monkeypatch)
     settings = settings_for(
         nats_server.url,
         pg_dsn,
         runner_agents=["all"],
-        runner_cli=cli.name,
-        runner_cli_paths={cli.name: agent_cli(cli.name)},
         runner_default_model=cli.model,
-        runner_workdir=tree,
-        runner_env=sorted(env),
         runner_concurrency=2,
+        **runner,
     )
     try:
         async with running_agogd(settings):
@@ -236,24 +251,9 @@ async def test_a_retry_after_a_failed_attempt_starts_a_fresh_session(
 ) -> None:
     """A rework resumes; a retry after a FAILED attempt does not: that session
     may be what failed (Gemini CLI 0.61 cannot resume one that used tools)."""
-    cli = CLIS["claude"]
-    tree, home = tmp_path / "tree", tmp_path / "home"
-    tree.mkdir()
-    home.mkdir()
-    server = cli.server(Script(responder=PipelineResponder(fail_agents={"jen"})))
-    await server.start()
-    env = cli.env(server, home)
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    settings = settings_for(
-        nats_server.url,
-        pg_dsn,
-        runner_agents=["jen"],
-        runner_cli="claude",
-        runner_cli_paths={"claude": agent_cli("claude")},
-        runner_workdir=tree,
-        runner_env=sorted(env),
-    )
+    responder = PipelineResponder(fail_agents={"jen"})
+    server, runner = await started_cli(CLIS["claude"], responder, tmp_path, monkeypatch)
+    settings = settings_for(nats_server.url, pg_dsn, runner_agents=["jen"], **runner)
     others = await ScriptedAgents(nc, lambda a: None if a["agent"] == "jen" else happy(a)).start()
     try:
         async with running_agogd(settings):

@@ -42,7 +42,7 @@ from typing import Any
 
 from aiohttp import web
 
-from orchestrator.embedded.models.base import ScriptedModelServer, Turn
+from orchestrator.embedded.models.base import ScriptedModelServer, Turn, json_body
 
 CHUNK = 24  # characters per streamed delta: clients must join several
 MODELS = ("claude-opus-5-5", "claude-sonnet-5-5", "claude-haiku-4-5")  # for GET /v1/models
@@ -207,13 +207,6 @@ def _check(request: web.Request, body: Any) -> web.Response | None:
     return None
 
 
-async def _json_body(request: web.Request) -> Any:
-    try:
-        return json.loads(await request.read() or b"null")
-    except (ValueError, UnicodeDecodeError):
-        return None
-
-
 class AnthropicServer(ScriptedModelServer):
     """The Anthropic Messages API, answered from the script (see the module doc).
 
@@ -243,7 +236,7 @@ class AnthropicServer(ScriptedModelServer):
         self.side_requests.append({**entry, "headers": dict(request.headers)})
 
     async def _messages(self, request: web.Request) -> web.StreamResponse:
-        body = await _json_body(request)
+        body = await json_body(request)
         problem = _check(request, body)
         if problem is not None:
             self._note(request, body)
@@ -281,7 +274,7 @@ class AnthropicServer(ScriptedModelServer):
         return response
 
     async def _count_tokens(self, request: web.Request) -> web.Response:
-        body = await _json_body(request)
+        body = await json_body(request)
         self._note(request, body)
         if not isinstance(body, dict) or "messages" not in body or "model" not in body:
             return error_response(400, "invalid_request_error", "model and messages are required")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +24,15 @@ class Turn:
     output_tokens: int = 20
     cache_read_tokens: int = 0
     cache_write_tokens: int = 0
+
+
+async def json_body(request: web.Request) -> Any:
+    """The request's body as JSON, or None when it is not JSON (each server
+    answers that with its API's own error; aiohttp has undone any gzip)."""
+    try:
+        return json.loads(await request.read() or b"null")
+    except (ValueError, UnicodeDecodeError):
+        return None
 
 
 # Given the request's JSON body, the turn to answer with.

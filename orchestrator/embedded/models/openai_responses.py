@@ -58,7 +58,7 @@ from typing import Any
 
 from aiohttp import web
 
-from orchestrator.embedded.models.base import ScriptedModelServer, Turn
+from orchestrator.embedded.models.base import ScriptedModelServer, Turn, json_body
 
 CHUNK = 24  # characters per streamed delta: clients must join several
 MODELS = ("gpt-5.5", "gpt-5.4", "gpt-5.4-mini")
@@ -310,14 +310,6 @@ def _check(request: web.Request, body: Any) -> web.Response | None:
     return None
 
 
-async def _json_body(request: web.Request) -> Any:
-    """The body as JSON, or None (aiohttp has undone a gzip or deflate encoding)."""
-    try:
-        return json.loads(await request.read() or b"null")
-    except (ValueError, UnicodeDecodeError):
-        return None
-
-
 def is_side_request(request: web.Request) -> bool:
     """A Codex helper job rather than its agent loop (see the module doc)."""
     if request.headers.get("x-openai-subagent"):
@@ -351,7 +343,7 @@ class OpenAIResponsesServer(ScriptedModelServer):
         app.router.add_route("*", "/{tail:.*}", self._not_found)
 
     async def _responses(self, request: web.Request) -> web.StreamResponse:
-        body = await _json_body(request)
+        body = await json_body(request)
         problem = _check(request, body)
         if problem is not None:
             return problem
