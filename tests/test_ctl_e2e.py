@@ -98,7 +98,7 @@ async def test_status_show_and_every_action(nats_server: NatsServer, nc: NATS, p
         assert grid.returncode == 0, grid.stderr
         assert "\x1b[" not in grid.stdout  # no colours when stdout is not a terminal
         header = grid.stdout.splitlines()[0].split()
-        assert header == ["REQ", "PRI", "STATUS", *SEVEN, "tim", "AGE"]
+        assert header == ["REQ", "PRI", "STATUS", *SEVEN, "tim", "COST", "AGE"]
         assert _row(grid.stdout, "REQ-CTL-1").split()[1:11] == ["P1", "DEPLOYED"] + ["ok"] * 8
         cells = _row(grid.stdout, "REQ-CTL-2").split()
         assert cells[1:6] == ["P2", "IN_PROGRESS", "ok", "ok", "run"] and cells[6].endswith("s")

@@ -214,7 +214,7 @@ async def test_a_req_through_every_stage_with_a_real_cli_as_every_agent(
     assert (tree / "api.py").read_text() == API
     # Each attempt's accounting, from the CLI's own structured output.
     for a in attempts:
-        assert a["cli"] == cli.name and a["session_id"], a
+        assert a["cli"] == cli.name and a["session_id"] and a["model"] == cli.model, a
         assert a["input_tokens"] and a["output_tokens"] and a["turns"], a
         assert a["total_bytes"], f"no transcript kept for {a['agent']} #{a['attempt']}"
     roy = [a for a in attempts if a["agent"] == "roy"]

@@ -335,6 +335,8 @@ class Runner:
         )
         # What the CLI reported wins; what the agent itself said fills the rest.
         own = notice.get("usage") if isinstance(notice.get("usage"), dict) else {}
+        if output.model is None and spec.model:  # a CLI that does not say (codex)
+            output = dataclasses.replace(output, model=spec.model)
         reported = usage_of(profile.name, output, time.monotonic() - started, before)
         notice["usage"] = {**own, **reported}
         level = log.info if notice["status"] != "FAILED" else log.warning
