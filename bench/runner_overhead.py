@@ -47,16 +47,6 @@ AGENT = "roy"
 CLIS = ROOT / ".agent-clis" / "node_modules" / ".bin"
 
 
-def cli_env(server: AnthropicServer, home: Path) -> dict[str, str]:
-    return {
-        "HOME": str(home),
-        "ANTHROPIC_BASE_URL": server.url,
-        "ANTHROPIC_API_KEY": "bench-key",
-        "DISABLE_TELEMETRY": "1",
-        "DISABLE_ERROR_REPORTING": "1",
-    }
-
-
 async def bare_run(argv: list[str], stdin: str, cwd: Path, env: dict[str, str]) -> float:
     """The CLI by hand: spawn, prompt on stdin, wait for it to exit."""
     started = time.perf_counter()
@@ -88,7 +78,7 @@ async def main() -> None:
         for path in (tree, home, scratch):
             path.mkdir()
         server = await AnthropicServer(Script(responder=PipelineResponder())).start()
-        env = cli_env(server, home)
+        env = server.cli_env(home, api_key="bench-key")
         nats_server = NatsServer(base / "nats").start()
         pg = PostgresServer(base / "pg").start()
         daemon = DaemonProcess(

@@ -78,14 +78,9 @@ def hermetic_env(box: Box, server: AnthropicServer, **extra: str) -> dict[str, s
     ANTHROPIC_* or CLAUDE_* variable), a private HOME, the local server."""
     return {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": str(box.home),
         "TMPDIR": str(box.scratch),
         "LANG": "C.UTF-8",
-        "ANTHROPIC_BASE_URL": server.url,
-        "ANTHROPIC_API_KEY": "test-key",
-        "DISABLE_TELEMETRY": "1",
-        "DISABLE_ERROR_REPORTING": "1",
-        "CLAUDE_CODE_DISABLE_FEEDBACK_SURVEY": "1",
+        **server.cli_env(box.home),
         **extra,
     }
 

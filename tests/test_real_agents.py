@@ -60,14 +60,8 @@ class Cli:
 
 
 def claude_env(server: ScriptedModelServer, home: Path) -> dict[str, str]:
-    return {
-        "HOME": str(home),
-        "ANTHROPIC_BASE_URL": server.url,
-        "ANTHROPIC_API_KEY": "test-key",
-        "DISABLE_TELEMETRY": "1",
-        "DISABLE_ERROR_REPORTING": "1",
-        "CLAUDE_CODE_DISABLE_FEEDBACK_SURVEY": "1",
-    }
+    assert isinstance(server, AnthropicServer)
+    return server.cli_env(home)
 
 
 def codex_env(server: ScriptedModelServer, home: Path) -> dict[str, str]:

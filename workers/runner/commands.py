@@ -89,13 +89,6 @@ def model_of(settings: Settings, agent: str) -> str | None:
     return settings.runner_models.get(agent, settings.runner_default_model)
 
 
-def agent_argv(settings: Settings, stage: Stage) -> list[str]:
-    """The argv of a generic-profile agent (the demo agent in demo mode)."""
-    profile, _ = profile_for(settings, stage)
-    assert isinstance(profile, GenericProfile)
-    return profile.argv(stage.agent, model_of(settings, stage.agent), stage.role)
-
-
 def check_versions(settings: Settings, stages: list[Stage]) -> dict[str, str]:
     """Run each configured CLI's ``--version`` once; CommandError, in one line,
     when one is missing or older than its profile is tested with."""

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -220,6 +221,18 @@ class AnthropicServer(ScriptedModelServer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.side_requests: list[dict[str, Any]] = []
+
+    def cli_env(self, home: Path, api_key: str = "test-key") -> dict[str, str]:
+        """What points the real Claude Code CLI at this server, hermetically: a
+        private HOME, this URL, a dummy key, no telemetry or error reports."""
+        return {
+            "HOME": str(home),
+            "ANTHROPIC_BASE_URL": self.url,
+            "ANTHROPIC_API_KEY": api_key,
+            "DISABLE_TELEMETRY": "1",
+            "DISABLE_ERROR_REPORTING": "1",
+            "CLAUDE_CODE_DISABLE_FEEDBACK_SURVEY": "1",
+        }
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/messages", self._messages)
