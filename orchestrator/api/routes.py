@@ -68,7 +68,7 @@ from orchestrator.api.common import (
     token_problem,
 )
 from orchestrator.core.registry import Pipeline
-from orchestrator.engine import requirements
+from orchestrator.engine import requirements, store
 from orchestrator.inbound import intake
 from orchestrator.runtime.context import Late
 from orchestrator.runtime.logs import get_logger
@@ -216,7 +216,7 @@ async def logs(request: web.Request) -> web.Response:
     async with pool_of(request).acquire() as conn:
         body = await api_views.transcript(conn, req, stage, attempt, since)
         if body is None:
-            if not await conn.fetchval("SELECT 1 FROM workflow_state WHERE req_number = $1", req):
+            if not await store.workflow_exists(conn, req):
                 raise ApiError(404, f"no workflow for {req}")
             # Nothing kept (yet): its agents run outside agogd's runner, or the
             # runner has not started one. Not an error: a follower looks again.

@@ -199,12 +199,15 @@ _ROW_COLUMNS = (
     "   'status', a.status, 'reason', a.reason, 'started_at', a.started_at,"
     "   'finished_at', a.finished_at, 'seconds',"
     "   extract(epoch FROM coalesce(a.finished_at, now()) - a.started_at),"
-    "   'cost_usd', (SELECT sum(c.cost_usd)::float8 FROM stage_attempts c"
-    "    WHERE c.req_number = a.req_number AND c.stage = a.stage),"
-    "   'tokens', (SELECT sum(coalesce(c.input_tokens, 0) + coalesce(c.output_tokens, 0))"
-    "    FROM stage_attempts c WHERE c.req_number = a.req_number AND c.stage = a.stage))), '[]')"
-    "  FROM (SELECT DISTINCT ON (stage) * FROM stage_attempts s"
-    "   WHERE s.req_number = ws.req_number ORDER BY stage, attempt DESC) a) AS latest"
+    "   'cost_usd', a.stage_cost, 'tokens', a.stage_tokens)), '[]')"
+    # Each stage's latest attempt, with the cost and tokens of all its attempts
+    # (the window sums are taken before DISTINCT ON keeps one row per stage).
+    "  FROM (SELECT DISTINCT ON (stage) *,"
+    "   sum(cost_usd) OVER (PARTITION BY stage)::float8 AS stage_cost,"
+    "   sum(coalesce(input_tokens, 0) + coalesce(output_tokens, 0))"
+    "    OVER (PARTITION BY stage) AS stage_tokens"
+    "   FROM stage_attempts s WHERE s.req_number = ws.req_number"
+    "   ORDER BY stage, attempt DESC) a) AS latest"
 )
 
 
