@@ -27,9 +27,12 @@ from orchestrator.engine import service as engine_service
 from orchestrator.memory import service as memory_service
 from orchestrator.memory.service import Memory
 from orchestrator.runtime.context import Late, Runtime
-from orchestrator.runtime.daemon import Assembly, Daemon, StartupError
+from orchestrator.runtime.daemon import Assembly, Check, Daemon, StartupError
 from orchestrator.runtime.services import Service
 from orchestrator.runtime.settings import Settings
+from workers.adapters.forge import Forge, ForgeConfig, make_forge
+from workers.branches.janitor import WorktreeJanitor
+from workers.branches.worktrees import WorktreeError, Worktrees, worktrees_of
 from workers.infra import health
 from workers.infra import report as infra_report
 from workers.infra.health import HealthWatcher
@@ -48,6 +51,7 @@ class Parts:
     health: HealthWatcher | None
     infra_reports: ReportRequests | None
     observer: Observer
+    worktrees: Worktrees | None = None
 
 
 class Agogd:
@@ -73,7 +77,8 @@ class Agogd:
         )
         engine = engine_service.build(rt, memory) if self.with_engine else None
         reports = infra_report.build(rt) if self.with_engine else None
-        runner = runner_service.build(rt)
+        worktrees = worktrees_of(settings, rt.pool)
+        runner = runner_service.build(rt, worktrees=worktrees, forge=forge_of(settings))
         watcher = health.build(rt)
         observer = Observer(
             pool=rt.pool, nc=rt.nc, pipeline=pipeline, database_gauges=self.with_engine
@@ -91,17 +96,49 @@ class Agogd:
             services.update(engine.services)
             read = {*engine.consumers, *([reports.consumer.name] if reports else [])}
             _every_consumer_has_a_reader(pipeline, read)
-            self._api.bind(ApiContext(rt=rt, memory=memory, wake_dispatcher=engine.wake))
+            self._api.bind(
+                ApiContext(rt=rt, memory=memory, wake_dispatcher=engine.wake, worktrees=worktrees)
+            )
         if reports is not None:
             services["infra-report-requests"] = reports.run
         if runner is not None:
             services.update(runner.services())
         if watcher is not None:
             services["health-watch"] = lambda: watcher.run(rt.stopping)
+        if worktrees is not None:
+            checks.append(_repo_check(worktrees))
+            services["worktree-janitor"] = WorktreeJanitor(worktrees=worktrees, rt=rt).run
         services["metrics"] = lambda: observer.run(rt.stopping)
         self._observer.bind(observer)
-        self.parts = Parts(engine, memory, runner, watcher, reports, observer)
+        self.parts = Parts(engine, memory, runner, watcher, reports, observer, worktrees)
         return Assembly(services=services, checks=checks)
+
+
+def forge_of(settings: Settings) -> Forge | None:
+    """The forge client Berry pushes to (AGOG_FORGE), or None."""
+    if not settings.forge:
+        return None
+    return make_forge(
+        ForgeConfig(
+            kind=settings.forge,
+            api_url=settings.forge_url or "https://api.github.com",
+            repo=settings.forge_repo,
+            token=settings.forge_token,
+            git_url=settings.forge_git_url or None,
+            labels=tuple(settings.forge_labels),
+            reviewers=tuple(settings.forge_reviewers),
+        )
+    )
+
+
+def _repo_check(worktrees: Worktrees) -> Check:
+    async def check() -> None:
+        try:
+            await worktrees.check()
+        except WorktreeError as exc:
+            raise StartupError(str(exc)) from None
+
+    return check
 
 
 def _every_consumer_has_a_reader(pipeline: Pipeline, read: set[str]) -> None:

@@ -23,6 +23,7 @@ from orchestrator.inbound import intake
 from orchestrator.inbound.notices import validate_req_id
 from orchestrator.runtime.context import Late, NotBound, Runtime
 from orchestrator.runtime.settings import Settings
+from workers.branches.worktrees import Worktrees
 
 if TYPE_CHECKING:
     from orchestrator.memory.service import Memory
@@ -37,6 +38,8 @@ class ApiContext:
     memory: Memory | None
     # A REQ may be admitted now (the engine's dispatcher).
     wake_dispatcher: Callable[[], None]
+    # The REQs' branches and worktrees (AGOG_REPO), for their diffs.
+    worktrees: Worktrees | None = None
 
 
 # Known before agogd connects: the token check and the body limits work at once.

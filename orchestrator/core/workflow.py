@@ -157,6 +157,8 @@ class Completed:
     deployed_at: str | None = None
     # None: deployed iff deployed_at is given; False: says it did not deploy.
     deployed: bool | None = None
+    # The deploy gate could not integrate the REQ's branch: a merge conflict.
+    conflict: bool = False
     summary: str = ""
     # JetStream's timestamp of the message: epoch seconds on the NATS server's clock.
     published_at: float | None = None
@@ -507,6 +509,9 @@ def _completed(pipeline: Pipeline, wf: Workflow, ev: Completed) -> tuple[Workflo
     if stage.gate == "qa" and (ev.status in ("BLOCKED", "FAILED") or not ev.qa_passed):
         target = pipeline.rework_target(stage, ev.rework_agents)
         return _rework(pipeline, wf, stage, target, "qa", ev, "FAILED", "QA failed")
+    if stage.gate == "deploy" and ev.conflict and ev.status == "FAILED":
+        target = pipeline.rework_target(stage, ev.rework_agents)
+        return _rework(pipeline, wf, stage, target, "integrate", ev, "FAILED", "merge conflict")
     if ev.status == "BLOCKED":
         return _block(
             wf,

@@ -138,6 +138,8 @@ def completed_event(
         }
     elif stage.gate == "qa":
         instructions = {"qa_failures": notice.qa_failures, "summary": notice.summary}
+    elif stage.gate == "deploy" and notice.conflict is not None:
+        instructions = {"conflict": notice.conflict, "summary": notice.summary}
     return Completed(
         stage=stage.index,
         attempt=notice.attempt,
@@ -151,6 +153,7 @@ def completed_event(
         deployed_by=notice.deployed_by,
         deployed_at=notice.deployed_at,
         deployed=notice.deployed,
+        conflict=stage.gate == "deploy" and notice.conflict is not None,
         summary=notice.summary,
         published_at=published_at,
         digest=digest,

@@ -328,6 +328,9 @@ class CompletionNotice(BaseModel):
     deployed_by: str | None = None
     # False: Berry committed and tested but did not deploy (no engine, rollback).
     deployed: bool | None = None
+    # Berry: the REQ's branch conflicts with the integration branch (files,
+    # hunks, integration_head, stages): a rework, not a retry.
+    conflict: dict[str, Any] | None = None
     attempt: int | None = None
     usage: AgentUsage | None = None
     # The object as the agent published it (after fence extraction), with the

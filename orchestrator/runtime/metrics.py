@@ -60,6 +60,16 @@ BERRY_DEPLOYS = Counter(
 )
 
 # --- workflow ------------------------------------------------------------------------
+WORKTREES = Gauge(
+    "agogd_worktrees",
+    "REQ worktrees on this agogd's disk (removed when the REQ is deployed or cancelled).",
+    registry=REGISTRY,
+)
+WORKTREES_BYTES = Gauge(
+    "agogd_worktrees_bytes",
+    "Disk used by the REQs' worktrees, in bytes.",
+    registry=REGISTRY,
+)
 STAGE_DURATION = Histogram(
     "agogd_stage_duration_seconds",
     "Time from a stage's dispatch to its completion notice, per agent.",

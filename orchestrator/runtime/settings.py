@@ -275,6 +275,73 @@ class Settings(BaseSettings):
         " (GIT_CONFIG_GLOBAL; unset: none). Keep it out of the workspace.",
     )
 
+    # --- a branch and a git worktree per REQ (workers/branches) -----------
+    repo: Path | None = Field(
+        default=None,
+        description="The git repository REQs branch from: each REQ gets a branch and a"
+        " worktree of it, its agents run there and Berry integrates the branch (unset: every"
+        " agent shares AGOG_RUNNER_WORKDIR, and Berry commits the files the deliverables list).",
+    )
+    integration_branch: str = Field(
+        default="",
+        description="The branch REQs start from and Berry integrates into ('' = the branch"
+        " checked out in AGOG_REPO).",
+    )
+    branch_template: str = Field(
+        default="agog/{req}", description="Each REQ's branch name; {req} is its number."
+    )
+    worktree_max_age_days: float = Field(
+        default=14.0,
+        gt=0,
+        description="Days after its last stage commit a REQ's worktree is pruned, even if"
+        " BLOCKED (the branch stays).",
+    )
+    worktree_prune_interval: float = Field(
+        default=60.0, gt=0, description="Seconds between passes that remove finished worktrees."
+    )
+    berry_integrate: Literal["rebase", "merge"] = Field(
+        default="rebase",
+        description="How Berry brings a REQ's branch onto the integration branch's head:"
+        " 'rebase' replays its commits, 'merge' merges the head into it.",
+    )
+
+    # --- the forge Berry pushes to (GitHub, Gitea/Forgejo) -----------------
+    forge: Literal["", "github", "gitea"] = Field(
+        default="", description="The forge: 'github' (or GitHub Enterprise), 'gitea' ('' = none)."
+    )
+    forge_url: str = Field(
+        default="",
+        description="The forge's API base ('' = https://api.github.com for github; Gitea:"
+        " https://host/api/v1; GitHub Enterprise: https://host/api/v3).",
+    )
+    forge_git_url: str = Field(
+        default="", description="The repository's clone URL over HTTPS ('' = from the API URL)."
+    )
+    forge_repo: str = Field(default="", description="owner/name of the repository on the forge.")
+    forge_token: SecretStr | None = Field(
+        default=None, description="The forge token (push, pull requests, statuses, issues)."
+    )
+    forge_push: Literal["branch", "integration"] = Field(
+        default="branch",
+        description="What Berry pushes: the REQ's branch (a pull request into the default"
+        " branch) or the integration branch (a pull request only if it is not the default).",
+    )
+    forge_base: str = Field(
+        default="", description="The pull requests' base branch ('' = the forge's default)."
+    )
+    forge_labels: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Labels put on Berry's pull requests and issues."
+    )
+    forge_reviewers: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Reviewers requested on Berry's pull requests."
+    )
+    forge_ci_timeout: float = Field(
+        default=1800.0,
+        ge=0,
+        description="Seconds Berry waits for the pushed commit's CI to be green (0: no wait).",
+    )
+    forge_ci_poll: float = Field(default=15.0, gt=0, description="Seconds between CI polls.")
+
     # --- deliverable memory (recall for agents; see orchestrator/memory) ----
     memory_enabled: bool = Field(
         default=True,
@@ -378,6 +445,8 @@ class Settings(BaseSettings):
         "berry_services",
         "berry_health_urls",
         "http_allowed_hosts",
+        "forge_labels",
+        "forge_reviewers",
         mode="before",
     )
     @classmethod
@@ -462,6 +531,30 @@ class Settings(BaseSettings):
             raise ValueError(f"AGOG_NATS_CREDS_FILE {self.nats_creds_file} does not exist")
         if bool(self.nats_tls_cert) != bool(self.nats_tls_key):
             raise ValueError("AGOG_NATS_TLS_CERT and AGOG_NATS_TLS_KEY go together")
+        return self
+
+    @field_validator("branch_template")
+    @classmethod
+    def _check_branch_template(cls, value: str) -> str:
+        if "{req}" not in value:
+            raise ValueError("must contain {req}: each REQ needs its own branch")
+        try:
+            value.format(req="REQ-1")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(f"only {{req}} may be filled in ({exc})") from None
+        return value
+
+    @model_validator(mode="after")
+    def _check_forge(self) -> Settings:
+        if not self.forge:
+            return self
+        if self.repo is None:
+            raise ValueError("AGOG_FORGE needs AGOG_REPO (Berry pushes the REQs' branches)")
+        owner, _, name = self.forge_repo.partition("/")
+        if not owner or not name or "/" in name:
+            raise ValueError("AGOG_FORGE needs AGOG_FORGE_REPO as owner/name")
+        if self.forge == "gitea" and not self.forge_url:
+            raise ValueError("AGOG_FORGE=gitea needs AGOG_FORGE_URL (https://host/api/v1)")
         return self
 
     # --- derived ----------------------------------------------------------

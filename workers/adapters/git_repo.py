@@ -60,6 +60,18 @@ class GitRepo:
         self.root, self.author, self.timeout = root, author, timeout
         self.global_config, self.hooks, self.home = global_config, hooks, home
 
+    def at(self, root: Path, author: Author | None = None) -> GitRepo:
+        """The same git, configured the same way, in another working tree (a
+        worktree of this repository) and, if given, as another author."""
+        return GitRepo(
+            root,
+            author or self.author,
+            self.timeout,
+            global_config=self.global_config,
+            hooks=self.hooks,
+            home=self.home,
+        )
+
     def _home(self) -> str:
         """HOME for git and ssh: the environment's, unless unset or in the workspace."""
         home = os.environ.get("HOME")
@@ -93,14 +105,23 @@ class GitRepo:
             "GIT_TERMINAL_PROMPT": "0",  # a push never waits for a password
         }
 
-    async def run(self, *args: str, stdin: str | None = None, check: bool = True) -> str:
+    async def run(
+        self,
+        *args: str,
+        stdin: str | None = None,
+        check: bool = True,
+        env: dict[str, str] | None = None,
+    ) -> str:
         """Run ``git -C root args``; returns stdout, raises GitError on failure."""
-        code, out, err = await self.call(*args, stdin=stdin)
+        code, out, err = await self.call(*args, stdin=stdin, env=env)
         if check and code != 0:
             raise GitError(f"git {args[0]} failed ({code}): {err.strip()[-800:]}")
         return out
 
-    async def call(self, *args: str, stdin: str | None = None) -> tuple[int, str, str]:
+    async def call(
+        self, *args: str, stdin: str | None = None, env: dict[str, str] | None = None
+    ) -> tuple[int, str, str]:
+        """Run git; ``env`` adds variables (a push's credentials: never in argv)."""
         proc = await asyncio.create_subprocess_exec(
             "git",
             "-C",
@@ -110,7 +131,7 @@ class GitRepo:
             stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
-            env=self._env(),
+            env={**self._env(), **(env or {})},
         )
         try:
             async with asyncio.timeout(self.timeout):

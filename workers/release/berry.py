@@ -28,15 +28,21 @@ from orchestrator.runtime.context import Runtime
 from orchestrator.runtime.logs import get_logger
 from orchestrator.runtime.metrics import BERRY_DEPLOYS
 from orchestrator.runtime.settings import Settings
+from workers.adapters.forge import Forge, ForgeError
 from workers.adapters.git_repo import Author, GitError, GitRepo
 from workers.adapters.supervise import run_process
+from workers.branches.worktrees import WorktreeError, Worktrees
 from workers.infra.report import publish_report
 from workers.release.deploy import ComposeDeployer, ComposeTarget, DeployError, HealthVerdict
+from workers.release.forge_steps import ForgeSteps, ForgeStop, describe_checks, failing_checks
+from workers.release.integrate import Conflict, Integrator
 from workers.release.plan import (
     StageDeliverable,
     commit_message,
     listed_files,
     path_problem,
+    pull_request_body,
+    pull_request_title,
     qa_refusal,
 )
 
@@ -100,17 +106,20 @@ def file_problem(root: Path, path: str) -> str | None:
 class NativeBerry:
     """One agogd's native Berry: settings in, a notice out."""
 
-    def __init__(self, rt: Runtime) -> None:
+    def __init__(
+        self, rt: Runtime, *, worktrees: Worktrees | None = None, forge: Forge | None = None
+    ) -> None:
         self.rt, self.settings, self.pipeline = rt, rt.settings, rt.pipeline
         settings = self.settings
         deploy = self.pipeline.gate_stage("deploy")
         # Its own corner of the data dir, named after the deploy gate's agent.
         self.state_dir = settings.data_dir.resolve() / (deploy.agent if deploy else "deploy")
-        if settings.berry_workspace is None:
+        workspace = settings.berry_workspace or (worktrees.repo.root if worktrees else None)
+        if workspace is None:
             raise ValueError(
-                "AGOG_BERRY_MODE=native needs AGOG_BERRY_WORKSPACE (a git working tree)"
+                "AGOG_BERRY_MODE=native needs AGOG_REPO or AGOG_BERRY_WORKSPACE (a git tree)"
             )
-        self.workspace = settings.berry_workspace.resolve()
+        self.workspace = workspace.resolve()
         git_config = settings.berry_git_config
         if git_config is not None:
             git_config = git_config.resolve()
@@ -127,6 +136,19 @@ class NativeBerry:
             home=self.state_dir / "home",  # when HOME is unusable
         )
         self.deployer = deployer_for(settings)
+        self.worktrees = worktrees
+        # With AGOG_REPO, Berry integrates the REQ's branch (never a list of files).
+        self.integrator = (
+            Integrator(
+                worktrees=worktrees,
+                workspace=self.repo,
+                mode=settings.berry_integrate,
+                pipeline=self.pipeline,
+            )
+            if worktrees is not None
+            else None
+        )
+        self.forge = ForgeSteps(forge=forge, repo=self.repo, settings=settings) if forge else None
         self._local_lock = asyncio.Lock()
         self.test_argv = (
             shlex.split(settings.berry_test_command) if settings.berry_test_command else []
@@ -178,24 +200,14 @@ class NativeBerry:
         )
         if (why := qa_refusal(approval, qa.agent if qa else "the QA gate")) is not None:
             raise BerryStop("BLOCKED", why)
-        # 2. The files, all inside the workspace.
-        if not await self.repo.is_repo():
-            raise BerryStop("BLOCKED", f"the workspace {self.workspace} is not a git working tree")
-        paths = await self._checked_paths(listed_files(items))
-        # 3. The commit.
         title = (assignment.get("contextData") or {}).get("featureTitle")
         message = commit_message(
             req, title, items, self.pipeline, self.settings.berry_coauthor_domain
         )
-        sha, files = await self._commit(req, paths, message)
-        notice.update(commit_sha=sha, files_changed=len(files), files_committed=files)
-        # 4. The tests.
-        tests = await self._test()
-        notice.update(tests_passed=tests["passed"], tests=tests)
-        if tests["passed"] is False:
-            raise BerryStop(
-                "FAILED", f"the tests failed: {tests['reason']}", tests=tests, tests_passed=False
-            )
+        if self.integrator is None:
+            sha = await self._commit_listed(req, items, message, notice)
+        else:
+            sha = await self._integrate(req, title, items, message, notice)
         # 5-6. The deployment, rolled back if it is not healthy.
         deploy = await self._deploy(req, attempt, sha)
         BERRY_DEPLOYS.labels(outcome=deploy["outcome"]).inc()
@@ -214,9 +226,131 @@ class NativeBerry:
             result["summary"] = (
                 f"{req} committed ({sha[:12]}) and tested; not deployed: {deploy['reason']}"
             )
-        # 7. Push and tag, when configured.
+        # 7. Push and tag, when configured; the REQ's issue closed once deployed.
         result["release"] = await self._release(req, sha, deployed)
+        if deployed and self.forge is not None:
+            closed = await self.forge.resolved(req, f"Deployed in {sha[:12]}.")
+            if closed is not None:
+                result["issue"] = closed
         return result
+
+    async def _commit_listed(
+        self, req: str, items: list[StageDeliverable], message: str, notice: dict[str, Any]
+    ) -> str:
+        """Without AGOG_REPO: commit the files the deliverables list, in the
+        shared workspace, then test there."""
+        if not await self.repo.is_repo():
+            raise BerryStop("BLOCKED", f"the workspace {self.workspace} is not a git working tree")
+        paths = await self._checked_paths(listed_files(items))
+        sha, files = await self._commit(req, paths, message)
+        notice.update(commit_sha=sha, files_changed=len(files), files_committed=files)
+        await self._tests_or_stop(req, self.workspace, notice)
+        return sha
+
+    async def _integrate(
+        self,
+        req: str,
+        title: str | None,
+        items: list[StageDeliverable],
+        message: str,
+        notice: dict[str, Any],
+    ) -> str:
+        """With AGOG_REPO: the REQ's branch onto the integration head (a
+        conflict goes back as a rework), tested, pushed with its pull request
+        and green CI when a forge is configured, then merged."""
+        assert self.integrator is not None and self.worktrees is not None
+        integration = self.worktrees.integration
+        try:
+            wt = await self.worktrees.ensure(req)
+            updated = await self.integrator.update(wt)
+        except Conflict as conflict:
+            files = ", ".join(conflict.files[:10])
+            raise BerryStop(
+                "FAILED",
+                f"{req}'s branch conflicts with {integration} in {files}",
+                conflict=conflict.as_dict(),
+                rework_agents=conflict.owners[:1],
+            ) from None
+        except (GitError, WorktreeError) as exc:
+            raise BerryStop("FAILED", f"integrating {req}'s branch failed: {exc}") from None
+        notice.update(branch=wt.branch, branch_head=updated.head, integration=updated.how)
+        await self._tests_or_stop(req, wt.path, notice)
+        push_branch = self.settings.forge_push == "branch"
+        if self.forge is not None and push_branch:
+            await self._on_forge(req, title, items, updated.head, wt.branch, notice, force=True)
+        try:
+            sha = await self.integrator.land(wt, updated, message)
+        except GitError as exc:
+            raise BerryStop(
+                "FAILED", f"merging {wt.branch} into {integration} failed: {exc}"
+            ) from None
+        if self.forge is not None and not push_branch:
+            await self._on_forge(req, title, items, sha, integration, notice, force=False)
+        out = await self.repo.run("diff", "--name-only", "-z", f"{sha}^1", sha)
+        files = [p for p in out.split("\0") if p]
+        notice.update(commit_sha=sha, files_changed=len(files), files_committed=files)
+        return sha
+
+    async def _on_forge(
+        self,
+        req: str,
+        title: str | None,
+        items: list[StageDeliverable],
+        sha: str,
+        branch: str,
+        notice: dict[str, Any],
+        *,
+        force: bool,
+    ) -> None:
+        """Push, the pull request and CI; any failure BLOCKS the REQ with an issue."""
+        assert self.forge is not None
+        try:
+            await self.forge.push(sha, branch, force=force)
+            pr = await self.forge.pull_request(
+                head=branch,
+                title=pull_request_title(req, title),
+                body=pull_request_body(req, items, self.pipeline),
+            )
+            if pr is not None:
+                notice["pull_request"] = pr
+            ci = await self.forge.wait_ci(sha)
+        except ForgeStop as stop:
+            issue = await self.forge.report(req, stop.reason, "", stop.extra.get("push_error", ""))
+            raise BerryStop("BLOCKED", stop.reason, issue=issue, pushed=False) from None
+        except ForgeError as exc:  # the token missing or refused, the forge away
+            raise BerryStop("BLOCKED", f"the forge: {exc}", forge_error=str(exc)) from None
+        notice["pushed"] = {"branch": branch, "commit": sha}
+        if ci is None:
+            return
+        notice["ci"] = {"state": ci.state, "checks": [c.__dict__ for c in ci.checks][:50]}
+        if ci.state == "success":
+            return
+        if ci.state == "failure":
+            failing = failing_checks(ci)
+            reason = f"CI failed on {sha[:12]}: {describe_checks(failing)}"
+        else:
+            reason = (
+                f"CI did not finish within {self.settings.forge_ci_timeout:.0f}s on {sha[:12]}"
+                f" (state {ci.state})"
+            )
+        detail = "\n".join(
+            f"- {c.name}: {c.state}" + (f" ({c.url})" if c.url else "") for c in ci.checks
+        )
+        issue = await self.forge.report(req, reason, detail, "")
+        raise BerryStop("BLOCKED", reason, issue=issue)
+
+    async def _tests_or_stop(self, req: str, cwd: Path, notice: dict[str, Any]) -> None:
+        """Run the tests; red tests end the run (BLOCKED with an issue when a
+        forge is configured, as seed 002 asks; else FAILED, and retried)."""
+        tests = await self._test(cwd)
+        notice.update(tests_passed=tests["passed"], tests=tests)
+        if tests["passed"] is not False:
+            return
+        reason = f"the tests failed: {tests['reason']}"
+        if self.forge is not None:
+            issue = await self.forge.report(req, reason, "", tests.get("output_tail", ""))
+            raise BerryStop("BLOCKED", reason, tests=tests, tests_passed=False, issue=issue)
+        raise BerryStop("FAILED", reason, tests=tests, tests_passed=False)
 
     @contextlib.asynccontextmanager
     async def _workspace_lock(self) -> AsyncIterator[None]:
@@ -288,7 +422,7 @@ class NativeBerry:
         log.info("berry.nothing_to_commit", commit_sha=head)
         return head, []
 
-    async def _test(self) -> dict[str, Any]:
+    async def _test(self, cwd: Path) -> dict[str, Any]:
         if not self.test_argv:
             return {
                 "passed": None,
@@ -297,7 +431,7 @@ class NativeBerry:
         result = await run_process(
             self.test_argv,
             stdin="",
-            cwd=self.workspace,
+            cwd=cwd,
             env={k: v for k, v in os.environ.items() if not k.startswith("AGOG_")},
             timeout=self.settings.berry_test_timeout,
             kill_grace=self.settings.runner_kill_grace,

@@ -138,3 +138,69 @@ def commit_message(
                 f" <{stage.agent}@{email_domain}>"
             )
     return "\n".join(lines) + "\n"
+
+
+def pull_request_title(req: str, title: str | None) -> str:
+    """Seed 002's pull request title: ``REQ-…: feature title``."""
+    return f"{req}: {_one_line(title or '', 100) or 'deliver the requirement'}"
+
+
+def pull_request_body(
+    req: str, deliverables: Iterable[StageDeliverable], pipeline: Pipeline
+) -> str:
+    """Seed 002's pull request body: the summary from the QA report, the
+    changes from the build stages' deliverables, the testing verdict and the
+    deliverables with each stage's status."""
+    items = {d.agent: d for d in deliverables}
+    qa_stage, deploy_stage = pipeline.gate_stage("qa"), pipeline.gate_stage("deploy")
+    qa = items.get(qa_stage.agent) if qa_stage else None
+    summary = _one_line((qa.deliverable.get("summary") if qa else "") or "", 600)
+    lines = ["## Summary", summary or "(no QA summary)", "", "## Changes"]
+    builders = [s for s in pipeline.stages if s.gate == "none" and s.agent in items]
+    changes = [
+        f"- {s.name}: {_one_line(items[s.agent].deliverable.get('summary'))}"
+        for s in builders
+        if s.role in ("backend", "frontend")
+        and _one_line(items[s.agent].deliverable.get("summary"))
+    ]
+    lines += changes or ["- (no build summaries in the deliverables)"]
+    lines += ["", "## Testing"]
+    if qa is not None and qa_stage is not None:
+        lines.append(f"QA Approved by {qa_stage.agent.capitalize()}")
+        for key, label in (("test_coverage", "Test Coverage"), ("tests_passed", "Tests passed")):
+            value = qa.deliverable.get(key)
+            if value not in (None, ""):
+                lines.append(f"- {label}: {_one_line(value)}")
+    else:
+        lines.append("(no QA report)")
+    lines += ["", "## Deliverables"]
+    for stage in pipeline.stages:
+        if deploy_stage is not None and stage.agent == deploy_stage.agent:
+            lines.append(f"- {stage.name}: {stage.agent.capitalize()} (IN_PROGRESS)")
+            continue
+        if stage.agent in items:
+            d = items[stage.agent].deliverable
+            verdict = d.get("critique_verdict") or d.get("status") or "COMPLETE"
+            lines.append(f"- {stage.name}: {stage.agent.capitalize()} ({_one_line(verdict, 40)})")
+    lines += ["", f"Agog-Req: {req}"]
+    return "\n".join(lines) + "\n"
+
+
+def issue_key(req: str) -> str:
+    """How Berry's issue for a REQ is found again: its title starts with this."""
+    return f"[{req}]"
+
+
+def issue_title(req: str, what: str) -> str:
+    return f"{issue_key(req)} {_one_line(what, 120)}"
+
+
+def issue_body(req: str, what: str, detail: str, tail: str) -> str:
+    """An issue for a failed push, red tests or red CI, with the log tail."""
+    lines = [f"Berry could not finish {req}: {_one_line(what, 300)}", ""]
+    if detail:
+        lines += [detail, ""]
+    if tail:
+        lines += ["```", tail[-6000:].replace("```", "'''"), "```", ""]
+    lines.append("The REQ is BLOCKED until an operator decides (`agogctl req decide`).")
+    return "\n".join(lines) + "\n"

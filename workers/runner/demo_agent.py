@@ -4,7 +4,9 @@ Run by the runner in demo mode (``agogd dev --demo``) instead of a real agent
 CLI. It reads the prompt on stdin, takes the assignment from its first fenced
 json block, waits ``AGOG_DEMO_DELAY`` seconds and prints a notice. Sylvia
 approves and Billy passes, except that agents named in ``AGOG_DEMO_REJECT``
-reject or fail their first attempt, to show rework. Not for real work.
+reject or fail their first attempt, to show rework. In a REQ's worktree
+(``AGOG_WORKTREE``, set by the runner) each agent also writes one file, so
+the REQ's branch shows a commit per stage. Not for real work.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import re
 import sys
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 _FIRST_JSON = re.compile(r"```json\n(.*?)\n```", re.DOTALL)
@@ -50,6 +53,17 @@ def answer(assignment: dict[str, Any], reject: set[str]) -> dict[str, Any]:
     return notice
 
 
+def write_demo_file(root: Path, assignment: dict[str, Any]) -> str:
+    """One file of this agent's work in the worktree; its path, as listed."""
+    agent, req, attempt = assignment["agent"], assignment["req_number"], assignment["attempt"]
+    path = Path("agog-demo") / req / f"{agent}.md"
+    target = root / path
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with target.open("a") as handle:
+        handle.write(f"# [DEMO] {agent}, attempt {attempt}\n\n{assignment.get('stage', '')}\n")
+    return path.as_posix()
+
+
 def main() -> int:
     prompt = sys.stdin.read()
     match = _FIRST_JSON.search(prompt.replace("\r\n", "\n"))
@@ -60,8 +74,12 @@ def main() -> int:
     reject = {a.strip() for a in os.environ.get("AGOG_DEMO_REJECT", "").split(",") if a.strip()}
     print(f"[DEMO] {assignment['agent']} working on {assignment['req_number']}...", flush=True)
     time.sleep(float(os.environ.get("AGOG_DEMO_DELAY", "1")))
+    notice = answer(assignment, reject)
+    worktree = os.environ.get("AGOG_WORKTREE")
+    if worktree and notice["status"] == "COMPLETE" and assignment.get("gate") != "deploy":
+        notice["files_modified"] = [write_demo_file(Path(worktree), assignment)]
     print("```json")
-    print(json.dumps(answer(assignment, reject), indent=2))
+    print(json.dumps(notice, indent=2))
     print("```")
     return 0
 

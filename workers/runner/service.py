@@ -43,7 +43,10 @@ from orchestrator.runtime.logs import bound_context, get_logger
 from orchestrator.runtime.pull import PullFeed
 from orchestrator.runtime.services import Outcome, Service, sleep_unless_stopped
 from orchestrator.runtime.topology import Reconciler, TopologyError
+from workers.adapters.forge import Forge
+from workers.adapters.git_repo import GitError
 from workers.adapters.supervise import ProcessResult, run_process
+from workers.branches.worktrees import AttemptKey, Worktree, WorktreeError, Worktrees
 from workers.release.berry import NativeBerry
 from workers.runner import store as runner_store
 from workers.runner.commands import (
@@ -70,16 +73,28 @@ class BadAssignment(ValueError):
 class Runner:
     """Runs the configured agents' processes for one agogd."""
 
-    def __init__(self, rt: Runtime, stages: list[Stage]) -> None:
+    def __init__(
+        self,
+        rt: Runtime,
+        stages: list[Stage],
+        *,
+        worktrees: Worktrees | None = None,
+        forge: Forge | None = None,
+    ) -> None:
         self.rt, self.settings, self.pipeline = rt, rt.settings, rt.pipeline
         self.stages = stages
+        self.worktrees = worktrees  # None: every agent shares AGOG_RUNNER_WORKDIR
         native = native_agents(self.settings, self.pipeline)
         deploy = self.pipeline.gate_stage("deploy")
         # Both fail early on a setting that cannot work.
         self.profiles = {
             s.agent: profile_for(self.settings, s) for s in stages if s.agent not in native
         }
-        self.berry = NativeBerry(rt) if deploy is not None and deploy.agent in native else None
+        self.berry = (
+            NativeBerry(rt, worktrees=worktrees, forge=forge)
+            if deploy is not None and deploy.agent in native
+            else None
+        )
         self.env = agent_env(self.settings)
         self.secrets = secrets_of(self.env, self.settings.runner_env)
         self.slots = asyncio.Semaphore(self.settings.runner_concurrency)
@@ -269,13 +284,18 @@ class Runner:
                 resume = found[0]
                 if profile.session_totals:
                     before = usage_from(found[1])
+        key = AttemptKey(run.req, run.stage, run.attempt)
+        try:
+            wt = await self._worktree_for(stage, assignment, key)
+        except (WorktreeError, GitError) as exc:
+            return failed_notice(stage, assignment, f"the REQ's worktree: {exc}")
         transcript = Transcript(self.settings.runner_transcript_bytes, self.secrets)
         with tempfile.TemporaryDirectory(prefix="agogd-attempt-") as scratch:
             spec = RunSpec(
                 agent=stage.agent,
                 role=stage.role,
                 model=model_of(self.settings, stage.agent),
-                workdir=self.settings.runner_workdir.resolve(),
+                workdir=wt.path if wt is not None else self.settings.runner_workdir.resolve(),
                 prompt=build_prompt(assignment, previous),
                 role_text=role_text(self.pipeline, stage),
                 resume_session=resume,
@@ -308,7 +328,12 @@ class Runner:
                         stdin=invocation.stdin,
                         cwd=spec.workdir,
                         # The CLI's temporary files (error reports...) go with the attempt.
-                        env={**self.env, "TMPDIR": scratch, **invocation.env},
+                        env={
+                            **self.env,
+                            "TMPDIR": scratch,
+                            **({"AGOG_WORKTREE": str(wt.path)} if wt is not None else {}),
+                            **invocation.env,
+                        },
                         timeout=timeout,
                         kill_grace=self.settings.runner_kill_grace,
                         output_limit=self.settings.runner_output_limit,
@@ -339,6 +364,8 @@ class Runner:
             output = dataclasses.replace(output, model=spec.model)
         reported = usage_of(profile.name, output, time.monotonic() - started, before)
         notice["usage"] = {**own, **reported}
+        if wt is not None and notice["status"] != "FAILED":
+            notice = await self._commit_attempt(wt, key, stage, notice)
         level = log.info if notice["status"] != "FAILED" else log.warning
         level(
             "agent.finished",
@@ -351,6 +378,44 @@ class Runner:
             session=output.session_id,
         )
         return notice
+
+    async def _worktree_for(
+        self, stage: Stage, assignment: dict[str, Any], key: AttemptKey
+    ) -> Worktree | None:
+        """The REQ's worktree, ready for this attempt (None: no AGOG_REPO).
+
+        A decision with ``reset_branch`` starts the stage over from where it
+        first began; a rework for a merge conflict starts with the
+        integration branch's head merged in, conflicts left to resolve."""
+        if self.worktrees is None:
+            return None
+        instructions = assignment.get("instructions") or {}
+        decision = instructions.get("decision") if isinstance(instructions, dict) else None
+        rework = instructions.get("rework") if isinstance(instructions, dict) else None
+        reset = isinstance(decision, dict) and decision.get("reset_branch") is True
+        conflict = isinstance(rework, dict) and isinstance(rework.get("conflict"), dict)
+        wt = await self.worktrees.ensure(key.req)
+        merge = await self.worktrees.integration_head() if conflict else None
+        await self.worktrees.begin(wt, key, stage.agent, reset=reset, merge=merge)
+        return wt
+
+    async def _commit_attempt(
+        self, wt: Worktree, key: AttemptKey, stage: Stage, notice: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Commit what the agent left on the REQ's branch; the notice carries
+        the commit and how its files compare with what the agent listed."""
+        assert self.worktrees is not None
+        try:
+            found = await self.worktrees.finish(
+                wt, key, agent=stage.agent, stage_name=stage.name, notice=notice
+            )
+        except (WorktreeError, GitError) as exc:
+            return {**notice, **failed_notice_fields(f"the stage's commit failed: {exc}")}
+        if found.get("unresolved"):
+            files = ", ".join(found["unresolved"][:10])
+            reason = f"the merge conflict is not resolved: conflict markers remain in {files}"
+            return {**notice, **failed_notice_fields(reason), "branch": found}
+        return {**notice, "branch": found}
 
     async def _keep_transcript(
         self, run: runner_store.Run, agent: str, transcript: Transcript
@@ -408,14 +473,7 @@ class Runner:
             for task in (work, beater, stopper):
                 task.cancel()
         if reason is not None:
-            notice = {
-                "agent": stage.agent,
-                "req_number": assignment["req_number"],
-                "attempt": assignment["attempt"],
-                "status": "FAILED",
-                "summary": reason,
-                "reason": reason,
-            }
+            notice = failed_notice(stage, assignment, reason)
         log.info("agent.finished", status=notice["status"], reason=notice.get("reason"))
         return notice
 
@@ -465,6 +523,20 @@ def parse_assignment(data: bytes, stage: Stage) -> dict[str, Any]:
     if not isinstance(attempt, int) or isinstance(attempt, bool) or attempt < 1:
         raise BadAssignment(f"attempt {attempt!r} is not a positive integer")
     return value
+
+
+def failed_notice_fields(reason: str) -> dict[str, Any]:
+    return {"status": "FAILED", "summary": reason, "reason": reason}
+
+
+def failed_notice(stage: Stage, assignment: dict[str, Any], reason: str) -> dict[str, Any]:
+    """A FAILED notice for an attempt that could not run or finish."""
+    return {
+        "agent": stage.agent,
+        "req_number": assignment["req_number"],
+        "attempt": assignment["attempt"],
+        **failed_notice_fields(reason),
+    }
 
 
 def last_lines(text: str, count: int = 3, width: int = 300) -> str:
@@ -591,13 +663,15 @@ async def _keep_in_progress(msg: Msg, interval: float) -> None:
             await msg.in_progress()
 
 
-def build(rt: Runtime) -> Runner | None:
+def build(
+    rt: Runtime, *, worktrees: Worktrees | None = None, forge: Forge | None = None
+) -> Runner | None:
     """The runner when agents are configured (or demo), else None; its
     services are ``runner.services()``."""
     stages = runner_stages(rt.settings, rt.pipeline)
     if not stages:
         return None
-    runner = Runner(rt, stages)
+    runner = Runner(rt, stages, worktrees=worktrees, forge=forge)
     if rt.settings.demo:
         log.warning(
             "runner.demo_mode",
