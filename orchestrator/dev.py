@@ -13,6 +13,7 @@ import fcntl
 import json
 import os
 import secrets
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +81,29 @@ def dev_token(data_dir: Path) -> str:
         return token
 
 
+def demo_repo(data_dir: Path) -> Path:
+    """The demo's git repository (``--demo`` without AGOG_REPO): one commit on
+    main, so that each demo REQ shows its branch, its per-stage commits and
+    its diff (``agogctl req diff``)."""
+    root = data_dir / "demo-repo"
+    if (root / ".git").is_dir():
+        return root
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "README.md").write_text("# The demo's repository\n\nEach REQ lands here.\n")
+    env = {
+        **os.environ,
+        "GIT_CONFIG_GLOBAL": os.devnull,
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "GIT_AUTHOR_NAME": "agogd dev",
+        "GIT_AUTHOR_EMAIL": "dev@agogsaas.ai",
+        "GIT_COMMITTER_NAME": "agogd dev",
+        "GIT_COMMITTER_EMAIL": "dev@agogsaas.ai",
+    }
+    for args in (["init", "-q", "-b", "main"], ["add", "README.md"], ["commit", "-qm", "demo"]):
+        subprocess.run(["git", "-C", str(root), *args], check=True, env=env, capture_output=True)
+    return root
+
+
 def run_dev(settings: Settings) -> int:
     """Start the embedded servers, run agogd on them, stop them on exit."""
     log_format = settings.log_format if "AGOG_LOG_FORMAT" in os.environ else "auto"
@@ -124,6 +148,7 @@ def run_dev(settings: Settings) -> int:
                 "api_token": settings.api_token or SecretStr(dev_token(data_dir)),
                 "infra_data_dirs": settings.infra_data_dirs
                 or [str(nats.data_dir), str(postgres.data_dir)],
+                "repo": settings.repo or (demo_repo(data_dir) if settings.demo else None),
             }
         )
         daemon = make_daemon(run_settings, pipeline)  # loaded once, for the authorization too

@@ -176,6 +176,7 @@ def _event() -> st.SearchStrategy:
             rework_agents=st.lists(st.sampled_from(["roy", "jen", "bob"]), max_size=2).map(tuple),
             deployed_at=st.sampled_from([None, "2026-11-23T10:00:00Z"]),
             deployed=st.sampled_from([None, True, False]),
+            conflict=st.booleans(),
             cost_usd=money,
         ),
         st.builds(TimedOut, stage=stage, attempt=st.integers(1, 4)),
@@ -535,3 +536,56 @@ def test_replayed_notices_never_move_a_req_and_fresh_answers_always_count(plan: 
         effects = sim.step(sim.notice(stage, f"fresh-{fresh}", sim.now + 0.5, **extra))
         assert not any(isinstance(e, Ignored) for e in effects), "a fresh answer was ignored"
         assert sim.wf != before
+
+
+# --- Berry's merge conflicts ---------------------------------------------------------
+DEPLOY = P.gate_stage("deploy")
+assert DEPLOY is not None
+
+
+def conflict(agents: tuple[str, ...] = ("jen",), attempt: int | None = None) -> Completed:
+    return Completed(
+        DEPLOY.index,
+        attempt,
+        "FAILED",
+        conflict=True,
+        rework_agents=agents,
+        instructions={"conflict": {"files": ["web/app.ts"], "hunks": "<<<<<<<"}},
+    )
+
+
+def to_berry() -> list:
+    return [Start(), *[ok(i) for i in range(DEPLOY.index)]]
+
+
+def test_a_merge_conflict_goes_back_to_the_stage_that_touched_the_files() -> None:
+    wf, effects = run([*to_berry(), conflict(("jen",))])
+    jen = P.stage_for_agent("jen")
+    assert jen is not None and (wf.status, wf.stage) == ("IN_PROGRESS", jen.index)
+    rework = [e for e in effects if isinstance(e, Dispatch)][-1]
+    assert rework.instructions["rework"]["conflict"]["files"] == ["web/app.ts"]
+    assert rework.instructions["rework"]["from"] == DEPLOY.agent
+    assert wf.rework == {"deploy": 1}
+    assert not wf.qa_approved, "QA approves the reworked branch again"
+
+
+def test_a_conflict_naming_no_allowed_agent_goes_to_the_default() -> None:
+    wf, _ = run([*to_berry(), conflict(("cynthia",))])
+    assert wf.stage == P.stage_for_agent(DEPLOY.rework_default or "").index
+
+
+def test_conflicts_past_the_rework_budget_escalate() -> None:
+    events = to_berry()
+    jen = P.stage_for_agent("jen")
+    assert jen is not None
+    for _ in range(DEPLOY.rework_budget):
+        events += [conflict(), *[ok(i) for i in range(jen.index, DEPLOY.index)]]
+    wf, effects = run([*events, conflict()])
+    assert wf.status == "BLOCKED"
+    assert any(isinstance(e, Escalate) and "rework budget" in e.reason for e in effects)
+
+
+def test_a_plain_berry_failure_is_still_a_retry() -> None:
+    wf, effects = run([*to_berry(), Completed(DEPLOY.index, None, "FAILED")])
+    assert (wf.stage, wf.attempt) == (DEPLOY.index, 2)
+    assert wf.rework == {}

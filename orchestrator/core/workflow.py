@@ -511,7 +511,8 @@ def _completed(pipeline: Pipeline, wf: Workflow, ev: Completed) -> tuple[Workflo
         return _rework(pipeline, wf, stage, target, "qa", ev, "FAILED", "QA failed")
     if stage.gate == "deploy" and ev.conflict and ev.status == "FAILED":
         target = pipeline.rework_target(stage, ev.rework_agents)
-        return _rework(pipeline, wf, stage, target, "integrate", ev, "FAILED", "merge conflict")
+        why = f"merge conflict: {ev.summary}" if ev.summary else "merge conflict"
+        return _rework(pipeline, wf, stage, target, "deploy", ev, "FAILED", why)
     if ev.status == "BLOCKED":
         return _block(
             wf,

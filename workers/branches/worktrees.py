@@ -274,10 +274,12 @@ class Worktrees:
             if start is None:
                 raise WorktreeError("the attempt's start was not recorded")
             merging = await self.rev("MERGE_HEAD", tree)
+            edited: list[Changed] = []
             if merging:
                 unresolved = await _unresolved(tree, wt.path)
                 if unresolved:
                     return {"branch": wt.branch, "unresolved": unresolved}
+                edited = await _edited(tree)  # the agent's, not the merge's own changes
             await tree.run("add", "--all")
             staged = await tree.run("diff", "--cached", "--name-only", "-z")
             if staged.strip("\0") or merging:
@@ -292,7 +294,10 @@ class Worktrees:
                 await tree.run("commit", "--quiet", "--no-verify", "--file=-", stdin=message)
                 failpoints.hit("stage.committed")
             end = await self.rev("HEAD", tree)
-            changed = await self._changed(tree, start, end) if end and end != start else []
+            if merging:
+                changed = edited
+            else:
+                changed = await self._changed(tree, start, end) if end and end != start else []
             unlisted, missing = compare(listed_paths(notice), changed)
             await self.pool.execute(
                 "UPDATE stage_commits SET end_sha = $4, files = $5::jsonb, unlisted = $6::jsonb,"
@@ -328,17 +333,8 @@ class Worktrees:
         return result
 
     async def _changed(self, tree: GitRepo, start: str, end: str) -> list[Changed]:
-        """What the attempt's commit changed; for a merge that resolved a
-        conflict, only what differs from both sides."""
-        mine = parse_name_status(await tree.run("diff", "--name-status", "-z", start, end))
-        other = await self.rev(f"{end}^2", tree)
-        if other is None:
-            return mine
-        theirs = {
-            c.path
-            for c in parse_name_status(await tree.run("diff", "--name-status", "-z", other, end))
-        }
-        return [c for c in mine if c.path in theirs]
+        """What the attempt's commit changed."""
+        return parse_name_status(await tree.run("diff", "--name-status", "-z", start, end))
 
     # --- what the branch changed -------------------------------------------------------
     async def range_of(self, req: str, stage: int | None = None) -> tuple[str, str] | None:
@@ -437,11 +433,12 @@ class Worktrees:
 
     async def prune(self) -> int:
         """Remove the worktrees of finished REQs (DEPLOYED, CANCELLED, none of
-        their stages running) and of any not touched for the maximum age."""
+        their stages running; COMPLETE: committed, not deployed) and of any not
+        touched for the maximum age."""
         rows = await self.pool.fetch(
             "SELECT t.req_number, w.status, t.touched_at < now() - make_interval(secs => $1)"
             " AS old FROM req_worktrees t LEFT JOIN workflow_state w USING (req_number)"
-            " WHERE t.removed_at IS NULL AND ((w.status IN ('DEPLOYED', 'CANCELLED')"
+            " WHERE t.removed_at IS NULL AND ((w.status IN ('DEPLOYED', 'COMPLETE', 'CANCELLED')"
             " AND NOT EXISTS (SELECT 1 FROM stage_attempts a WHERE a.req_number ="
             " t.req_number AND a.status = 'RUNNING'))"
             " OR t.touched_at < now() - make_interval(secs => $1) OR w.req_number IS NULL)",
@@ -476,6 +473,15 @@ async def _clean(tree: GitRepo) -> None:
         await tree.call(*args)
     await tree.run("reset", "--quiet", "--hard")
     await tree.run("clean", "--quiet", "-fd")
+
+
+async def _edited(tree: GitRepo) -> list[Changed]:
+    """During a merge: what the agent changed beyond what git merged itself
+    (the work tree against the index, where the merge put its result)."""
+    found = parse_name_status(await tree.run("diff", "--name-status", "-z"))
+    out = await tree.run("ls-files", "--others", "--exclude-standard", "-z")
+    found += [Changed(p, "added") for p in out.split("\0") if p]
+    return sorted({c.path: c for c in found}.values(), key=lambda c: c.path)
 
 
 async def _unresolved(tree: GitRepo, root: Path) -> list[str]:
