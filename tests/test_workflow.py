@@ -586,6 +586,6 @@ def test_conflicts_past_the_rework_budget_escalate() -> None:
 
 
 def test_a_plain_berry_failure_is_still_a_retry() -> None:
-    wf, effects = run([*to_berry(), Completed(DEPLOY.index, None, "FAILED")])
+    wf, _ = run([*to_berry(), Completed(DEPLOY.index, None, "FAILED")])
     assert (wf.stage, wf.attempt) == (DEPLOY.index, 2)
     assert wf.rework == {}
