@@ -226,10 +226,10 @@ class NativeBerry:
             result["summary"] = (
                 f"{req} committed ({sha[:12]}) and tested; not deployed: {deploy['reason']}"
             )
-        # 7. Push and tag, when configured; the REQ's issue closed once deployed.
+        # 7. Push and tag, when configured; the REQ's open issue closed.
         result["release"] = await self._release(req, sha, deployed)
-        if deployed and self.forge is not None:
-            closed = await self.forge.resolved(req, f"Deployed in {sha[:12]}.")
+        if self.forge is not None:
+            closed = await self.forge.resolved(req, f"{result['summary']}.")
             if closed is not None:
                 result["issue"] = closed
         return result
@@ -305,9 +305,11 @@ class NativeBerry:
         """Push, the pull request and CI; any failure BLOCKS the REQ with an issue."""
         assert self.forge is not None
         try:
+            base = await self.forge.base()
             await self.forge.push(sha, branch, force=force)
             pr = await self.forge.pull_request(
                 head=branch,
+                base=base,
                 title=pull_request_title(req, title),
                 body=pull_request_body(req, items, self.pipeline),
             )

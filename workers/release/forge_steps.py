@@ -51,10 +51,16 @@ class ForgeSteps:
         failpoints.hit("forge.pushed")
         log.info("forge.pushed", branch=branch, commit_sha=sha)
 
-    async def pull_request(self, *, head: str, title: str, body: str) -> dict[str, Any] | None:
-        """The open pull request of ``head`` into the base (made or updated
+    async def base(self) -> str:
+        """The pull requests' base; asked first, so that a missing or refused
+        token is the forge's clear answer rather than git's prompt error."""
+        return self.settings.forge_base or await self.forge.default_branch()
+
+    async def pull_request(
+        self, *, head: str, base: str, title: str, body: str
+    ) -> dict[str, Any] | None:
+        """The open pull request of ``head`` into ``base`` (made or updated
         once); None when ``head`` is the base itself."""
-        base = self.settings.forge_base or await self.forge.default_branch()
         if head == base:
             return None
         pr = await self.forge.ensure_pull_request(head=head, base=base, title=title, body=body)

@@ -66,12 +66,6 @@ class Integrator:
             pipeline,
         )
 
-    async def landed(self, req: str) -> str | None:
-        """The integration branch's merge of this REQ's current branch head, if made."""
-        wt = await self.worktrees.find(req)
-        head = await self.worktrees.rev(f"refs/heads/{wt.branch}") if wt else None
-        return await self.worktrees.merge_of(req, head) if head else None
-
     async def update(self, wt: Worktree) -> Updated:
         """The branch on top of the integration head, or Conflict."""
         tree = self.worktrees.repo.at(wt.path)
@@ -80,6 +74,10 @@ class Integrator:
             target = await self.worktrees.integration_head()
             head = await self.worktrees.rev("HEAD", tree)
             assert head is not None
+            merged = await self.worktrees.merge_of(wt.req, head)
+            if merged is not None:  # a re-run after the merge: nothing to move
+                first = await self.worktrees.rev(f"{merged}^1", tree)
+                return Updated(head, first or target, "already merged")
             code, _, _ = await tree.call("merge-base", "--is-ancestor", target, head)
             if code == 0:
                 return Updated(head, target, "up to date")
