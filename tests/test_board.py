@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from nats.aio.client import Client as NATS
 
 from orchestrator.embedded import NatsServer
@@ -349,3 +350,48 @@ async def test_board_shows_spend_and_an_agents_output_live(
         await page.wait_for(f"{cost}?.textContent === '$3.75'", what="the REQ's spend")
         assert page.problems() == [], page.problems()
     await agents.stop()
+
+
+async def test_board_shows_the_files_each_attempt_changed(
+    nats_server: NatsServer,
+    nc: NATS,
+    pg_dsn: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With AGOG_REPO, each attempt in the history lists its commit's files,
+    marking those its notice did not list and those it listed but left alone."""
+    from tests.test_branches_api import misreporting_settings
+
+    settings = misreporting_settings(tmp_path, nats_server.url, pg_dsn, monkeypatch)
+    async with running_agogd(settings) as daemon, chromium(tmp_path / "profile") as page:
+        url = daemon.http.url
+        await page.navigate(f"{url}/")
+        await page.wait_for("window.board && window.board.live", what="board live")
+        await submit(url, REQ, "Inventory API", "P2")
+        await wait_status(pg_dsn, REQ, "DEPLOYED", timeout=120)
+        await wait_cell(page, REQ, "tim", "done")
+        await page.click(f'tr[data-req="{REQ}"] td.req-col')
+        roy = "document.querySelector('#h-attempts .attempt[data-stage=\"roy\"]')"
+        await page.wait_for(f"!!{roy}?.querySelector('.files')", what="roy's files")
+        files = await page.evaluate(
+            f"[...{roy}.querySelectorAll('.files li')].map(li => [li.dataset.path,"
+            " li.dataset.status, li.className, li.querySelector('.mark')?.textContent ?? null])"
+        )
+        assert files == [
+            ["api.py", "added", "file", None],
+            ["notes.txt", "added", "file unlisted", "not listed"],
+            ["docs/never.md", "missing", "file missing", "listed, unchanged"],
+        ]
+        sha = await page.evaluate(f"{roy}.querySelector('.commit').dataset.sha")
+        assert await page.evaluate(f"{roy}.querySelector('.commit .sha').textContent") == (
+            f"commit {sha[:7]} · 2 files"
+        )
+        cynthia = "document.querySelector('#h-attempts .attempt[data-stage=\"cynthia\"]')"
+        assert await page.evaluate(f"{cynthia}.querySelector('.commit').textContent") == (
+            "no changes"
+        )
+        facts = await page.evaluate("document.querySelector('#h-facts').textContent")
+        assert f"agog/{REQ}" in facts
+        await page.screenshot(tmp_path / "board-files.png")
+        assert page.problems() == [], page.problems()

@@ -10,6 +10,8 @@ POST     /api/reqs                   token    submit a REQ (idempotent)
 GET      /api/reqs/{req}             read     the full history of one REQ
 GET      /api/reqs/{req}/logs        read     an attempt's agent output (``stage``,
                                               ``attempt``, ``since`` bytes)
+GET      /api/reqs/{req}/diff        read     what its branch changed (``stage``);
+                                              AGOG_REPO (orchestrator.api.diffs)
 POST     /api/reqs/{req}/{action}    token    retry, cancel, resume, decide
                                               (orchestrator.api.actions)
 GET      /api/streams                read     every agog_* stream: messages,
@@ -46,6 +48,7 @@ import asyncpg
 from aiohttp import web
 
 from orchestrator.api import actions as api_actions
+from orchestrator.api import diffs as api_diffs
 from orchestrator.api import events as api_events
 from orchestrator.api import guard as http_guard
 from orchestrator.api import memory as api_memory
@@ -283,6 +286,7 @@ def install(
     app.router.add_post("/api/reqs", submit_req)
     app.router.add_get("/api/reqs/{req}", get_req)
     app.router.add_get("/api/reqs/{req}/logs", logs)
+    api_diffs.install(app)
     app.router.add_post("/api/reqs/{req}/{action}", api_actions.act)
     app.router.add_get("/api/streams", streams)
     api_events.install(app, pipeline)

@@ -260,9 +260,10 @@ def _jsonb(value: Any) -> Any:
 async def req_detail(
     conn: asyncpg.Connection, pipeline: Pipeline, req: str, max_events: int = MAX_EVENTS
 ) -> dict[str, Any] | None:
-    """Everything known about a REQ: its row, requirement and counters, every
-    stage attempt with timings, deliverables, decisions, escalations and the
-    audit trail (the last ``max_events`` events). None if unknown."""
+    """Everything known about a REQ: its row, requirement and counters, its
+    branch (AGOG_REPO), every stage attempt with timings and its commit,
+    deliverables, decisions, escalations and the audit trail (the last
+    ``max_events`` events). None if unknown."""
     row = await conn.fetchrow(
         f"SELECT {_ROW_COLUMNS}, ws.requirement, ws.budgets FROM workflow_state ws"
         " WHERE ws.req_number = $1",
@@ -282,8 +283,15 @@ async def req_detail(
         " FROM stage_attempts WHERE req_number = $1 ORDER BY id",
         req,
     )
+    commits = await stage_commits(conn, req)
+    body["branch"] = await req_branch(conn, req)
     body["attempts"] = [
-        {**dict(a), "stage_name": names.get(a["stage"]), "instructions": _jsonb(a["instructions"])}
+        {
+            **dict(a),
+            "stage_name": names.get(a["stage"]),
+            "instructions": _jsonb(a["instructions"]),
+            "commit": commits.get((a["stage"], a["attempt"])),
+        }
         for a in attempts
     ]
     deliverables = await conn.fetch(
@@ -325,6 +333,50 @@ async def req_detail(
     )
     body["events"] = [{**dict(e), "detail": _labelled(_jsonb(e["detail"]))} for e in events]
     return body
+
+
+async def req_branch(conn: asyncpg.Connection, req: str) -> dict[str, Any] | None:
+    """The REQ's branch and worktree (AGOG_REPO), or None if it has none."""
+    row = await conn.fetchrow(
+        "SELECT branch, base_sha, path, created_at, removed_at, removed_reason"
+        " FROM req_worktrees WHERE req_number = $1",
+        req,
+    )
+    if row is None:
+        return None
+    return {
+        "name": row["branch"],
+        "base": row["base_sha"],
+        "worktree": row["path"],
+        "created_at": row["created_at"],
+        "removed_at": row["removed_at"],
+        "removed_reason": row["removed_reason"],
+    }
+
+
+async def stage_commits(
+    conn: asyncpg.Connection, req: str
+) -> dict[tuple[int, int], dict[str, Any]]:
+    """Each attempt's commit on the REQ's branch, by (stage, attempt): ``sha``
+    None when the attempt changed nothing (or has not finished); ``unlisted``
+    the files it changed that its notice did not list, ``missing`` those it
+    listed that it did not change."""
+    rows = await conn.fetch(
+        "SELECT stage, attempt, start_sha, end_sha, files, unlisted, missing, committed_at"
+        " FROM stage_commits WHERE req_number = $1",
+        req,
+    )
+    return {
+        (r["stage"], r["attempt"]): {
+            "sha": r["end_sha"],
+            "start": r["start_sha"],
+            "files": _jsonb(r["files"]),
+            "unlisted": _jsonb(r["unlisted"]),
+            "missing": _jsonb(r["missing"]),
+            "committed_at": r["committed_at"],
+        }
+        for r in rows
+    }
 
 
 USAGE_COLUMNS = (

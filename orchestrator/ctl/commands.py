@@ -309,6 +309,51 @@ def req_logs(
         time.sleep(1.0)
 
 
+@req.command("diff")
+@click.argument("req_number")
+@click.option("--stage", default=None, help="One stage's diff: index, agent or name.")
+@click.option(
+    "--raw", is_flag=True, help="The diff exactly as git made it (for git apply), unescaped."
+)
+@_token_option
+@_json_option
+@click.pass_context
+def req_diff(
+    ctx: click.Context,
+    req_number: str,
+    stage: str | None,
+    raw: bool,
+    token: str | None,
+    as_json: bool,
+) -> None:
+    """What the REQ's branch changed (AGOG_REPO), as a unified diff: the whole
+    REQ, or one --stage (from its first attempt's start to its last commit).
+    Agent-written text is escaped (--raw: not); colours on a terminal."""
+    url, token = _target(ctx, token)
+    path = f"/api/reqs/{urllib.parse.quote(req_number, safe='')}/diff"
+    if stage is not None:
+        path += "?" + urllib.parse.urlencode({"stage": stage})
+    code, body = _call(url, "GET", path, token=token, timeout=60)
+    if code >= 300:
+        _fail(code, body, as_json)
+    if as_json:
+        click.echo(json.dumps(body, indent=2))
+        return
+    click.echo(neutralise(ctl_render.diff_header(body)), err=True)
+    text = str(body.get("diff") or "")
+    if raw:
+        click.echo(text, nl=False)
+    elif text:
+        paint = _painter()
+        click.echo("\n".join(ctl_render.diff_lines(text, paint)), color=paint.enabled)
+    if body.get("truncated"):
+        click.echo(
+            f"agogctl: the diff is {ctl_render.size(body.get('bytes'))}; agogd sent only its"
+            f" first {ctl_render.size(len(text.encode()))} (truncated)",
+            err=True,
+        )
+
+
 def _act(
     ctx: click.Context,
     req_number: str,

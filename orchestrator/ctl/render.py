@@ -304,6 +304,7 @@ def req_detail(body: Mapping[str, Any], paint: Painter, events: int = 20) -> lis
     else:
         lines.append("  (no attempts yet)")
     lines += _usage(body)
+    lines += _branch(body, attempts, paint)
     deliverables = body.get("deliverables", [])
     if deliverables:
         lines += ["", paint("deliverables", "bold")]
@@ -367,6 +368,103 @@ def req_detail(body: Mapping[str, Any], paint: Painter, events: int = 20) -> lis
             )
         lines += table(rows, "  ")
     return lines
+
+
+def short_sha(sha: Any) -> str:
+    return str(sha)[:7] if sha else "-"
+
+
+def _files(count: int) -> str:
+    return f"{count} file" if count == 1 else f"{count} files"
+
+
+def _branch(
+    body: Mapping[str, Any], attempts: list[Mapping[str, Any]], paint: Painter
+) -> list[str]:
+    """The REQ's branch (AGOG_REPO) and each attempt's commit on it: its sha,
+    how many files it changed, and what its notice listed that differs."""
+    branch = body.get("branch")
+    if not branch:
+        return []
+    where = f"worktree {branch.get('worktree')}"
+    if branch.get("removed_at"):
+        why = f" ({branch['removed_reason']})" if branch.get("removed_reason") else ""
+        where = f"worktree removed {stamp(branch['removed_at'])}{why}"
+    lines = [
+        "",
+        f"{paint('branch', 'bold')} {branch.get('name')}  from {short_sha(branch.get('base'))}"
+        f"  {where}",
+    ]
+    rows = [["#", "AGENT", "TRY", "COMMIT", "FILES"]]
+    notes: list[list[str]] = []
+    for a in attempts:
+        commit = a.get("commit")
+        if not isinstance(commit, Mapping):
+            continue
+        files = commit.get("files") or []
+        if commit.get("sha"):
+            sha, changed = paint(short_sha(commit["sha"]), "yellow"), _files(len(files))
+        else:
+            sha = "-"
+            changed = "no changes" if commit.get("committed_at") else "not committed"
+        rows.append([str(a["stage"]), a["agent"], str(a["attempt"]), sha, changed])
+        extra = []
+        for key, label in (
+            ("unlisted", "changed but not listed"),
+            ("missing", "listed but unchanged"),
+        ):
+            paths = [str(p) for p in commit.get(key) or []]
+            if paths:
+                shown = ", ".join(paths[:20])
+                if len(paths) > 20:
+                    shown += f" (and {len(paths) - 20} more)"
+                extra.append(paint(f"      {label}: ", "yellow") + shown)
+        notes.append(extra)
+    if len(rows) == 1:
+        return lines
+    for line, extra in zip(table(rows, "  "), [[], *notes], strict=True):
+        lines += [line, *extra]
+    return lines
+
+
+def diff_header(body: Mapping[str, Any]) -> str:
+    """What `agogctl req diff` shows (on stderr, so stdout is the diff alone)."""
+    what = "the whole REQ"
+    if body.get("stage") is not None:
+        what = f"stage {body['stage']} {body.get('stage_name')} ({body.get('agent')})"
+    line = (
+        f"== {body.get('branch')} {short_sha(body.get('from'))}..{short_sha(body.get('to'))}"
+        f" ({what})"
+    )
+    return line if body.get("diff") else line + ": no changes"
+
+
+def diff_lines(text: str, paint: Painter) -> list[str]:
+    """A unified diff's lines, each neutralised (tabs kept: they move no
+    cursor) and, with colour on, painted like git: file headers bold, hunk
+    heads cyan, additions green, deletions red."""
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    out, header = [], False
+    for line in lines:
+        safe = "\t".join(neutralise(part) for part in line.split("\t"))
+        if line.startswith("diff "):
+            header = True
+        elif line.startswith("@@"):
+            header = False
+        if header:
+            style = "bold"
+        elif line.startswith("@@"):
+            style = "cyan"
+        elif line.startswith("+"):
+            style = "green"
+        elif line.startswith("-"):
+            style = "red"
+        else:
+            style = None
+        out.append(paint(safe, style))
+    return out
 
 
 def _copies(copies: Any) -> str:

@@ -142,8 +142,10 @@ def check_runner(settings: Settings, pipeline: Pipeline) -> list[Stage]:
     for stage in stages:
         if stage.agent not in native:
             profile_for(settings, stage)
-    if native and settings.berry_workspace is None:
-        raise CommandError("AGOG_BERRY_MODE=native needs AGOG_BERRY_WORKSPACE (a git working tree)")
+    if native and settings.berry_workspace is None and settings.repo is None:
+        raise CommandError(
+            "AGOG_BERRY_MODE=native needs AGOG_REPO or AGOG_BERRY_WORKSPACE (a git working tree)"
+        )
     check_versions(settings, [s for s in stages if s.agent not in native])
     return stages
 

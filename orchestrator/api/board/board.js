@@ -3,7 +3,8 @@
  * Data (orchestrator/api.py):
  *   GET /api/reqs?status=...&limit=200   rows, each with a cell per stage, and the stages
  *   GET /api/reqs/{req}?events=0         one row again (after one of its events)
- *   GET /api/reqs/{req}                  the whole history, for the side panel
+ *   GET /api/reqs/{req}                  the whole history, for the side panel (with
+ *                                        its branch and each attempt's commit, AGOG_REPO)
  *   GET /api/events                      server-sent events; each names its REQ
  *
  * Each event patches its cell at once (the event's status), then the REQ's
@@ -326,6 +327,37 @@
     return during[during.length - 1];
   }
 
+  // An attempt's commit on the REQ's branch: the files it changed, those its
+  // notice did not list marked, and those it listed but left unchanged.
+  const MAX_FILES_SHOWN = 50;
+  function commitNode(commit) {
+    const files = commit.files || [];
+    const unlisted = new Set(commit.unlisted || []);
+    const missing = commit.missing || [];
+    let what = "no changes";
+    if (commit.sha) what = `commit ${commit.sha.slice(0, 7)} · ${files.length} file${files.length === 1 ? "" : "s"}`;
+    else if (!commit.committed_at) what = "not committed";
+    const box = el("div", { class: "commit", "data-sha": commit.sha || null },
+      el("span", { class: "sha", text: what, title: commit.sha || "" }));
+    const list = el("ul", { class: "files" });
+    for (const f of files.slice(0, MAX_FILES_SHOWN)) {
+      const odd = unlisted.has(f.path);
+      list.append(el("li", { class: `file${odd ? " unlisted" : ""}`, "data-status": f.status, "data-path": f.path },
+        el("span", { class: "fstatus", text: f.status }),
+        el("code", { text: f.path }),
+        odd ? el("span", { class: "mark", text: "not listed", title: "changed, but the agent's notice did not list it" }) : null));
+    }
+    if (files.length > MAX_FILES_SHOWN) list.append(el("li", { class: "more", text: `… and ${files.length - MAX_FILES_SHOWN} more` }));
+    for (const path of missing.slice(0, MAX_FILES_SHOWN)) {
+      list.append(el("li", { class: "file missing", "data-status": "missing", "data-path": path },
+        el("span", { class: "fstatus", text: "unchanged" }),
+        el("code", { text: path }),
+        el("span", { class: "mark", text: "listed, unchanged", title: "the agent's notice listed it, but the commit did not change it" })));
+    }
+    if (list.children.length) box.append(list);
+    return box;
+  }
+
   async function openHistory(req, scroll = true) {
     const detail = await api(`/api/reqs/${encodeURIComponent(req)}?events=200`);
     state.open = req;
@@ -342,6 +374,8 @@
     fact(facts, "Blocked", detail.blocked_reason);
     fact(facts, "Spent", detail.cost_usd ? `${money(detail.cost_usd)}${detail.budget_usd ? ` of ${money(detail.budget_usd)}` : ""}` : "");
     fact(facts, "Commit", detail.commit_sha);
+    const branch = detail.branch;
+    fact(facts, "Branch", branch ? `${branch.name}${branch.removed_at ? ` · worktree removed${branch.removed_reason ? ` (${branch.removed_reason})` : ""}` : ""}` : "");
     fact(facts, "Deployed", detail.deployed_at ? `${clock(detail.deployed_at)} by ${detail.deployed_by}` : "");
     fact(facts, "Created", clock(detail.created_at));
     fact(facts, "Updated", clock(detail.updated_at));
@@ -361,7 +395,8 @@
         a.reason ? el("div", { class: "reason", text: a.reason }) : null,
         d ? el("div", { class: "deliverable" },
           el("span", { class: "summary", text: d.summary || "(no summary)" }),
-          d.url ? el("span", { class: "url", text: d.url }) : null) : null);
+          d.url ? el("span", { class: "url", text: d.url }) : null) : null,
+        a.commit ? commitNode(a.commit) : null);
       list.append(item);
     }
     if (!list.children.length) list.append(el("li", { class: "attempt", text: "Not started yet (waiting for a slot)." }));

@@ -1,0 +1,45 @@
+"""Berry's forge layer: push access, pull requests, CI status and issues on
+GitHub (githubkit) or Gitea/Forgejo (their REST API).
+
+``make_forge`` picks the client for a ``ForgeConfig``; it lives here rather
+than in ``base`` so that ``base`` (which both clients import) imports neither.
+"""
+
+from workers.adapters.forge.base import (
+    NO_TOKEN,
+    Check,
+    CiStatus,
+    Forge,
+    ForgeConfig,
+    ForgeError,
+    Issue,
+    PullRequest,
+    derive_git_url,
+)
+from workers.adapters.forge.gitea import GiteaForge
+from workers.adapters.forge.github import GitHubForge
+
+
+def make_forge(config: ForgeConfig) -> Forge:
+    """The client for ``config.kind``."""
+    if config.kind == "github":
+        return GitHubForge(config)
+    if config.kind == "gitea":
+        return GiteaForge(config)
+    raise ValueError(f"unknown forge kind {config.kind!r} (github or gitea)")
+
+
+__all__ = [
+    "NO_TOKEN",
+    "Check",
+    "CiStatus",
+    "Forge",
+    "ForgeConfig",
+    "ForgeError",
+    "GitHubForge",
+    "GiteaForge",
+    "Issue",
+    "PullRequest",
+    "derive_git_url",
+    "make_forge",
+]
