@@ -179,7 +179,7 @@ def test_every_setting_is_documented_and_every_documented_one_exists() -> None:
     (AGOG_URL is agogctl's own), so neither drifts from the code."""
     repo = Path(__file__).resolve().parent.parent
     fields = {f"AGOG_{name}".upper() for name in Settings.model_fields}
-    for doc, own in ((".env.example", set()), ("README.md", {"AGOG_URL"})):
+    for doc, own in ((".env.example", set()), ("README.md", {"AGOG_URL", "AGOG_WORKTREE"})):
         named = set(re.findall(r"\bAGOG_[A-Z0-9_]*[A-Z0-9]\b", (repo / doc).read_text()))
         assert fields - named == set(), f"{doc} does not document {sorted(fields - named)}"
         assert named - fields - own == set(), f"{doc} names unknown {sorted(named - fields)}"
