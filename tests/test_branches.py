@@ -313,3 +313,29 @@ async def test_four_reqs_at_once_editing_the_same_files_all_land_and_never_mix(
     # The page REQ-PAR-4's frontend wrote but did not list is on record.
     assert [r["req_number"] for r in shown] == ["REQ-PAR-4"]
     assert json.loads(shown[0]["unlisted"]) == ["web/req-par-4.html"]
+
+
+async def test_an_agent_pointing_its_worktree_at_a_repository_of_its_own_is_undone(
+    tmp_path: Path, pool: asyncpg.Pool, nats_server: NatsServer, pg_dsn: str
+) -> None:
+    """The agent owns its worktree, ``.git`` included: a ``gitdir:`` of its
+    own would give git that repository's config (a clean filter is a
+    command). The runner's git puts git's own ``.git`` file back first."""
+    wts = await worktrees(tmp_path, pool, nats_server.url, pg_dsn)
+    wt = await wts.ensure("REQ-WT-G")
+    key = AttemptKey("REQ-WT-G", 2, 1)
+    await wts.begin(wt, key, "roy")
+    original = (wt.path / ".git").read_text()
+    evil, marker = tmp_path / "evil.git", tmp_path / "filter-ran"
+    git(tmp_path, "init", "-q", "--bare", str(evil))
+    git(evil, "config", "filter.own.clean", f"sh -c 'touch {marker}; cat'")
+    (wt.path / ".gitattributes").write_text("*.py filter=own\n")
+    (wt.path / "api.py").write_text("x = 1\n")
+    (wt.path / ".git").write_text(f"gitdir: {evil}\n")
+    found = await wts.finish(
+        wt, key, agent="roy", stage_name="Backend", notice={"files_created": ["api.py"]}
+    )
+    assert (wt.path / ".git").read_text() == original
+    assert not marker.exists(), "the agent's filter ran"
+    assert found["commit"] and git(wt.path, "rev-parse", "HEAD").strip() == found["commit"]
+    assert "api.py" in git(wts.repo.root, "show", "--name-only", "--format=", found["commit"])

@@ -18,6 +18,7 @@ attempt.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -84,6 +85,7 @@ class Worktrees:
         self.pool, self.repo, self.root = pool, repo, root
         self.integration, self.template = integration, branch_template
         self.email_domain, self.max_age_days = email_domain, max_age_days
+        self.common_dir = repo.root / ".git"  # where .git/worktrees is; check() asks git
 
     # --- locks ----------------------------------------------------------------
     @contextlib.asynccontextmanager
@@ -117,6 +119,8 @@ class Worktrees:
         if code != 0:
             raise WorktreeError(f"AGOG_BRANCH_TEMPLATE {self.template!r} is no branch name")
         await self.integration_head()
+        common = await self.repo.run("rev-parse", "--path-format=absolute", "--git-common-dir")
+        self.common_dir = Path(common.strip())
         self.root.mkdir(parents=True, exist_ok=True)
 
     # --- the integration branch -------------------------------------------------
@@ -187,6 +191,28 @@ class Worktrees:
         }
         return str(path) in paths and (path / ".git").is_file()  # paths are resolved
 
+    async def tree(self, wt: Worktree, author: Author | None = None) -> GitRepo:
+        """git in the REQ's worktree, once its ``.git`` file is what git wrote.
+
+        The agent may edit anything in its worktree, ``.git`` included: a
+        ``gitdir:`` pointing at a repository of its own would hand git that
+        repository's config (filters, hooks). So it is rewritten to git's own
+        administrative directory for this worktree before git runs there."""
+        expected = await asyncio.to_thread(_gitdir_line, self.common_dir, wt.path)
+        marker = wt.path / ".git"
+        if expected is None:
+            raise WorktreeError(f"git does not know the worktree {wt.path}")
+        try:
+            found = marker.read_text() if not marker.is_symlink() else None
+        except (OSError, UnicodeDecodeError):
+            found = None
+        if found != expected:
+            log.warning("worktree.gitdir_restored", path=str(marker))
+            if marker.is_symlink() or marker.is_dir():
+                await asyncio.to_thread(_remove, marker)
+            marker.write_text(expected)
+        return self.repo.at(wt.path, author)
+
     async def clean(self, tree: GitRepo) -> None:
         """No rebase, merge or leftover edit of an earlier run in a worktree."""
         await _clean(tree)
@@ -207,7 +233,7 @@ class Worktrees:
         leftovers of a failed or crashed attempt are dropped). ``reset``: at
         the stage's first start instead. ``merge``: that commit (the
         integration head) merged in, conflicts left for the agent."""
-        tree = self.repo.at(wt.path)
+        tree = await self.tree(wt)
         async with self.lock(f"worktree:{wt.req}"):
             await _clean(tree)
             row = await self.pool.fetchrow(
@@ -262,7 +288,7 @@ class Worktrees:
         Returns the notice's ``branch`` object; ``unresolved`` names files that
         still hold conflict markers (then nothing is committed)."""
         author = Author(f"{agent.capitalize()} ({stage_name})", f"{agent}@{self.email_domain}")
-        tree = self.repo.at(wt.path, author)
+        tree = await self.tree(wt, author)
         async with self.lock(f"worktree:{wt.req}"):
             start = await self.pool.fetchval(
                 "SELECT start_sha FROM stage_commits WHERE req_number = $1 AND stage = $2"
@@ -386,7 +412,9 @@ class Worktrees:
         found = await self.range_of(req, stage)
         if found is None:
             return None
-        return await self.repo.run("diff", "--no-color", "--no-ext-diff", found[0], found[1])
+        return await self.repo.run(
+            "diff", "--no-color", "--no-ext-diff", "--no-textconv", found[0], found[1]
+        )
 
     async def commits(self, req: str) -> list[dict[str, Any]]:
         """Each attempt's commit row, for show, the board and the API."""
@@ -465,6 +493,29 @@ class Worktrees:
                 with contextlib.suppress(OSError):
                     total += os.lstat(os.path.join(dirpath, name)).st_size
         return total
+
+
+def _gitdir_line(common_dir: Path, path: Path) -> str | None:
+    """What git wrote into ``path/.git``: the ``gitdir:`` line naming its
+    administrative directory under the repository's ``.git/worktrees``."""
+    admin = common_dir / "worktrees"
+    if not admin.is_dir():
+        return None
+    for entry in admin.iterdir():
+        try:
+            target = (entry / "gitdir").read_text().strip()
+        except OSError:
+            continue
+        if Path(target) == path / ".git":
+            return f"gitdir: {entry}\n"
+    return None
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
 
 
 async def _clean(tree: GitRepo) -> None:

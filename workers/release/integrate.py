@@ -68,7 +68,7 @@ class Integrator:
 
     async def update(self, wt: Worktree) -> Updated:
         """The branch on top of the integration head, or Conflict."""
-        tree = self.worktrees.repo.at(wt.path)
+        tree = await self.worktrees.tree(wt)
         async with self.worktrees.lock(f"worktree:{wt.req}"):
             await self.worktrees.clean(tree)
             target = await self.worktrees.integration_head()
