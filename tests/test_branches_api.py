@@ -23,26 +23,11 @@ from orchestrator.api.diffs import BRANCHES_OFF, MAX_DIFF_BYTES, capped
 from orchestrator.ctl.render import Painter, diff_lines, req_detail
 from orchestrator.embedded import NatsServer
 from tests.agents import running_agogd, settings_for, submit, wait_status
+from tests.test_branches import git, make_repo
 
 AGOGCTL = str(Path(sys.executable).parent / "agogctl")
 # The stages whose DEMO agent writes a file: all but Berry (who deploys), and Tim after.
 WRITERS = ["cynthia", "sylvia", "roy", "jen", "billy", "priya", "tim"]
-
-
-def git(root: Path, *args: str) -> str:
-    return subprocess.run(
-        ["git", "-C", str(root), *args], check=True, capture_output=True, text=True
-    ).stdout
-
-
-def make_repo(root: Path) -> Path:
-    """The project's repository: main, one commit."""
-    root.mkdir(parents=True)
-    git(root, "init", "-q", "-b", "main")
-    (root / "README.md").write_text("the app\n")
-    git(root, "add", "-A")
-    git(root, "-c", "user.name=Dev", "-c", "user.email=dev@example.com", "commit", "-qm", "v1")
-    return root
 
 
 async def get(url: str, path: str) -> tuple[int, dict[str, Any]]:
