@@ -672,6 +672,14 @@ def build(
     if not stages:
         return None
     runner = Runner(rt, stages, worktrees=worktrees, forge=forge)
+    if worktrees is None and rt.settings.max_in_flight > 1:
+        log.warning(
+            "runner.shared_workdir",
+            workdir=str(rt.settings.runner_workdir.resolve()),
+            max_in_flight=rt.settings.max_in_flight,
+            note="the agents of REQs in flight at once share this directory;"
+            " set AGOG_REPO for a branch and a worktree per REQ",
+        )
     if rt.settings.demo:
         log.warning(
             "runner.demo_mode",
