@@ -14,7 +14,7 @@ from pydantic import SecretStr, ValidationError
 from pydantic_settings import SettingsError
 
 from orchestrator.core.registry import RegistryError
-from orchestrator.runtime import logs, nats_auth
+from orchestrator.runtime import event_loop, logs, nats_auth
 from orchestrator.runtime.settings import ENV_PREFIX, Settings, describe_error, load_settings
 
 EXIT_BAD_CONFIG = 2
@@ -53,7 +53,8 @@ def run_daemon(settings: Settings, *, engine: bool = True, any_http_port: bool =
 
     logs.configure(settings.log_level, settings.log_format)
     try:
-        return asyncio.run(make_daemon(settings, engine=engine, any_http_port=any_http_port).run())
+        daemon = make_daemon(settings, engine=engine, any_http_port=any_http_port)
+        return event_loop.run(daemon.run(), settings.event_loop)
     except HttpBindError as exc:  # e.g. the port is taken: one line, not a traceback
         fail_config(str(exc))
 

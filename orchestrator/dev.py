@@ -8,7 +8,6 @@ for scripts, agents and agogctl.
 
 from __future__ import annotations
 
-import asyncio
 import fcntl
 import json
 import os
@@ -22,7 +21,7 @@ from pydantic import SecretStr
 
 from orchestrator.embedded import EmbeddedError, NatsServer, PostgresServer
 from orchestrator.embedded.procs import free_port, port_is_free
-from orchestrator.runtime import logs, nats_auth
+from orchestrator.runtime import event_loop, logs, nats_auth
 from orchestrator.runtime.daemon import Daemon
 from orchestrator.runtime.private_file import write_private
 from orchestrator.runtime.settings import Settings
@@ -172,7 +171,7 @@ def run_dev(settings: Settings) -> int:
             )
 
         daemon.ready_hooks.append(announce)
-        return asyncio.run(daemon.run())
+        return event_loop.run(daemon.run(), run_settings.event_loop)
     except EmbeddedError as exc:
         log.error("dev.server_failed", error=str(exc))
         return 1

@@ -146,7 +146,7 @@ async def test_known_secrets_never_appear_in_any_output_even_at_debug(
         d.wait_ready()
         d.stop()
         output = "\n".join(d.lines)
-        assert '"level": "debug"' in output, "the run must have logged at debug level"
+        assert any(e.get("level") == "debug" for e in d.events), "no debug line was logged"
         for secret in SECRETS:
             assert secret not in output, f"a secret leaked into the output: {secret[:8]}…"
         # The lines that would carry them were there, redacted.

@@ -409,6 +409,9 @@ class Settings(BaseSettings):
     backoff_max: float = Field(default=30.0, gt=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console", "auto"] = "json"
+    event_loop: Literal["uvloop", "asyncio"] = Field(
+        default="uvloop", description="The event loop: uvloop (libuv, faster) or asyncio's own."
+    )
 
     # --- HTTP hardening (issue 15: rebinding, slow clients, live-event memory) ---
     http_allowed_hosts: Annotated[list[str], NoDecode] = Field(
