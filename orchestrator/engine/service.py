@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from orchestrator.engine.handlers import Handlers
 from orchestrator.engine.outbox import OutboxRelay, Publisher
 from orchestrator.engine.owner_sync import OwnerRequestsSync
+from orchestrator.engine.pruning import Pruner
 from orchestrator.engine.scheduler import Scheduler
 from orchestrator.engine.transactions import AfterCommitted, BatchApplier, Handler
 from orchestrator.engine.transition import Transitions
@@ -108,6 +109,15 @@ def build(rt: Runtime, memory: Memory | None) -> Engine:
         scheduler.expire_deadlines,
         name="deadlines",
         interval=settings.timeout_scan_interval,
+        stopping=rt.stopping,
+        states=rt.states,
+        drain=True,
+    )
+    pruner = Pruner(pool=rt.pool, pipeline=rt.pipeline)
+    services["pruning"] = lambda: periodic(
+        pruner.pass_,
+        name="pruning",
+        interval=settings.prune_interval,
         stopping=rt.stopping,
         states=rt.states,
         drain=True,

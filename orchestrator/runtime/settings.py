@@ -99,6 +99,12 @@ class Settings(BaseSettings):
 
     # --- workflow engine -----------------------------------------------------
     max_in_flight: int = Field(default=20, ge=1, description="REQs IN_PROGRESS at once.")
+    prune_interval: float = Field(
+        default=3600.0,
+        gt=0,
+        description="Seconds between passes that delete bookkeeping rows no redelivery can need"
+        " (processed messages past their stream's max_age, old published outbox rows).",
+    )
     max_message_bytes: int = Field(default=1_048_576, ge=1024)
     notice_clock_margin: float = Field(
         default=2.0,
