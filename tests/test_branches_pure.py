@@ -109,3 +109,35 @@ def test_conflict_markers_are_seen_and_their_absence_too() -> None:
 
 def test_branch_name_fills_the_req() -> None:
     assert branch_name("agog/{req}", "REQ-1") == "agog/REQ-1"
+
+
+def test_a_reset_decision_reaches_the_runner_as_a_reset_and_a_conflict_as_a_merge() -> None:
+    """What agogctl req decide --reset-branch publishes, through the pure
+    workflow's dispatch, is what the runner reads; so is Berry's conflict."""
+    import json
+
+    from orchestrator.core import registry
+    from orchestrator.core.workflow import Completed, Dispatch, Start, Workflow, apply
+    from orchestrator.inbound.messages import parse_decision
+    from workers.runner.service import branch_wishes
+
+    pipeline = registry.load()
+    wf, _ = apply(pipeline, Workflow("REQ-R-1"), Start())
+    for index in range(3):
+        wf, _ = apply(
+            pipeline, wf, Completed(index, None, "COMPLETE", verdict="APPROVED" if index else None)
+        )
+    message = {
+        "req_number": "REQ-R-1",
+        "decision": "REQUEST_CHANGES",
+        "restart_stage": 2,
+        "instructions": {"reset_branch": True, "text": "start over"},
+    }
+    decision = parse_decision(json.dumps(message).encode(), "REQ-R-1", pipeline, 1 << 20)
+    _, effects = apply(pipeline, wf, decision.to_event())
+    (dispatch,) = [e for e in effects if isinstance(e, Dispatch)]
+    assert branch_wishes({"instructions": dispatch.instructions}) == (True, False)
+    rework = {"rework": {"from": "berry", "conflict": {"files": ["a.py"]}}}
+    assert branch_wishes({"instructions": rework}) == (False, True)
+    assert branch_wishes({"instructions": "free text"}) == (False, False)
+    assert branch_wishes({}) == (False, False)

@@ -518,6 +518,11 @@ def req_resume(
 @click.argument("decision", type=click.Choice(DECISIONS, case_sensitive=False))
 @click.option("--restart-stage", default=None, help="REQUEST_CHANGES: the stage to go back to.")
 @click.option("--reason", default="", help="The decision's reasoning.")
+@click.option(
+    "--reset-branch",
+    is_flag=True,
+    help="AGOG_REPO: the stage starts over from where its first attempt began on the branch.",
+)
 @_instructions_option
 @_budget_option
 @_wait_option
@@ -530,6 +535,7 @@ def req_decide(
     decision: str,
     restart_stage: str | None,
     reason: str,
+    reset_branch: bool,
     instructions: str | None,
     budget_usd: float | None,
     wait: float,
@@ -545,10 +551,21 @@ def req_decide(
         "decision": decision.upper(),
         "restart_stage": restart,
         "reason": reason,
-        "instructions": _instructions(instructions),
+        "instructions": _with_reset(_instructions(instructions), reset_branch),
         "budget_usd": budget_usd,
     }
     _act(ctx, req_number, "decide", fields, token, wait, as_json)
+
+
+def _with_reset(
+    instructions: str | dict[str, Any] | None, reset: bool
+) -> str | dict[str, Any] | None:
+    """--reset-branch, carried in the decision's instructions."""
+    if not reset:
+        return instructions
+    if isinstance(instructions, dict):
+        return {**instructions, "reset_branch": True}
+    return {"reset_branch": True, **({"text": instructions} if instructions else {})}
 
 
 # --- agents ----------------------------------------------------------------------------

@@ -389,11 +389,7 @@ class Runner:
         integration branch's head merged in, conflicts left to resolve."""
         if self.worktrees is None:
             return None
-        instructions = assignment.get("instructions") or {}
-        decision = instructions.get("decision") if isinstance(instructions, dict) else None
-        rework = instructions.get("rework") if isinstance(instructions, dict) else None
-        reset = isinstance(decision, dict) and decision.get("reset_branch") is True
-        conflict = isinstance(rework, dict) and isinstance(rework.get("conflict"), dict)
+        reset, conflict = branch_wishes(assignment)
         wt = await self.worktrees.ensure(key.req)
         merge = await self.worktrees.integration_head() if conflict else None
         await self.worktrees.begin(wt, key, stage.agent, reset=reset, merge=merge)
@@ -523,6 +519,26 @@ def parse_assignment(data: bytes, stage: Stage) -> dict[str, Any]:
     if not isinstance(attempt, int) or isinstance(attempt, bool) or attempt < 1:
         raise BadAssignment(f"attempt {attempt!r} is not a positive integer")
     return value
+
+
+def branch_wishes(assignment: dict[str, Any]) -> tuple[bool, bool]:
+    """(reset the stage's branch to where it first began, merge the
+    integration head in to resolve a conflict), from the assignment's
+    instructions: a decision's ``reset_branch`` (at its top or inside its
+    ``instructions``, as ``agogctl req decide --reset-branch`` sends it), or
+    a rework carrying Berry's ``conflict``."""
+    instructions = assignment.get("instructions")
+    if not isinstance(instructions, dict):
+        return False, False
+    decision, rework = instructions.get("decision"), instructions.get("rework")
+    reset = False
+    if isinstance(decision, dict):
+        nested = decision.get("instructions")
+        reset = decision.get("reset_branch") is True or (
+            isinstance(nested, dict) and nested.get("reset_branch") is True
+        )
+    conflict = isinstance(rework, dict) and isinstance(rework.get("conflict"), dict)
+    return reset, conflict
 
 
 def failed_notice_fields(reason: str) -> dict[str, Any]:
