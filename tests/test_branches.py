@@ -23,7 +23,7 @@ from nats.aio.client import Client as NATS
 from orchestrator.embedded import NatsServer
 from orchestrator.runtime import migrate
 from tests.agents import running_agogd, settings_for, submit
-from workers.branches.worktrees import AttemptKey, Worktrees, worktrees_of
+from workers.branches.worktrees import AttemptKey, WorktreeError, Worktrees, worktrees_of
 
 AGENT = Path(__file__).resolve().parent / "branch_agent.py"
 SECTIONS = 40  # lines in shared/sections.txt; REQs edit lines 10 apart
@@ -339,3 +339,19 @@ async def test_an_agent_pointing_its_worktree_at_a_repository_of_its_own_is_undo
     assert not marker.exists(), "the agent's filter ran"
     assert found["commit"] and git(wt.path, "rev-parse", "HEAD").strip() == found["commit"]
     assert "api.py" in git(wts.repo.root, "show", "--name-only", "--format=", found["commit"])
+
+
+async def test_an_agent_that_leaves_the_branch_fails_and_the_next_attempt_is_back_on_it(
+    tmp_path: Path, pool: asyncpg.Pool, nats_server: NatsServer, pg_dsn: str
+) -> None:
+    wts = await worktrees(tmp_path, pool, nats_server.url, pg_dsn)
+    wt = await wts.ensure("REQ-WT-S")
+    key = AttemptKey("REQ-WT-S", 3, 1)
+    await wts.begin(wt, key, "jen")
+    git(wt.path, "checkout", "-q", "-b", "jens-own")
+    (wt.path / "page.html").write_text("<p>on the wrong branch</p>\n")
+    with pytest.raises(WorktreeError, match="left the worktree on jens-own"):
+        await wts.finish(wt, key, agent="jen", stage_name="Frontend", notice={})
+    await wts.begin(wt, AttemptKey("REQ-WT-S", 3, 2), "jen")
+    assert git(wt.path, "symbolic-ref", "--short", "HEAD").strip() == "agog/REQ-WT-S"
+    assert not (wt.path / "page.html").exists()

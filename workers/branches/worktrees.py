@@ -236,6 +236,8 @@ class Worktrees:
         tree = await self.tree(wt)
         async with self.lock(f"worktree:{wt.req}"):
             await _clean(tree)
+            # An earlier agent may have left it on another branch or detached.
+            await tree.run("checkout", "--quiet", "--force", wt.branch)
             row = await self.pool.fetchrow(
                 "SELECT start_sha FROM stage_commits WHERE req_number = $1 AND stage = $2"
                 " AND attempt = $3",
@@ -299,6 +301,12 @@ class Worktrees:
             )
             if start is None:
                 raise WorktreeError("the attempt's start was not recorded")
+            on = await tree.branch()
+            if on != wt.branch:
+                raise WorktreeError(
+                    f"the agent left the worktree on {on or 'a detached HEAD'},"
+                    f" not the REQ's branch {wt.branch}: its work is not taken"
+                )
             merging = await self.rev("MERGE_HEAD", tree)
             edited: list[Changed] = []
             if merging:
