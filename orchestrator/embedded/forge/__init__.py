@@ -7,6 +7,7 @@ official OpenAPI description (``scripts/github-openapi`` installs it).
 """
 
 from orchestrator.embedded.forge.openapi import SpecMissing, default_spec
-from orchestrator.embedded.forge.server import ForgeServer, Thread
+from orchestrator.embedded.forge.server import ForgeServer
+from orchestrator.embedded.forge.state import Thread
 
 __all__ = ["ForgeServer", "SpecMissing", "Thread", "default_spec"]
