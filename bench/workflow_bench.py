@@ -199,6 +199,31 @@ async def run_engine(
     }
 
 
+async def disk_per_req(dsn: str) -> dict[str, Any]:
+    """What the finished REQs of the run take in Postgres: every table of
+    agogd's schema with its indexes and TOAST, over the REQs that finished.
+    Vacuumed first, so dead rows of the run's updates do not count."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("VACUUM")
+        rows = await conn.fetch(
+            "SELECT c.relname, pg_total_relation_size(c.oid) AS size FROM pg_class c"
+            " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind = 'r'"
+            " AND n.nspname = 'public' ORDER BY size DESC"
+        )
+        reqs = await conn.fetchval(
+            "SELECT count(*) FROM workflow_state WHERE status IN ('DEPLOYED', 'COMPLETE')"
+        )
+    finally:
+        await conn.close()
+    total = sum(r["size"] for r in rows)
+    return {
+        "reqs": reqs,
+        "per_req": total / max(reqs, 1),
+        "top": [(r["relname"], r["size"]) for r in rows[:5]],
+    }
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--reqs", type=int, default=100)
@@ -246,6 +271,7 @@ async def main() -> None:
                 )
             finally:
                 daemon.stop()
+            disk = await disk_per_req(pg.dsn())
             # A fast run that hid retries or failures would be a false figure.
             troubles = Counter(
                 e.get("event") for e in daemon.events if e.get("level") in ("warning", "error")
@@ -261,6 +287,11 @@ async def main() -> None:
     for name, value in floors.items():
         print(f"floor {name:<24} {value * 1000:8.3f} ms")
     print(f"floor sum (pull+ack + commit + publish+ack) {floor_sum * 1000:8.3f} ms")
+    print(
+        f"disk per finished REQ (all tables and indexes): {disk['per_req'] / 1024:.1f} KiB"
+        f" over {disk['reqs']} REQs; largest: "
+        + ", ".join(f"{name} {size / disk['reqs'] / 1024:.1f}" for name, size in disk["top"])
+    )
     print(f"agogd warnings and errors: {dict(troubles) or 'none'}")
     for e in daemon.events:
         if e.get("level") in ("warning", "error"):
