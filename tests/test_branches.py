@@ -156,7 +156,7 @@ async def test_each_attempt_is_a_commit_by_its_agent_compared_with_what_it_liste
     assert empty["commit"] is None and empty["files"] == [] and empty["missing"] == ["api.py"]
     # The stage's diff: from where it first started to its last commit.
     diff = await wts.diff("REQ-WT-2", stage=2)
-    assert diff is not None and "+x = 2" in diff
+    assert diff is not None and "+x = 2" in diff.text and diff.start == start
 
 
 async def test_finished_reqs_lose_their_worktree_and_keep_their_branch(

@@ -64,30 +64,25 @@ async def diff(request: web.Request) -> web.Response:
     if wt is None:
         raise ApiError(404, f"{req} has no branch yet: none of its stages has started")
     try:
-        found = await worktrees.range_of(req, stage.index if stage else None)
-        if found is None and stage is not None:
-            raise ApiError(
-                404, f"stage {stage.index} {stage.name} ({stage.agent}) of {req} has not run yet"
-            )
-        if found is None:
-            raise ApiError(404, f"the branch {wt.branch} of {req} is gone from AGOG_REPO")
-        start, end = found
-        # No external diff and no textconv: a REQ's files name no command git runs.
-        text = await worktrees.repo.run(
-            "diff", "--no-color", "--no-ext-diff", "--no-textconv", start, end
-        )
+        found = await worktrees.diff(req, stage.index if stage else None)
     except RuntimeError as exc:  # git refused (GitError): a commit gone, say
         log.warning("api.diff_failed", req_number=req, error=str(exc))
         raise ApiError(500, f"git could not make the diff of {req}: {exc}") from None
-    text, size, truncated = capped(text)
+    if found is None and stage is not None:
+        raise ApiError(
+            404, f"stage {stage.index} {stage.name} ({stage.agent}) of {req} has not run yet"
+        )
+    if found is None:
+        raise ApiError(404, f"the branch {wt.branch} of {req} is gone from AGOG_REPO")
+    text, size, truncated = capped(found.text)
     body: dict[str, Any] = {
         "req_number": req,
         "branch": wt.branch,
         "stage": stage.index if stage else None,
         "stage_name": stage.name if stage else None,
         "agent": stage.agent if stage else None,
-        "from": start,
-        "to": end,
+        "from": found.start,
+        "to": found.end,
         "diff": text,
         "bytes": size,
         "truncated": truncated,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 
 import asyncpg
 from pgvector.asyncpg import register_vector
@@ -103,3 +105,15 @@ async def ping(pool: asyncpg.Pool) -> bool:
             return bool(await pool.fetchval("SELECT 1"))
     except (asyncpg.PostgresError, asyncpg.InterfaceError, *TRANSIENT):
         return False
+
+
+@contextlib.asynccontextmanager
+async def advisory_lock(pool: asyncpg.Pool, key: str) -> AsyncIterator[None]:
+    """Hold a session advisory lock named by ``key`` (hashed), across every
+    agogd replica and every coroutine, each holder on its own connection."""
+    async with pool.acquire() as conn:
+        await conn.execute("SELECT pg_advisory_lock(hashtext($1))", key)
+        try:
+            yield
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock(hashtext($1))", key)

@@ -23,7 +23,6 @@ import contextlib
 import json
 import os
 import shutil
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ from typing import Any
 import asyncpg
 
 from orchestrator.runtime import failpoints
+from orchestrator.runtime.db import advisory_lock
 from orchestrator.runtime.logs import get_logger
 from orchestrator.runtime.settings import Settings
 from workers.adapters.git_repo import Author, GitError, GitRepo
@@ -62,6 +62,15 @@ class Worktree:
 
 
 @dataclass(frozen=True)
+class Diff:
+    """What changed between two commits of a REQ's branch."""
+
+    start: str
+    end: str
+    text: str
+
+
+@dataclass(frozen=True)
 class AttemptKey:
     req: str
     stage: int
@@ -88,15 +97,9 @@ class Worktrees:
         self.common_dir = repo.root / ".git"  # where .git/worktrees is; check() asks git
 
     # --- locks ----------------------------------------------------------------
-    @contextlib.asynccontextmanager
-    async def lock(self, key: str) -> AsyncIterator[None]:
+    def lock(self, key: str) -> contextlib.AbstractAsyncContextManager[None]:
         """An advisory lock across every agogd replica (and every coroutine)."""
-        async with self.pool.acquire() as conn:
-            await conn.execute("SELECT pg_advisory_lock(hashtext($1))", key)
-            try:
-                yield
-            finally:
-                await conn.execute("SELECT pg_advisory_unlock(hashtext($1))", key)
+        return advisory_lock(self.pool, key)
 
     def _repo_lock(self) -> contextlib.AbstractAsyncContextManager[None]:
         # Branch creation and worktree bookkeeping touch the shared .git.
@@ -415,14 +418,17 @@ class Worktrees:
                 return sha
         return None
 
-    async def diff(self, req: str, stage: int | None = None) -> str | None:
-        """The unified diff of what the REQ (or one of its stages) changed."""
+    async def diff(self, req: str, stage: int | None = None) -> Diff | None:
+        """The unified diff of what the REQ (or one of its stages) changed,
+        with the commits it runs between; None when there is no such range."""
         found = await self.range_of(req, stage)
         if found is None:
             return None
-        return await self.repo.run(
+        # No external diff and no textconv: a REQ's files name no command git runs.
+        text = await self.repo.run(
             "diff", "--no-color", "--no-ext-diff", "--no-textconv", found[0], found[1]
         )
+        return Diff(found[0], found[1], text)
 
     async def commits(self, req: str) -> list[dict[str, Any]]:
         """Each attempt's commit row, for show, the board and the API."""

@@ -25,6 +25,7 @@ from typing import Any
 import asyncpg
 
 from orchestrator.runtime.context import Runtime
+from orchestrator.runtime.db import advisory_lock
 from orchestrator.runtime.logs import get_logger
 from orchestrator.runtime.metrics import BERRY_DEPLOYS
 from orchestrator.runtime.settings import Settings
@@ -358,14 +359,8 @@ class NativeBerry:
     async def _workspace_lock(self) -> AsyncIterator[None]:
         """One Berry run per workspace at a time, across every agogd replica:
         two runs would fight over git's index and the same compose project."""
-        pool = self.rt.pool
-        key = f"berry:{self.workspace}"
-        async with self._local_lock, pool.acquire() as conn:
-            await conn.execute("SELECT pg_advisory_lock(hashtext($1))", key)
-            try:
-                yield
-            finally:
-                await conn.execute("SELECT pg_advisory_unlock(hashtext($1))", key)
+        async with self._local_lock, advisory_lock(self.rt.pool, f"berry:{self.workspace}"):
+            yield
 
     # --- steps -------------------------------------------------------------------
     async def _checked_paths(self, listed: list[object]) -> list[str]:
