@@ -312,8 +312,11 @@ async def footprint(url: str, dsn: str, in_flight: int) -> dict[str, Any]:
 
 
 # --- profile ------------------------------------------------------------------------------
-async def profile(url: str, dsn: str, work: Path) -> list[tuple[str, float]]:
-    """Where agogd spends its time when saturated: py-spy's samples, by function."""
+async def profile(
+    url: str, dsn: str, work: Path, keep: Path | None = None
+) -> list[tuple[str, float]]:
+    """Where agogd spends its time when saturated: py-spy's samples, by function.
+    With ``keep``, the raw collapsed stacks are also written there."""
     spy = py_spy()
     d = agogd(url, dsn, AGOG_MAX_IN_FLIGHT="100")
     out = work / "profile.txt"
@@ -331,6 +334,8 @@ async def profile(url: str, dsn: str, work: Path) -> list[tuple[str, float]]:
         await asyncio.wait_for(spy_proc.wait(), 30)
     finally:
         d.stop()
+    if keep is not None:
+        shutil.copyfile(out, keep)
     return summarize_profile(out.read_text())
 
 
@@ -396,6 +401,7 @@ async def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smaller runs, for a smoke test")
     parser.add_argument("--profile", action="store_true", help="also profile with py-spy")
     parser.add_argument("--profile-only", action="store_true", help="only the py-spy profile")
+    parser.add_argument("--profile-out", type=Path, help="keep the raw py-spy stacks here")
     args = parser.parse_args()
     if args.profile_only:
         with tempfile.TemporaryDirectory(prefix="agogd-profile-") as tmp:
@@ -403,7 +409,7 @@ async def main() -> None:
             nats_server = NatsServer(work / "nats").start()
             pg = PostgresServer(work / "pg", durable=True).start()
             try:
-                print_profile(await profile(nats_server.url, pg.dsn(), work))
+                print_profile(await profile(nats_server.url, pg.dsn(), work, args.profile_out))
             finally:
                 nats_server.stop()
                 pg.stop()
@@ -427,7 +433,11 @@ async def main() -> None:
             dbos = run_dbos(dbs["dbos"], total, 50, work)
             recov = await recovery(nats_server.url, dbs["rec"], rec)
             feet = await footprint(nats_server.url, dbs["foot"], foot)
-            prof = await profile(nats_server.url, dbs["ovh"], work) if args.profile else []
+            prof = (
+                await profile(nats_server.url, dbs["ovh"], work, args.profile_out)
+                if args.profile
+                else []
+            )
         finally:
             nats_server.stop()
             pg.stop()

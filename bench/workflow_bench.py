@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import statistics
 import sys
@@ -92,6 +93,52 @@ async def floor_pg_commit(dsn: str, n: int = 2000) -> float:
     return elapsed
 
 
+def _stat(pid: int) -> tuple[int, float] | None:
+    """(parent pid, CPU seconds of the process and its reaped children)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    ticks = sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
+    return int(fields[1]), ticks / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_by_process(pids: dict[str, int]) -> dict[str, float]:
+    """CPU seconds so far of each named process and its live descendants (a
+    Postgres server is a postmaster and a backend per connection); a named
+    process below another (agogd is the bench's child) counts only as itself.
+    Reaped children count through their parent's cutime, so a short-lived
+    backend is not lost."""
+    stats = {int(p): st for p in os.listdir("/proc") if p.isdigit() if (st := _stat(int(p)))}
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in stats.items():
+        children.setdefault(ppid, []).append(pid)
+    named = set(pids.values())
+    totals: dict[str, float] = {}
+    for name, root in pids.items():
+        total, todo = 0.0, [root]
+        while todo:
+            pid = todo.pop()
+            if pid in stats:
+                total += stats[pid][1]
+            todo.extend(c for c in children.get(pid, ()) if c not in named)
+        totals[name] = total
+    return totals
+
+
+async def rows_written(dsn: str) -> dict[str, int]:
+    """Rows inserted, updated and deleted so far, by table (Postgres's cumulative
+    statistics; other backends report theirs within a second of going idle)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch(
+            "SELECT relname, n_tup_ins + n_tup_upd + n_tup_del AS n FROM pg_stat_user_tables"
+        )
+    finally:
+        await conn.close()
+    return {r["relname"]: r["n"] for r in rows}
+
+
 def answer(agent: str, req: str) -> bytes:
     body: dict[str, Any] = {
         "agent": agent,
@@ -104,7 +151,7 @@ def answer(agent: str, req: str) -> bytes:
     if agent == "billy":
         body["tests_passed"] = True
     if agent == "berry":
-        body["commit_sha"] = "bench"
+        body["commit_sha"] = "be2c4a1"  # a hex sha, as Berry's are
     return json.dumps(body).encode()
 
 
@@ -262,9 +309,21 @@ async def main() -> None:
             try:
                 daemon.wait_ready(60)
                 total = args.reqs * args.rounds
+                assert daemon.proc and nats_server.proc and pg.proc
+                pids = {
+                    "agogd": daemon.proc.pid,
+                    "postgres": pg.proc.pid,
+                    "nats-server": nats_server.proc.pid,
+                    "bench agents": os.getpid(),
+                }
+                rows_before = await rows_written(pg.dsn())
+                cpu_before = cpu_by_process(pids)
                 result = await run_engine(
                     nats_server.url, args.reqs, total, 0.0, "SAT", args.titles
                 )
+                cpu_after = cpu_by_process(pids)
+                await asyncio.sleep(1.5)  # the backends' statistics reach the view
+                rows_after = await rows_written(pg.dsn())
                 await asyncio.sleep(args.settle)
                 paced = await run_engine(
                     nats_server.url, args.reqs, total, args.think, "PACED", args.titles
@@ -293,9 +352,23 @@ async def main() -> None:
         + ", ".join(f"{name} {size / disk['reqs'] / 1024:.1f}" for name, size in disk["top"])
     )
     print(f"agogd warnings and errors: {dict(troubles) or 'none'}")
-    for e in daemon.events:
-        if e.get("level") in ("warning", "error"):
-            print("  ", json.dumps(e)[:400])
+    shown = [e for e in daemon.events if e.get("level") in ("warning", "error")]
+    for e in shown[:10]:
+        print("  ", json.dumps(e)[:400])
+    transitions = result["transitions"]
+    cpu = {name: (cpu_after[name] - cpu_before[name]) / transitions for name in pids}
+    print(
+        "saturated: CPU per transition: "
+        + ", ".join(f"{name} {value * 1e3:.3f} ms" for name, value in cpu.items())
+        + f"; sum {sum(cpu.values()) * 1e3:.3f} ms, so {os.cpu_count()} cores"
+        f" bound the run at {os.cpu_count() / sum(cpu.values()):.0f} transitions/s"
+    )
+    written = {t: n - rows_before.get(t, 0) for t, n in rows_after.items()}
+    written = {t: n / transitions for t, n in written.items() if n > 0}
+    print(
+        f"saturated: rows written per transition {sum(written.values()):.1f}: "
+        + ", ".join(f"{t} {n:.2f}" for t, n in sorted(written.items(), key=lambda kv: -kv[1]))
+    )
     for title, r in (
         ("saturated run (agents answer at once)", result),
         (f"paced run (agents think {args.think} s)", paced),

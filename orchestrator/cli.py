@@ -51,7 +51,7 @@ def run_daemon(settings: Settings, *, engine: bool = True, any_http_port: bool =
     from orchestrator.runtime.http_server import HttpBindError
     from orchestrator.wiring import make_daemon
 
-    logs.configure(settings.log_level, settings.log_format)
+    logs.configure(settings.log_level, settings.log_format, once=True)
     try:
         daemon = make_daemon(settings, engine=engine, any_http_port=any_http_port)
         return event_loop.run(daemon.run(), settings.event_loop)

@@ -11,13 +11,24 @@ from __future__ import annotations
 import json
 from typing import Any, NoReturn
 
+import orjson
+
 
 def _no_constants(name: str) -> NoReturn:
     raise ValueError(f"{name} is not JSON (it cannot be stored)")
 
 
 def loads(data: str | bytes | bytearray) -> Any:
-    """Parse JSON text or UTF-8 bytes; ValueError for anything that is not plain JSON."""
+    """Parse JSON text or UTF-8 bytes; ValueError for anything that is not plain JSON.
+
+    orjson reads what is plainly valid, several times faster; whatever it
+    refuses (NaN, lone surrogates, an int past 64 bits, deep nesting, bad
+    UTF-8) is read again by stdlib json, so results and error messages are
+    exactly json's."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        pass
     try:
         return json.loads(data, parse_constant=_no_constants)
     except RecursionError:

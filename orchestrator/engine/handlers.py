@@ -70,7 +70,7 @@ class Handlers:
         """Each consumer the engine reads (``[[consumers]]`` in pipeline.toml)."""
         handlers = (
             Handler("agogd_deliverables", self.deliverable, deliverable_req),
-            Handler("agogd_intake", self.intake),
+            Handler("agogd_intake", self.intake, usual="created"),
             Handler("agogd_decisions", self.decision, last_token_req),
             Handler("agogd_heartbeats", self.heartbeat, claim=False),
         )

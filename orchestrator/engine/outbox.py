@@ -81,6 +81,23 @@ async def publish_batch(pool: asyncpg.Pool, js: JetStreamContext, batch: int = B
         return len(done)
 
 
+# What the Publisher sent, and what it could not, in one statement and one
+# round trip: its own implicit transaction, whose commit need not wait for the
+# disk (set_config(..., true) holds for that transaction only): if that commit
+# is lost in a crash, the rows go out again under the same Nats-Msg-Id, which
+# JetStream drops. Failed rows lose their claim, so the relay retries at once.
+_MARK_SQL = (
+    "WITH async AS (SELECT set_config('synchronous_commit', 'off', true) AS v),"
+    " done AS (UPDATE outbox SET published_at = now(), attempts = attempts + 1"
+    "  WHERE msg_id = ANY($1::text[]) AND published_at IS NULL"
+    "  AND (SELECT v FROM async) IS NOT NULL),"
+    " failed AS (UPDATE outbox SET claimed_until = NULL"
+    "  WHERE msg_id = ANY($2::text[]) AND published_at IS NULL"
+    "  AND (SELECT v FROM async) IS NOT NULL)"
+    " SELECT 1"
+)
+
+
 class Publisher:
     """Publishes the outbox rows of a transaction the engine just committed, so
     an assignment goes out without waiting for the relay; marks them published
@@ -128,20 +145,7 @@ class Publisher:
             done, self._done = self._done, []
             failed, self._failed = self._failed, []
             try:
-                async with self.pool.acquire() as conn, conn.transaction():
-                    await conn.execute("SET LOCAL synchronous_commit = off")
-                    if done:
-                        await conn.execute(
-                            "UPDATE outbox SET published_at = now(), attempts = attempts + 1"
-                            " WHERE msg_id = ANY($1::text[]) AND published_at IS NULL",
-                            done,
-                        )
-                    if failed:
-                        await conn.execute(
-                            "UPDATE outbox SET claimed_until = NULL"
-                            " WHERE msg_id = ANY($1::text[]) AND published_at IS NULL",
-                            failed,
-                        )
+                await self.pool.execute(_MARK_SQL, done, failed)
                 if failed:
                     self.relay_wake.set()
             except db.DB_ERRORS as exc:

@@ -7,14 +7,15 @@ commit together or not at all.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
+import orjson
 from nats.nuid import NUID
 
+from orchestrator.core import json_text
 from orchestrator.core.workflow import AttemptMark, MarkDeployed, Workflow
 from orchestrator.engine.tx import EngineTx
 from orchestrator.runtime.batch import BatchedConnection
@@ -34,7 +35,7 @@ def now_iso() -> str:
 
 
 def dumps(value: Any) -> str:
-    return json.dumps(value, default=str)
+    return json_text.dumps(value)
 
 
 # --- requirements and workflows ---------------------------------------------------
@@ -84,7 +85,7 @@ class Locked:
     recalled: tuple[int, Any] | None = None
 
 
-_LOCK_SQL = (
+_LOCK_SELECT = (
     "SELECT ws.req_number, ws.title, ws.status, ws.current_stage, ws.budgets,"
     " (SELECT coalesce(json_agg(json_build_object('stage', c.stage, 'agent', c.agent,"
     "  'deliverable', json_build_object("
@@ -97,8 +98,24 @@ _LOCK_SQL = (
     "  FROM stage_attempts a WHERE a.req_number = ws.req_number) AS attempts,"
     " (SELECT mc.picks -> (coalesce(ws.current_stage, -1) + 1)::text FROM memory_context mc"
     "  WHERE mc.req_number = ws.req_number) AS recalled"
-    " FROM workflow_state ws WHERE ws.req_number = ANY($1::varchar[])"
+    " FROM workflow_state ws WHERE ws.req_number = ANY({reqs}::varchar[])"
     " ORDER BY ws.req_number FOR UPDATE OF ws"
+)
+_LOCK_SQL = _LOCK_SELECT.format(reqs="$1")
+_CLAIM_INSERT = (
+    "INSERT INTO processed_messages (stream, stream_seq, consumer, subject, outcome)"
+    " SELECT s, q, c, j, $5 FROM unnest($1::text[], $2::bigint[], $3::text[],"
+    " $4::text[]) AS m(s, q, c, j) ON CONFLICT DO NOTHING RETURNING stream, stream_seq"
+)
+# A batch's claims and its REQs' row locks in one round trip. The locked rows
+# come through a LEFT JOIN, so the claims come back even when no REQ exists
+# yet; the lock itself is taken inside the CTE, in REQ order as above.
+_CLAIM_LOCK_SQL = (
+    f"WITH claimed AS ({_CLAIM_INSERT}),"
+    f" locked AS MATERIALIZED ({_LOCK_SELECT.format(reqs='$6')})"
+    " SELECT l.*, (SELECT coalesce(json_agg(json_build_array(c.stream, c.stream_seq)), '[]')"
+    " FROM claimed c) AS fresh FROM (SELECT 1) AS one LEFT JOIN locked l ON true"
+    " ORDER BY l.req_number"
 )
 
 
@@ -118,20 +135,20 @@ async def lock_workflows(conn: Conn, reqs: list[str]) -> dict[str, Locked]:
 
 def _locked(row: asyncpg.Record) -> Locked:
     wf = Workflow.from_row(
-        row["req_number"], row["status"], row["current_stage"], json.loads(row["budgets"])
+        row["req_number"], row["status"], row["current_stage"], orjson.loads(row["budgets"])
     )
-    delivered = {d["stage"]: d for d in json.loads(row["delivered"])}
+    delivered = {d["stage"]: d for d in orjson.loads(row["delivered"])}
     running: dict[int, int] = {}
     ages: dict[int, float] = {}
     marks: dict[int, list[AttemptMark]] = {}
-    for stage, attempt, started, digest, is_running, age in json.loads(row["attempts"]):
+    for stage, attempt, started, digest, is_running, age in orjson.loads(row["attempts"]):
         marks.setdefault(stage, []).append(AttemptMark(attempt, float(started), digest))
         if is_running:  # in attempt order: the newest RUNNING one wins
             running[stage], ages[stage] = attempt, float(age)
     recalled = None
     if row["recalled"] is not None:
         nxt = (row["current_stage"] if row["current_stage"] is not None else -1) + 1
-        recalled = (nxt, json.loads(row["recalled"]))
+        recalled = (nxt, orjson.loads(row["recalled"]))
     return Locked(
         wf,
         row["title"],
@@ -178,23 +195,28 @@ def _parse_time(value: str | None) -> datetime | None:
 
 # --- idempotency ---------------------------------------------------------------
 async def claim_messages(
-    conn: Conn, messages: list[tuple[str, int, str, str]]
+    conn: Conn, messages: list[tuple[str, int, str, str]], outcome: str = "processing"
 ) -> set[tuple[str, int]]:
-    """Record stream messages (stream, seq, consumer, subject) as processed, in
-    one statement; returns those that were new (the rest are redeliveries)."""
+    """Record stream messages (stream, seq, consumer, subject) as processed, with
+    ``outcome`` until settled, in one statement; returns those that were new
+    (the rest are redeliveries)."""
     if not messages:
         return set()
-    streams, seqs, consumers, subjects = (list(col) for col in zip(*messages, strict=True))
-    rows = await conn.fetch(
-        "INSERT INTO processed_messages (stream, stream_seq, consumer, subject, outcome)"
-        " SELECT s, q, c, j, 'processing' FROM unnest($1::text[], $2::bigint[], $3::text[],"
-        " $4::text[]) AS m(s, q, c, j) ON CONFLICT DO NOTHING RETURNING stream, stream_seq",
-        streams,
-        seqs,
-        consumers,
-        subjects,
-    )
+    rows = await conn.fetch(_CLAIM_INSERT, *_claim_columns(messages), outcome)
     return {(row["stream"], row["stream_seq"]) for row in rows}
+
+
+async def claim_and_lock(
+    conn: Conn, messages: list[tuple[str, int, str, str]], outcome: str, reqs: list[str]
+) -> tuple[set[tuple[str, int]], dict[str, Locked]]:
+    """``claim_messages`` and ``lock_workflows`` in one round trip."""
+    rows = await conn.fetch(_CLAIM_LOCK_SQL, *_claim_columns(messages), outcome, reqs)
+    fresh = {(stream, seq) for stream, seq in orjson.loads(rows[0]["fresh"])}
+    return fresh, {row["req_number"]: _locked(row) for row in rows if row["req_number"]}
+
+
+def _claim_columns(messages: list[tuple[str, int, str, str]]) -> list[list[Any]]:
+    return [list(col) for col in zip(*messages, strict=True)]
 
 
 async def settle_message(

@@ -45,6 +45,10 @@ class Handler:
     req_of: Callable[[Msg], str | None] = lambda _msg: None
     # Record the stream sequence, so a redelivery is a no-op.
     claim: bool = True
+    # The outcome most messages end with: claims are written with it, so only
+    # a message that ends otherwise costs a second write of its claim row (the
+    # claim and its outcome commit together, so no reader sees the guess).
+    usual: str = "applied"
 
 
 class AfterCommitted:
@@ -115,16 +119,20 @@ class BatchApplier:
         async with self.pool.acquire() as raw, raw.transaction():
             conn = EngineTx(raw, self.after.fresh())
             fresh = set(keys)
-            if handler.claim:
-                claims = [
-                    (*key, handler.consumer, m.subject) for key, m in zip(keys, msgs, strict=True)
-                ]
-                fresh = await store.claim_messages(conn, claims)
+            claims = [
+                (*key, handler.consumer, m.subject) for key, m in zip(keys, msgs, strict=True)
+            ]
             # Lock every REQ the batch names at once, in REQ order, so two
             # replicas' batches cannot deadlock on each other.
-            reqs = {r for m in msgs if (r := handler.req_of(m)) is not None}
-            if reqs:
-                conn.prefetched = await store.lock_workflows(conn, sorted(reqs))
+            reqs = sorted({r for m in msgs if (r := handler.req_of(m)) is not None})
+            if handler.claim and reqs:
+                fresh, conn.prefetched = await store.claim_and_lock(
+                    conn, claims, handler.usual, reqs
+                )
+            elif handler.claim:
+                fresh = await store.claim_messages(conn, claims, handler.usual)
+            elif reqs:
+                conn.prefetched = await store.lock_workflows(conn, reqs)
             outcomes: list[Outcome] = []
             for key, msg in zip(keys, msgs, strict=True):
                 if key not in fresh:
@@ -142,7 +150,7 @@ class BatchApplier:
                     await self._reject(conn, msg, err)
                     outcomes.append("term")
                     continue
-                if handler.claim:
+                if handler.claim and outcome != handler.usual:
                     await store.settle_message(conn, *key, outcome)
                 outcomes.append("ack")
                 if conn.queued_args > FLUSH_ARGS:

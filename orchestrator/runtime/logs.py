@@ -10,16 +10,15 @@ and text are logged), so a log line can never drive the terminal.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import re
 import sys
 from collections.abc import Iterator, MutableMapping
 from typing import Any
 
-import orjson
 import structlog
 
+from orchestrator.core import json_text
 from orchestrator.core.safe_text import neutralise
 
 CONTEXT_KEYS = ("req_number", "stage", "agent", "msg_subject")
@@ -77,16 +76,16 @@ def neutralise_console(
 
 def json_line(event: dict[str, Any], **_: Any) -> str:
     """One log line as JSON, by orjson (several times stdlib json's speed on
-    the hot path); what orjson refuses (an int past 64 bits...) goes to
-    stdlib json, so a log call never fails."""
-    try:
-        return orjson.dumps(event, default=repr, option=orjson.OPT_NON_STR_KEYS).decode()
-    except TypeError:
-        return json.dumps(event, default=repr)
+    the hot path), so a log call never fails (``json_text``)."""
+    return json_text.dumps(event, default=repr)
 
 
-def configure(level: str = "info", fmt: str = "json") -> None:
-    """Configure structlog and route stdlib logging (asyncio, nats) through it."""
+def configure(level: str = "info", fmt: str = "json", *, once: bool = False) -> None:
+    """Configure structlog and route stdlib logging (asyncio, nats) through it.
+
+    ``once``: the process configures logging this one time (the daemon), so
+    each logger is built on its first call and reused, instead of being
+    rebuilt on every call in case the configuration changed."""
     if fmt == "auto":
         fmt = "console" if sys.stdout.isatty() else "json"
     shared: list[Any] = [
@@ -108,7 +107,7 @@ def configure(level: str = "info", fmt: str = "json") -> None:
         processors=[*shared, structlog.processors.format_exc_info, *last, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=structlog.PrintLoggerFactory(),  # follows sys.stdout
-        cache_logger_on_first_use=False,
+        cache_logger_on_first_use=once,
     )
     handler = _StdoutHandler()
     handler.setFormatter(
