@@ -2,7 +2,7 @@
 agogd down, nor must many REQs in flight (issue 19).
 
 Run: .venv/bin/python bench/growth_bench.py           # --history 0,100000,1000000
-     .venv/bin/python bench/growth_bench.py --quick   # smoke test, a couple of minutes
+     .venv/bin/python bench/growth_bench.py --quick   # smoke test, about a minute
 
 One nats-server and one durable PostgreSQL (orchestrator.embedded) serve the
 whole run; agogd runs as a separate process, started afresh for each
@@ -13,19 +13,26 @@ from an agent publishing its notice to it receiving the next assignment.
 1. In flight, on an empty database: 1, 10, 100, 1,000 REQs kept in flight;
    transitions/s (middle 80% of the run) and stage-advance p50/p99.
 2. History: finished REQs loaded into one database, progressively (100k,
-   then 900k more), and each level measured alternately with a fresh empty
-   database of the same run (empty, loaded, empty, loaded), so that the noise
-   shows: the lone stage advance (1 REQ in flight) p50/p99, and transitions/s
-   with 100 in flight. Figures are ratios to the empty database, because
-   absolute times are noisy on shared machines (target: lone p50 within 1.2x
-   of the empty database at 1M REQs).
+   then 900k more), each level measured in ``--rounds`` rounds alternating
+   with a fresh empty database of the same run (empty, loaded, empty,
+   loaded...), so that the noise shows: the lone stage advance (1 REQ in
+   flight) p50/p99, and transitions/s with 100 in flight. A level's figure is
+   the median of its rounds, compared with the median of the empty rounds
+   beside it, because absolute times are noisy on shared machines (target:
+   lone p50 within 1.2x of the empty database at 1M REQs).
 
 The history is modelled on a real REQ rather than written by hand, so that it
 follows the schema and agogd's rows as they change: at the start agogd takes
 one REQ through the pipeline on a template database, and every row that REQ
 left is copied N times (COPY, into the real schema with all its indexes and
-triggers) with a new REQ id, timestamps moved into the past (newest first,
-``--reqs-per-day`` apart) and fresh unique keys.
+triggers) with a new REQ id, its timestamps moved into the past (newest first,
+``--reqs-per-day`` apart; times inside JSON payloads are left as they are)
+and fresh unique keys. outbox and processed_messages are pruned past their
+streams' retention (orchestrator/engine/pruning.py), so only the copies still
+inside that window are loaded (91 days' worth with the shipped registry);
+every other table is the record, kept whole. The history's memories are
+loaded without embeddings (see --pending-memories). Disk: the record is about
+35 KiB per REQ with the bench's small notices, so 1M REQs take some 35 GB.
 """
 
 from __future__ import annotations
@@ -549,7 +556,7 @@ def levels(text: str) -> list[int]:
     return sorted({int(x.replace("_", "")) for x in text.split(",") if x.strip()})
 
 
-def label(n: int) -> str:
+def short(n: int) -> str:
     if n >= 1_000_000 and n % 1_000_000 == 0:
         return f"{n // 1_000_000}M"
     if n >= 1000 and n % 1000 == 0:
@@ -557,8 +564,9 @@ def label(n: int) -> str:
     return str(n)
 
 
-def mean(values: list[float]) -> float:
-    return statistics.fmean(values)
+def median(values: list[float]) -> float:
+    """Of the rounds: one round disturbed by a neighbour on the machine moves it least."""
+    return statistics.median(values)
 
 
 async def main() -> None:
@@ -567,14 +575,17 @@ async def main() -> None:
     parser.add_argument("--inflight", help="REQs in flight, empty database (default 1,10,100,1000)")
     parser.add_argument("--lone-reqs", type=int, help="REQs of a 1-in-flight run (default 40)")
     parser.add_argument("--busy-reqs", type=int, help="REQs of a 100-in-flight run (default 300)")
-    parser.add_argument("--rounds", type=int, default=2, help="empty/loaded pairs per level")
+    parser.add_argument("--rounds", type=int, default=3, help="empty/loaded pairs per level")
     parser.add_argument("--warmup", type=int, default=5, help="REQs run before each measurement")
     parser.add_argument("--chunk", type=int, default=20000, help="REQs per COPY transaction")
     parser.add_argument(
         "--load-workers", type=int, default=2, help="connections loading the history at once"
     )
     parser.add_argument(
-        "--reqs-per-day", type=float, default=1000.0, help="pace of the history's REQs"
+        "--reqs-per-day",
+        type=float,
+        default=1000.0,
+        help="pace of the history's REQs: how many fall inside the outbox's retention window",
     )
     parser.add_argument(
         "--pending-memories",
@@ -652,7 +663,7 @@ async def main() -> None:
                         loaded = await session(
                             url,
                             hist_dsn,
-                            f"{label(level)} REQs, round {r}",
+                            f"{short(level)} REQs, round {r}",
                             BUSY,
                             plan,
                             args.warmup,
@@ -698,11 +709,11 @@ def report(
     print("|---|---|---|---|---|---|---|")
     verdict = None
     for level, base, measured in rows:
-        p50 = mean([s.runs["lone"]["p50"] for s in measured])
-        p99 = mean([s.runs["lone"]["p99"] for s in measured])
-        rate = mean([s.runs["busy"]["per_second"] for s in measured])
-        p50_ratio = p50 / mean([s.runs["lone"]["p50"] for s in base])
-        rate_ratio = rate / mean([s.runs["busy"]["per_second"] for s in base])
+        p50 = median([s.runs["lone"]["p50"] for s in measured])
+        p99 = median([s.runs["lone"]["p99"] for s in measured])
+        rate = median([s.runs["busy"]["per_second"] for s in measured])
+        p50_ratio = p50 / median([s.runs["lone"]["p50"] for s in base])
+        rate_ratio = rate / median([s.runs["busy"]["per_second"] for s in base])
         print(
             f"| {level:,} | {size(sizes[level])} | {ms(p50)} | {ms(p99)} | {p50_ratio:.2f}x"
             f" | {rate:,.0f} | {rate_ratio:.2f}x |"
@@ -720,7 +731,7 @@ def report(
         if level:
             ratios = [h.runs["lone"]["p50"] / e.runs["lone"]["p50"] for e, h in ps if h]
             print(
-                f"{label(level)}: per-round lone p50 ratios "
+                f"{short(level)}: per-round lone p50 ratios "
                 + ", ".join(f"{x:.2f}x" for x in ratios)
                 + "; agogd ready in "
                 + ", ".join(f"{h.ready:.1f} s" for _, h in ps if h)
@@ -731,9 +742,9 @@ def report(
     for level, ld in loads.items():
         per_req = (sizes[level] - sizes[0]) / level
         print(
-            f"load to {label(level)}: {ld.reqs:,} REQs in {ld.seconds:.0f} s"
+            f"load to {short(level)}: {ld.reqs:,} REQs in {ld.seconds:.0f} s"
             f" ({ld.reqs / ld.seconds:,.0f} REQs/s, {ld.rows / ld.seconds:,.0f} rows/s),"
-            f" {size(per_req)} per REQ; 1M REQs would take"
+            f" {size(per_req)} per REQ; at this rate 1M REQs would take"
             f" {1e6 / (ld.reqs / ld.seconds) / 60:.0f} min and {size(proj[level])}"
         )
     if verdict is not None:
