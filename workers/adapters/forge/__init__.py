@@ -3,6 +3,8 @@ GitHub (githubkit) or Gitea/Forgejo (their REST API).
 
 ``make_forge`` picks the client for a ``ForgeConfig``; it lives here rather
 than in ``base`` so that ``base`` (which both clients import) imports neither.
+The clients are imported only when a forge is configured: githubkit and its
+HTTP stack cost a tenth of a second of every start (a restart's recovery time).
 """
 
 from workers.adapters.forge.base import (
@@ -16,15 +18,17 @@ from workers.adapters.forge.base import (
     PullRequest,
     derive_git_url,
 )
-from workers.adapters.forge.gitea import GiteaForge
-from workers.adapters.forge.github import GitHubForge
 
 
 def make_forge(config: ForgeConfig) -> Forge:
     """The client for ``config.kind``."""
     if config.kind == "github":
+        from workers.adapters.forge.github import GitHubForge
+
         return GitHubForge(config)
     if config.kind == "gitea":
+        from workers.adapters.forge.gitea import GiteaForge
+
         return GiteaForge(config)
     raise ValueError(f"unknown forge kind {config.kind!r} (github or gitea)")
 
@@ -36,8 +40,6 @@ __all__ = [
     "Forge",
     "ForgeConfig",
     "ForgeError",
-    "GitHubForge",
-    "GiteaForge",
     "Issue",
     "PullRequest",
     "derive_git_url",
