@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import re
 import sys
@@ -54,6 +55,11 @@ def run_daemon(settings: Settings, *, engine: bool = True, any_http_port: bool =
     logs.configure(settings.log_level, settings.log_format, once=True)
     try:
         daemon = make_daemon(settings, engine=engine, any_http_port=any_http_port)
+        # Everything imported and built so far lives as long as the process:
+        # out of the collector's reach, a full collection walks only what the
+        # work allocates (without this, one took about 50 ms, a stall that
+        # showed as the paced stage advance's p99).
+        gc.freeze()
         return event_loop.run(daemon.run(), settings.event_loop)
     except HttpBindError as exc:  # e.g. the port is taken: one line, not a traceback
         fail_config(str(exc))
