@@ -56,7 +56,14 @@ def build(rt: Runtime, memory: Memory | None) -> Engine:
         wake_local=memory.wake if memory is not None else None,
     )
     transitions = Transitions(pipeline, memory)
-    applier = BatchApplier(pool=rt.pool, pipeline=pipeline, after=after)
+    applier = BatchApplier(
+        pool=rt.pool,
+        pipeline=pipeline,
+        after=after,
+        stopping=rt.stopping,
+        # Well inside the ack wait, so the in-progress keeps the messages ours.
+        backoff_max=min(settings.backoff_max, 5.0),
+    )
     handlers = Handlers(
         settings=settings, pipeline=pipeline, transitions=transitions, memory=memory
     )

@@ -11,19 +11,22 @@ and term'd, so it is never redelivered in a loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import asyncpg
 from nats.aio.msg import Msg
 
+from orchestrator.core.backoff import delays
 from orchestrator.core.registry import Pipeline
 from orchestrator.engine import store
 from orchestrator.engine.outbox import Publisher
 from orchestrator.engine.tx import AfterCommit, EngineTx
 from orchestrator.inbound.messages import Rejected
 from orchestrator.inbound.rejection import Rejection
-from orchestrator.runtime import metrics
+from orchestrator.runtime import db, metrics
 from orchestrator.runtime.logs import get_logger
 from orchestrator.runtime.services import Outcome
 
@@ -83,23 +86,64 @@ class AfterCommitted:
 class BatchApplier:
     """Runs handlers over fetched batches, one transaction per batch."""
 
-    def __init__(self, *, pool: asyncpg.Pool, pipeline: Pipeline, after: AfterCommitted) -> None:
+    def __init__(
+        self,
+        *,
+        pool: asyncpg.Pool,
+        pipeline: Pipeline,
+        after: AfterCommitted,
+        stopping: asyncio.Event | None = None,
+        backoff_max: float = 5.0,
+    ) -> None:
         self.pool, self.pipeline, self.after = pool, pipeline, after
+        self.stopping = stopping or asyncio.Event()
+        self.backoff_max = backoff_max
 
     async def handle_batch(self, msgs: list[Msg], handler: Handler) -> list[Outcome]:
         """Apply a fetched batch in one transaction, so a busy pipeline pays one
         commit and a handful of round trips per batch rather than per message.
 
-        If the batch fails for any reason but a rejection (a deadlock with a
-        replica, a bug, Postgres away), it is rolled back and each message is
-        retried in a transaction of its own, so only the bad one is held back.
+        While Postgres is away the batch waits for it, its messages kept alive
+        (in progress), and is tried again: nak'ing them instead spent one of
+        each message's ``max_deliver`` deliveries every try, so an outage of a
+        minute made JetStream drop them (an agent's finished work, lost). Once
+        the daemon stops they are left to come back after their ack wait.
         """
         for msg in msgs:
             # nats-server takes a NUL in a subject, Postgres text does not: its
             # claim failed every try (a redelivery loop). Read as U+FFFD instead.
             msg.subject = msg.subject.replace("\x00", "\ufffd")
+        for tries, delay in enumerate(delays(maximum=self.backoff_max), start=1):
+            try:
+                return await self._apply(msgs, handler)
+            except db.OUTAGE as exc:
+                if self.stopping.is_set():
+                    return ["nak"] * len(msgs)
+                log.log(
+                    logging.WARNING if tries == 1 else logging.DEBUG,
+                    "batch.waiting_for_postgres",
+                    consumer=handler.consumer,
+                    size=len(msgs),
+                    tries=tries,
+                    error=repr(exc),
+                )
+                for msg in msgs:  # keep them ours: not redelivered meanwhile
+                    with contextlib.suppress(Exception):
+                        await msg.in_progress()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await self.stopping.wait()
+        raise AssertionError("unreachable")
+
+    async def _apply(self, msgs: list[Msg], handler: Handler) -> list[Outcome]:
+        """The batch in one transaction; if it fails for any reason but a
+        rejection or an outage (a deadlock with a replica, a bug), it is rolled
+        back and each message is retried in a transaction of its own, so only
+        the bad one is held back."""
         try:
             return await self._batch_tx(msgs, handler)
+        except db.OUTAGE:
+            raise
         except Exception as exc:
             if len(msgs) == 1:
                 _log_failure(msgs[0], exc)
@@ -109,6 +153,8 @@ class BatchApplier:
         for msg in msgs:
             try:
                 outcomes.extend(await self._batch_tx([msg], handler))
+            except db.OUTAGE:
+                raise
             except Exception as exc:
                 _log_failure(msg, exc)
                 outcomes.append("nak")

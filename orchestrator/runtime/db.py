@@ -24,6 +24,16 @@ TRANSIENT = (
     asyncpg.TooManyConnectionsError,
     asyncpg.ConnectionDoesNotExistError,
 )
+# Postgres itself away, as a batch in flight sees it: the server down, shut
+# down or restarting, its connection gone, no slot free, or a pooled
+# connection it closed while idle. Never the message's fault, so a consumer
+# waits these out instead of spending the message's deliveries on them.
+OUTAGE = (
+    *TRANSIENT,
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.InternalClientError,
+)
 # At start anything that stops a connection is retried with a clear line: a
 # database still being created or a password not yet provisioned (compose
 # start-up races) must not crash-loop the container.
