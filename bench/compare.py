@@ -302,7 +302,13 @@ async def recovery(url: str, dsn: str, in_flight: int) -> dict[str, Any]:
 
 # --- 4. footprint -----------------------------------------------------------------------
 async def footprint(url: str, dsn: str, in_flight: int) -> dict[str, Any]:
-    d = agogd(url, dsn, AGOG_MAX_IN_FLIGHT=str(in_flight))
+    # The intake quota would refuse most of a burst this size: lifted here.
+    d = agogd(
+        url,
+        dsn,
+        AGOG_MAX_IN_FLIGHT=str(in_flight),
+        AGOG_INTAKE_MAX_PENDING=str(2 * in_flight),
+    )
     try:
         d.wait_ready(60)
         assert d.proc is not None
@@ -329,8 +335,7 @@ async def footprint(url: str, dsn: str, in_flight: int) -> dict[str, Any]:
             await js.publish(
                 "agog.requirements.new", json.dumps({"req_number": f"REQ-FOOT-{i:05d}"}).encode()
             )
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(all_seen.wait(), 600)
+        await asyncio.wait_for(all_seen.wait(), 600)
         await asyncio.sleep(2)
         loaded_rss = rss_mb(pid)
         await sub.unsubscribe()
