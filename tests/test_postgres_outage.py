@@ -4,8 +4,10 @@ The engine used to nak a batch it could not commit, with a 2 s delay: each
 try spent one of the message's ``max_deliver`` deliveries, so an outage of a
 minute (20 tries) made JetStream give up on an agent's finished work, and the
 REQ sat until its stage timed out hours later. Now a batch waits for Postgres
-with its messages kept in progress. Here ``max_deliver`` is 3, so the old
-behaviour would have lost the notice after about 6 s; the outage lasts 10 s.
+with its messages kept in progress, and so do the messages fetched behind
+it. Here ``max_deliver`` is 3 and the ack wait 4 s, so the old behaviour
+would have lost the first notice after about 6 s and handed the second back
+after 4; the outage lasts 10 s.
 """
 
 from __future__ import annotations
@@ -25,14 +27,22 @@ from orchestrator.embedded.daemon_proc import DaemonProcess
 
 PIPELINE_FILE = Path(__file__).resolve().parents[1] / "orchestrator" / "core" / "pipeline.toml"
 MAX_DELIVER = 3
-OUTAGE = 10.0  # seconds: past MAX_DELIVER naks 2 s apart
+ACK_WAIT = 4  # seconds: a message fetched and left alone comes back after this
+OUTAGE = 10.0  # seconds: past MAX_DELIVER naks 2 s apart, and past two ack waits
 
 
 def few_deliveries(tmp_path: Path) -> Path:
+    """The registry with the engine's consumers at 3 deliveries and a 4 s ack wait."""
     text = PIPELINE_FILE.read_text()
-    assert "max_deliver = 20" in text
+    head, sep, tail = text.partition("[consumer_defaults]")
+    assert 'ack_wait = "60s"\nmax_deliver = 20' in tail
+    tail = tail.replace(
+        'ack_wait = "60s"\nmax_deliver = 20',
+        f'ack_wait = "{ACK_WAIT}s"\nmax_deliver = {MAX_DELIVER}',
+        1,
+    )
     path = tmp_path / "pipeline.toml"
-    path.write_text(text.replace("max_deliver = 20", f"max_deliver = {MAX_DELIVER}", 1))
+    path.write_text(head + sep + tail)
     return path
 
 
@@ -68,36 +78,48 @@ async def test_a_notice_outlives_a_postgres_outage_longer_than_its_deliveries(
             assigned.append(json.loads(msg.data)["agent"])
 
         await nc.subscribe("agog.orchestration.events.stage.started.>", cb=on_assignment)
-        req = "REQ-OUTAGE-1"
-        await js.publish("agog.requirements.new", json.dumps({"req_number": req}).encode())
-        await wait_for(lambda: "cynthia" in assigned, 60, "Cynthia's assignment")
+        req, other = "REQ-OUTAGE-1", "REQ-OUTAGE-2"
+        for r in (req, other):
+            await js.publish("agog.requirements.new", json.dumps({"req_number": r}).encode())
+        await wait_for(lambda: assigned.count("cynthia") == 2, 60, "Cynthia's assignments")
 
         pg.stop()
         stage = pipeline.stage_for_agent("cynthia")
         assert stage is not None
-        notice = {"agent": "cynthia", "req_number": req, "status": "COMPLETE", "summary": "done"}
-        await js.publish(pipeline.deliverable_subject(stage, req), json.dumps(notice).encode())
+
+        async def finish(req: str) -> None:
+            notice = {"agent": "cynthia", "req_number": req, "status": "COMPLETE", "summary": "ok"}
+            await js.publish(pipeline.deliverable_subject(stage, req), json.dumps(notice).encode())
+
+        await finish(req)
         started = time.monotonic()
+        # The first notice's batch is waiting for Postgres when the second
+        # arrives: that one waits in the consumer's feed, and must not come
+        # back after its ack wait either.
+        await wait_for(lambda: daemon.named("batch.waiting_for_postgres"), 30, "the wait")
+        await finish(other)
         await wait_for(lambda: time.monotonic() - started > OUTAGE, OUTAGE + 5, "the outage")
         held = await js.consumer_info(stage.stream, "agogd_deliverables")
-        # Held by agogd the whole time, never handed back (naks would show here).
-        assert (held.num_ack_pending, held.num_redelivered) == (1, 0), held
+        # Both held by agogd the whole time, never handed back: a nak or a
+        # lapsed ack wait would show as a redelivery here.
+        assert (held.num_ack_pending, held.num_redelivered) == (2, 0), held
         assert "sylvia" not in assigned
-        assert daemon.named("batch.waiting_for_postgres"), "the wait was not logged"
 
         pg.start()
-        await wait_for(lambda: "sylvia" in assigned, 60, "Sylvia's assignment after the outage")
+        await wait_for(
+            lambda: assigned.count("sylvia") == 2, 60, "Sylvia's assignments after the outage"
+        )
         done = await js.consumer_info(stage.stream, "agogd_deliverables")
-        assert (done.num_ack_pending, done.delivered.stream_seq) == (0, 1), done
+        assert (done.num_ack_pending, done.num_redelivered) == (0, 0), done
         conn = await asyncpg.connect(pg.dsn())
         try:
             closed = await conn.fetch(
-                "SELECT attempt, status FROM stage_attempts WHERE req_number = $1 AND stage = 0",
-                req,
+                "SELECT req_number, attempt, status FROM stage_attempts WHERE stage = 0"
+                " ORDER BY req_number"
             )
         finally:
             await conn.close()
-        assert [(r["attempt"], r["status"]) for r in closed] == [(1, "COMPLETE")]
+        assert [tuple(r) for r in closed] == [(req, 1, "COMPLETE"), (other, 1, "COMPLETE")]
         assert daemon.readyz() == 200
         await nc.close()
     finally:

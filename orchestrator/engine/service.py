@@ -61,8 +61,9 @@ def build(rt: Runtime, memory: Memory | None) -> Engine:
         pipeline=pipeline,
         after=after,
         stopping=rt.stopping,
-        # Well inside the ack wait, so the in-progress keeps the messages ours.
-        backoff_max=min(settings.backoff_max, 5.0),
+        # Tries a quarter of the shortest ack wait apart at most, so the
+        # in-progress sent with each keeps the messages ours.
+        backoff_max=min(settings.backoff_max, *(c.ack_wait / 4 for c in pipeline.consumers)),
     )
     handlers = Handlers(
         settings=settings, pipeline=pipeline, transitions=transitions, memory=memory
@@ -142,11 +143,13 @@ def _consumer(rt: Runtime, applier: BatchApplier, stream: str, handler: Handler)
     """One durable consumer on one stream: each batch is acked (or term'd) only
     after its transaction has committed."""
 
-    async def handle(msgs: list[Msg]) -> list[Outcome]:
-        return await applier.handle_batch(msgs, handler)
-
     async def run() -> None:
         feed = PullFeed(rt.nc, stream, handler.consumer, rt.settings.consumer_batch)
+
+        async def handle(msgs: list[Msg]) -> list[Outcome]:
+            # While a batch waits for Postgres, what the feed holds waits too.
+            return await applier.handle_batch(msgs, handler, waiting=feed.keep_alive)
+
         await consume(
             await feed.start(),
             handle,

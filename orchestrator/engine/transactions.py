@@ -99,15 +99,21 @@ class BatchApplier:
         self.stopping = stopping or asyncio.Event()
         self.backoff_max = backoff_max
 
-    async def handle_batch(self, msgs: list[Msg], handler: Handler) -> list[Outcome]:
+    async def handle_batch(
+        self,
+        msgs: list[Msg],
+        handler: Handler,
+        waiting: Callable[[], Awaitable[None]] | None = None,
+    ) -> list[Outcome]:
         """Apply a fetched batch in one transaction, so a busy pipeline pays one
         commit and a handful of round trips per batch rather than per message.
 
         While Postgres is away the batch waits for it, its messages kept alive
         (in progress), and is tried again: nak'ing them instead spent one of
         each message's ``max_deliver`` deliveries every try, so an outage of a
-        minute made JetStream drop them (an agent's finished work, lost). Once
-        the daemon stops they are left to come back after their ack wait.
+        minute made JetStream drop them (an agent's finished work, lost).
+        ``waiting`` is called with each try, to keep alive what else was
+        fetched. Once the daemon stops they are left to their ack wait.
         """
         for msg in msgs:
             # nats-server takes a NUL in a subject, Postgres text does not: its
@@ -130,6 +136,8 @@ class BatchApplier:
                 for msg in msgs:  # keep them ours: not redelivered meanwhile
                     with contextlib.suppress(Exception):
                         await msg.in_progress()
+                if waiting is not None:
+                    await waiting()
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(delay):
                         await self.stopping.wait()

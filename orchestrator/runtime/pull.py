@@ -92,6 +92,13 @@ class PullFeed:
             states.set(name, "waiting", "warning", cause=self.last_status or "no heartbeat")
             self.last_status = None
 
+    async def keep_alive(self) -> None:
+        """Tell JetStream the messages waiting here are still being worked on
+        (in progress), so none comes back or spends a delivery meanwhile."""
+        for msg in list(self._queue):
+            with contextlib.suppress(Exception):
+                await msg.in_progress()
+
     async def next_batch(self, timeout: float) -> list[Msg]:
         """Up to ``batch`` arrived messages, waiting up to ``timeout`` for the first."""
         deadline = time.monotonic() + timeout
