@@ -77,30 +77,14 @@ class _Pool:
     """A pool whose first connection was shut down under it."""
 
     def __init__(self) -> None:
-        self.acquired = 0
+        self.calls = 0
         self.marked: list[list[str]] = []
 
-    def acquire(self) -> Any:
-        self.acquired += 1
-        if self.acquired == 1:
+    async def execute(self, sql: str, *args: Any) -> None:
+        self.calls += 1
+        if self.calls == 1:
             raise _shut_down()
-        pool = self
-
-        class _Conn:
-            async def __aenter__(self) -> _Conn:
-                return self
-
-            async def __aexit__(self, *_: object) -> None:
-                return None
-
-            def transaction(self) -> _Conn:
-                return self
-
-            async def execute(self, sql: str, *args: Any) -> None:
-                if args:
-                    pool.marked.append(list(args[0]))
-
-        return _Conn()
+        self.marked.append(list(args[0]))
 
 
 async def test_outbox_marker_keeps_its_rows_when_postgres_shut_down_its_connection() -> None:
