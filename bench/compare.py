@@ -64,6 +64,7 @@ from bench.workflow_bench import (  # noqa: E402
 from orchestrator.core import registry  # noqa: E402
 from orchestrator.embedded import NatsServer, PostgresServer  # noqa: E402
 from orchestrator.embedded.daemon_proc import DaemonProcess  # noqa: E402
+from orchestrator.runtime import logs  # noqa: E402
 
 PIPELINE = registry.load()
 ASSIGNMENTS = "agog.orchestration.events.stage.started.>"
@@ -476,6 +477,7 @@ async def main() -> None:
         help="finished REQs of history for row 5 (0: skip; 1,000,000 takes ~35 GiB and 20 min)",
     )
     args = parser.parse_args()
+    logs.configure("warning", "console")  # the history's migrations, one line each
     if args.profile_only:
         with tempfile.TemporaryDirectory(prefix="agogd-profile-") as tmp:
             work = Path(tmp)
