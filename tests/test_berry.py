@@ -5,7 +5,6 @@ and NATS, and the real Compose v2 binary."""
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import uuid
 from collections.abc import AsyncIterator
@@ -21,6 +20,7 @@ from nats.aio.client import Client as NATS
 from orchestrator.core import registry
 from orchestrator.embedded import NatsServer
 from orchestrator.embedded.engine import BUSYBOX_IMAGE, ContainerEngine
+from orchestrator.embedded.procs import free_port
 from orchestrator.runtime import migrate
 from tests.agents import (
     ScriptedAgents,
@@ -40,12 +40,6 @@ from workers.release.berry import NativeBerry
 PIPELINE = registry.load()
 GOOD_CMD = "echo ok > /www/index.html && exec httpd -f -p 8080 -h /www"
 HEALTH = ["CMD", "wget", "-q", "-O", "/dev/null", "http://127.0.0.1:8080/"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def compose_file(port: int, command: str = GOOD_CMD, restart: str = "no") -> str:

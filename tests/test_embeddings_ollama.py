@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from orchestrator.embedded.procs import free_port
 from orchestrator.embeddings import (
     DimensionUnknown,
     EmbeddingProvider,
@@ -117,12 +117,6 @@ def _same(got: list[list[float]], want: list[list[float]]) -> bool:
     return len(got) == len(want) and all(
         g == pytest.approx(w, abs=1e-12) for g, w in zip(got, want, strict=True)
     )
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # --- the happy path ---------------------------------------------------------------
@@ -310,7 +304,7 @@ async def test_slow_server_times_out(ollama: FakeOllama, client_for: Any) -> Non
 
 
 async def test_connection_refused(client_for: Any) -> None:
-    url = f"http://127.0.0.1:{_free_port()}"
+    url = f"http://127.0.0.1:{free_port()}"
     client = client_for(url, retries=1)
     with pytest.raises(EmbeddingUnavailable) as info:
         await client.embed(["x"])
@@ -320,7 +314,7 @@ async def test_connection_refused(client_for: Any) -> None:
 
 async def test_recovers_when_the_server_comes_back(client_for: Any) -> None:
     server = FakeOllama(routes={"/api/embed": _embed_ok})
-    port = _free_port()
+    port = free_port()
     client = client_for(f"http://127.0.0.1:{port}", retries=0)
     with pytest.raises(EmbeddingUnavailable, match="cannot reach"):
         await client.embed(["x"])

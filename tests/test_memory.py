@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -23,6 +22,7 @@ from pgvector.asyncpg import register_vector
 from structlog.testing import capture_logs
 
 from orchestrator.embedded import NatsServer
+from orchestrator.embedded.procs import free_port
 from orchestrator.embeddings import LocalEmbeddings, OllamaEmbeddings
 from orchestrator.memory import admin, dimension, prune, retention, sql
 from orchestrator.memory.embedder import Embedder
@@ -101,12 +101,6 @@ async def agogctl(url: str, *args: str) -> tuple[int, str, str]:
     return proc.returncode, out.decode(), err.decode()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 # --- recall -------------------------------------------------------------------------------
 async def test_semantic_recall_finds_a_paraphrase_with_no_shared_word(
     pool: asyncpg.Pool, local: LocalEmbeddings
@@ -155,7 +149,7 @@ async def test_full_text_when_there_is_no_provider_or_it_is_down(
     pool: asyncpg.Pool, local: LocalEmbeddings
 ) -> None:
     await _remember(pool, _drafts([INVOICE, *OTHERS]))
-    down = OllamaEmbeddings(f"http://127.0.0.1:{_free_port()}", "all-minilm", retries=0)
+    down = OllamaEmbeddings(f"http://127.0.0.1:{free_port()}", "all-minilm", retries=0)
     async with pool.acquire() as conn:
         none = await recall(conn, "discount on the invoice", provider=None)
         failed = await recall(conn, "discount on the invoice", provider=down)
@@ -299,7 +293,7 @@ async def _until(check: Any, timeout: float = 30, what: str = "") -> Any:
 async def test_pending_rows_are_backfilled_when_the_provider_comes_back(
     nats_server: NatsServer, nc: NATS, pg_dsn: str, local: LocalEmbeddings
 ) -> None:
-    port = _free_port()
+    port = free_port()
     server = OllamaOnLocal(local, port)
     settings = settings_for(
         nats_server.url,
@@ -378,7 +372,7 @@ async def test_the_column_follows_the_provider_until_rows_are_embedded(
         assert await dimension.ensure(conn, local.name, 384) == "same"
     await _remember(pool, _drafts([INVOICE]))
     await (await _embedder(pool, local)).drain(pool)
-    nomic = OllamaEmbeddings(f"http://127.0.0.1:{_free_port()}", "nomic-embed-text")
+    nomic = OllamaEmbeddings(f"http://127.0.0.1:{free_port()}", "nomic-embed-text")
     async with pool.acquire() as conn:
         with pytest.raises(dimension.DimensionMismatch) as refused:
             await dimension.ensure(conn, nomic.name, nomic.dimension)
