@@ -54,6 +54,7 @@ from bench import growth_bench  # noqa: E402
 from bench.workflow_bench import (  # noqa: E402
     answer,
     cpu_by_process,
+    cpu_seconds,
     disk_per_req,
     floor_pg_commit,
     floor_publish_ack,
@@ -76,11 +77,6 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     raise RuntimeError(f"no VmRSS for {pid}")
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def agogd(nats_url: str, dsn: str, **env: str) -> DaemonProcess:

@@ -103,6 +103,14 @@ def _stat(pid: int) -> tuple[int, float] | None:
     return int(fields[1]), ticks / os.sysconf("SC_CLK_TCK")
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds a live process (and its reaped children) has spent so far."""
+    stat = _stat(pid)
+    if stat is None:
+        raise ProcessLookupError(pid)
+    return stat[1]
+
+
 def cpu_by_process(pids: dict[str, int]) -> dict[str, float]:
     """CPU seconds so far of each named process and its live descendants (a
     Postgres server is a postmaster and a backend per connection); a named
