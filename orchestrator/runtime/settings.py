@@ -55,6 +55,11 @@ class Settings(BaseSettings):
     postgres_password: SecretStr | None = None
     postgres_pool_min: int = Field(default=1, ge=0)
     postgres_pool_max: int = Field(default=10, ge=1)
+    pg_bin_dir: Path | None = Field(
+        default=None,
+        description="Where pg_dump and pg_restore are (unset: pgserver's PostgreSQL 16, else"
+        " PATH); a server newer than 16 needs its own.",
+    )
 
     # --- other services --------------------------------------------------
     docker_url: str = "unix:///var/run/docker.sock"
