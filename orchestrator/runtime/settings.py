@@ -280,6 +280,11 @@ class Settings(BaseSettings):
         description="Let the workspace repository's git hooks run on Berry's git commands"
         " (off: agents can write hooks, and a hook is a command).",
     )
+    berry_app_db_dsn: SecretStr | None = Field(
+        default=None,
+        description="The app database Berry backs up (pg_dump) before a production deploy"
+        " that adds migrations, and `agogctl deploy restore-db` restores (unset: none). Secret.",
+    )
     berry_git_config: Path | None = Field(
         default=None,
         description="The only git config file outside the repository Berry's git reads"
