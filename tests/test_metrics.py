@@ -275,6 +275,8 @@ def exposed_names() -> set[str]:
         metrics.MESSAGES_REJECTED.labels("invalid_json"),
         metrics.AGENT_TOKENS.labels("roy", "m", "input"),
         metrics.AGENT_COST.labels("roy", "m"),
+        metrics.DEPLOY_SUCCESS.labels("production", "last_10"),
+        metrics.ROLLBACK_LAST.labels("production"),
     ):
         assert series is not None  # created, so that it is exposed
     text = generate_latest(metrics.REGISTRY).decode()

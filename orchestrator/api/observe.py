@@ -8,7 +8,8 @@ database or JetStream knows is read here instead:
 - **at scrape time**, from Postgres, at most once per ``PG_TTL`` seconds
   whatever the scrape rate: REQs by status and stage, running and overdue
   stage attempts, the outbox backlog. Three small queries, on partial
-  indexes for the running attempts and the pending outbox rows;
+  indexes for the running attempts and the pending outbox rows; and the
+  deployment gauges, from the records (orchestrator.api.deploy_metrics);
 - **in the background**, every ``STREAMS_INTERVAL`` seconds, from JetStream:
   each ``agog_*`` stream's messages, bytes and consumer lag, with the same
   code as Miki's infrastructure report (``workers.infra.report``), so a slow
@@ -30,6 +31,7 @@ import asyncpg
 from aiohttp import web
 from nats.aio.client import Client as NATS
 
+from orchestrator.api import deploy_metrics
 from orchestrator.core.registry import Pipeline
 from orchestrator.core.workflow import STATUSES
 from orchestrator.runtime import db, http_server, metrics
@@ -95,6 +97,7 @@ class Observer:
                     reqs = await conn.fetch(_REQS_SQL)
                     running = await conn.fetch(_RUNNING_SQL)
                     outbox = await conn.fetchrow(_OUTBOX_SQL)
+                    deploys = await deploy_metrics.read(conn)
             except (TimeoutError, *db.DB_ERRORS) as exc:
                 metrics.SCRAPE_ERRORS.labels("postgres").inc()
                 log.debug("metrics.postgres_failed", error=repr(exc))
@@ -119,6 +122,7 @@ class Observer:
         assert outbox is not None
         metrics.OUTBOX_BACKLOG.set(outbox["n"])
         metrics.OUTBOX_OLDEST.set(outbox["oldest"])
+        deploy_metrics.apply(deploys)
 
     # --- JetStream, in the background ------------------------------------------------------
     async def refresh_streams(self) -> None:
@@ -175,6 +179,7 @@ def _preset(pipeline: Pipeline) -> None:
         metrics.ESCALATIONS.labels(priority)
     for source in ("postgres", "jetstream"):
         metrics.SCRAPE_ERRORS.labels(source)
+    deploy_metrics.preset()
 
 
 def install(

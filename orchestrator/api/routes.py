@@ -21,6 +21,10 @@ GET      /api/events                 read     live events, server-sent
 POST     /api/infra/report           token    Miki's infrastructure report
 GET      /api/memory/search          read     hybrid recall over the deliverable
                                               memory (orchestrator.api.memory)
+GET      /api/deploys[/{id}]         read     deployment records, newest first, or
+                                              one in full (orchestrator.api.deploys)
+POST     /api/deploys/{id}/...       token    ``restore-db``: the app database from
+                                              the record's backup
 =======  ==========================  =======  ==================================
 
 *token*: ``Authorization: Bearer <AGOG_API_TOKEN>``; without a configured
@@ -48,6 +52,7 @@ import asyncpg
 from aiohttp import web
 
 from orchestrator.api import actions as api_actions
+from orchestrator.api import deploys as api_deploys
 from orchestrator.api import diffs as api_diffs
 from orchestrator.api import events as api_events
 from orchestrator.api import guard as http_guard
@@ -292,3 +297,4 @@ def install(
     api_events.install(app, pipeline)
     app.router.add_post("/api/infra/report", infra_report)
     api_memory.install(app)
+    api_deploys.install(app)

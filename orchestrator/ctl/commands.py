@@ -71,7 +71,7 @@ def main(ctx: click.Context, url: str | None, data_dir: Path | None) -> None:
          `ready`: not ready; `infra report`: problems found
       2  usage: bad arguments, or agogd cannot be found
       3  agogd unreachable, or unable to serve (503)
-      4  not found: unknown REQ (404)
+      4  not found: unknown REQ or deployment (404)
       5  unauthorized: missing or wrong token (401), or none configured (403)
     """
     ctx.obj = {"url": url, "data_dir": data_dir}
@@ -727,3 +727,14 @@ def infra_report(ctx: click.Context, feature: str, token: str | None, as_json: b
 from orchestrator.ctl.memory import memory  # noqa: E402
 
 main.add_command(memory)
+
+# --- deployment records (orchestrator.ctl.deploys) ------------------------------------
+from orchestrator.ctl.deploys import deploy, deploys  # noqa: E402
+
+main.add_command(deploys)
+main.add_command(deploy)
+
+# --- backup and restore of agogd's own state (orchestrator.ctl.backup) ----------------
+from orchestrator.ctl.backup import backup  # noqa: E402
+
+main.add_command(backup)

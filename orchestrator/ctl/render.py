@@ -553,3 +553,199 @@ def event_line(event: str, data: Mapping[str, Any], paint: Painter) -> str:
         _short(extra, 80),
     ]
     return "  ".join(parts).rstrip()
+
+
+# --- deployment records (agogctl deploys, agogctl deploy show / restore-db) ---------------
+DEPLOY_STYLE = {
+    "deploying": "cyan",
+    "healthy": "green",
+    "rolled_back": "yellow",
+    "rollback_failed": "bold red",
+    "failed": "red",
+    "blocked": "bold yellow",
+}
+
+
+def _ratio(summary: Any, good: str) -> tuple[str, bool]:
+    """A verdict summary as "2/3" and whether all of it passed ("-": none)."""
+    if not isinstance(summary, Mapping) or not summary.get("total"):
+        return "-", True
+    return f"{summary.get(good, 0)}/{summary['total']}", summary.get(good) == summary["total"]
+
+
+def _health_cell(health: Any) -> tuple[str, str | None]:
+    if not isinstance(health, Mapping):
+        return "-", None
+    if health.get("healthy"):
+        return "ok", "green"
+    count = health.get("problem_count") or 0
+    return (f"{count} problem" + ("" if count == 1 else "s")), "red"
+
+
+def _rollback_cell(rollback: Any) -> tuple[str, str | None]:
+    if not isinstance(rollback, Mapping):
+        return "-", None
+    if not rollback.get("healthy"):
+        return "failed", "bold red"
+    return f"{duration(rollback.get('seconds'))} to {short_sha(rollback.get('to'))}", "yellow"
+
+
+def _backup_cell(backup: Any, restores: Any) -> str:
+    if not isinstance(backup, Mapping):
+        return "-"
+    text = (
+        "pruned" if backup.get("pruned") or backup.get("pruned_at") else size(backup.get("bytes"))
+    )
+    if isinstance(restores, int) and restores:
+        text += f", restored {restores}x"
+    return text
+
+
+def deploys_table(body: Mapping[str, Any], paint: Painter) -> list[str]:
+    """One line per deployment record, newest first."""
+    header = ["ID", "ENV", "REQ", "TRY", "COMMIT", "STATUS", "STARTED", "TOOK", "HEALTH"]
+    rows = [[paint(h, "bold") for h in (*header, "SMOKE", "PREFLIGHT", "ROLLBACK", "BACKUP")]]
+    for d in body.get("deployments", []):
+        smoke, smoke_ok = _ratio(d.get("smoke"), "passed")
+        checks, checks_ok = _ratio(d.get("preflight"), "ok")
+        health, health_style = _health_cell(d.get("health"))
+        rollback, rollback_style = _rollback_cell(d.get("rollback"))
+        rows.append(
+            [
+                str(d.get("id")),
+                str(d.get("environment")),
+                str(d.get("req_number")),
+                str(d.get("attempt")),
+                short_sha(d.get("commit_sha")),
+                paint(str(d.get("status")), DEPLOY_STYLE.get(str(d.get("status")))),
+                stamp(d.get("started_at")),
+                duration(d.get("seconds")),
+                paint(health, health_style),
+                paint(smoke, None if smoke_ok else "red"),
+                paint(checks, None if checks_ok else "yellow"),
+                paint(rollback, rollback_style),
+                _backup_cell(d.get("backup"), d.get("restore_count")),
+            ]
+        )
+    lines = table(rows) if body.get("deployments") else ["no deployments match"]
+    lines += ["", f"{body.get('count', 0)} of {body.get('total', 0)} deployment(s)."]
+    if body.get("next_before"):
+        lines[-1] += f"  More: --before {body['next_before']}"
+    return lines
+
+
+def _section(title: str, paint: Painter) -> list[str]:
+    return ["", paint(title, "bold")]
+
+
+def deploy_detail(body: Mapping[str, Any], paint: Painter) -> list[str]:
+    """One deployment record, section by section (``agogctl deploy show``)."""
+    status = str(body.get("status"))
+    lines = [
+        f"{paint('deployment ' + str(body.get('id')), 'bold')}  {body.get('environment')}"
+        f"  {paint(status, DEPLOY_STYLE.get(status))}  {body.get('req_number')}"
+        f" try {body.get('attempt')}"
+    ]
+    facts = [f"commit {body.get('commit_sha')}", f"project {body.get('project')}"]
+    facts += [f"started {stamp(body.get('started_at'))}"]
+    if body.get("finished_at"):
+        facts.append(f"finished {stamp(body['finished_at'])}")
+    facts.append(f"took {duration(body.get('seconds'))}")
+    lines.append("  " + "  ".join(facts))
+    full = body.get("full") if isinstance(body.get("full"), Mapping) else {}
+    images = body.get("images") or {}
+    if isinstance(images, Mapping) and images:
+        lines += _section("images", paint)
+        lines += table([["SERVICE", "IMAGE"], *[[str(k), str(v)] for k, v in images.items()]], "  ")
+    lines += _deploy_health(full.get("health"), paint)
+    lines += _deploy_checks("smoke tests", full.get("smoke"), "name", "passed", paint)
+    lines += _deploy_checks("pre-flight", full.get("preflight"), "item", "ok", paint)
+    rollback = body.get("rollback")
+    if isinstance(rollback, Mapping):
+        lines += _section("rollback", paint)
+        state = paint("healthy", "green") if rollback.get("healthy") else paint("failed", "red")
+        line = f"  to {rollback.get('to') or '-'}: {state}  in {duration(rollback.get('seconds'))}"
+        lines.append(line + (f"  ({rollback['reason']})" if rollback.get("reason") else ""))
+    backup = body.get("backup")
+    if isinstance(backup, Mapping):
+        lines += _section("database backup", paint)
+        lines.append(f"  {backup.get('path')}  {size(backup.get('bytes'))}")
+        lines.append(
+            f"  database {backup.get('database') or '-'}  taken {stamp(backup.get('taken_at'))}"
+            f"  sha256 {backup.get('sha256') or '-'}"
+        )
+        if backup.get("pruned") or backup.get("pruned_at"):
+            lines.append(paint(f"  pruned {stamp(backup.get('pruned_at'))}", "yellow"))
+    restores = body.get("restores")
+    if isinstance(restores, list) and restores:
+        lines += _section("database restores", paint)
+        rows = [["#", "AT", "BY", "OUTCOME", "TOOK", "FROM", "PRE-RESTORE DUMP"]]
+        for r in restores:
+            source = r.get("from") if isinstance(r.get("from"), Mapping) else {}
+            pre = r.get("pre_restore") if isinstance(r.get("pre_restore"), Mapping) else {}
+            outcome = str(r.get("outcome"))
+            rows.append(
+                [
+                    str(r.get("n")),
+                    stamp(r.get("at")),
+                    _short(r.get("by"), 30),
+                    paint(outcome, "green" if outcome == "restored" else "red"),
+                    duration(r.get("seconds")),
+                    str(source.get("what") or "-"),
+                    str(pre.get("path") or "-"),
+                ]
+            )
+        lines += table(rows, "  ")
+        lines += [f"  #{r.get('n')}: {_short(r['error'], 300)}" for r in restores if r.get("error")]
+    return lines
+
+
+def _deploy_health(health: Any, paint: Painter) -> list[str]:
+    if not isinstance(health, Mapping):
+        return []
+    lines = _section("health", paint)
+    if health.get("healthy"):
+        return [*lines, "  " + paint("healthy", "green")]
+    problems = health.get("problems") or ["not healthy"]
+    return lines + [paint("  " + _short(p, 200), "red") for p in problems[:10]]
+
+
+def _deploy_checks(title: str, results: Any, name: str, good: str, paint: Painter) -> list[str]:
+    """Smoke results or pre-flight items: one row each, what failed in colour."""
+    if isinstance(results, Mapping):
+        results = next((v for v in results.values() if isinstance(v, list)), None)
+    if not isinstance(results, list) or not results:
+        return []
+    rows = [["NAME", "RESULT", "DETAIL"]]
+    for item in results:
+        if not isinstance(item, Mapping):
+            continue
+        ok = bool(item.get(good))
+        detail = item.get("detail") or item.get("reason") or item.get("output_tail") or ""
+        if item.get("seconds") is not None and not detail:
+            detail = duration(item.get("seconds"))
+        rows.append(
+            [
+                str(item.get(name) or "?"),
+                paint("ok" if ok else "FAILED", "green" if ok else "red"),
+                _short(detail, 80),
+            ]
+        )
+    return [*_section(title, paint), *table(rows, "  ")]
+
+
+def restore_line(body: Mapping[str, Any]) -> str:
+    """What `agogctl deploy restore-db` says when the database was restored."""
+    entry = body.get("restore") if isinstance(body.get("restore"), Mapping) else {}
+    source = entry.get("from") if isinstance(entry.get("from"), Mapping) else {}
+    pre = entry.get("pre_restore") if isinstance(entry.get("pre_restore"), Mapping) else {}
+    again = " (already done: this restore id was restored before)" if body.get("duplicate") else ""
+    what = str(source.get("what"))
+    return (
+        f"deployment {body.get('deployment_id')} ({body.get('req_number')},"
+        f" {body.get('environment')}): {entry.get('database')} restored from"
+        f" {'the ' + what if what == 'backup' else what} {source.get('path')}"
+        f" in {duration(entry.get('seconds'))}{again}."
+        f" The database as it was is in {pre.get('path')}"
+        f" (undo: agogctl deploy restore-db {body.get('deployment_id')} --undo)"
+    )

@@ -59,6 +59,25 @@ BERRY_DEPLOYS = Counter(
     registry=REGISTRY,
 )
 
+# --- backups of agogd's own state (orchestrator.backup.schedule) ----------------------
+BACKUP_LAST_SUCCESS = Gauge(
+    "agogd_backup_last_success_timestamp_seconds",
+    "When the last good backup of agogd's state finished (Unix time; 0: none yet), read"
+    " from backup_runs, so every replica reports the same.",
+    registry=REGISTRY,
+)
+BACKUP_SCHEDULE = Gauge(
+    "agogd_backup_schedule_seconds",
+    "AGOG_BACKUP_SCHEDULE as seconds between scheduled backups (0: not scheduled here).",
+    registry=REGISTRY,
+)
+BACKUP_RUNS = Counter(
+    "agogd_backup_runs_total",
+    "Scheduled backups this replica took, by outcome (ok, failed).",
+    ["outcome"],
+    registry=REGISTRY,
+)
+
 # --- workflow ------------------------------------------------------------------------
 WORKTREES = Gauge(
     "agogd_worktrees",
@@ -178,6 +197,59 @@ OUTBOX_BACKLOG = Gauge(
 OUTBOX_OLDEST = Gauge(
     "agogd_outbox_oldest_seconds",
     "Age of the oldest outbox row not yet marked published (0 when none).",
+    registry=REGISTRY,
+)
+
+# --- refreshed from the deployment records at scrape time (orchestrator.api.deploy_metrics) ---
+# Derived from berry_deployments, not counted in-process: every replica (and a
+# restarted one) reports the same values. Take their `max`.
+ROLLBACK_BUCKETS = (5, 10, 15, 20, 30, 45, 60, 90, 120, 300, 600)
+RECOVERY_BUCKETS = (10, 30, 60, 120, 300, 600, 1800, 3600, 4 * 3600, 24 * 3600)
+DEPLOYMENTS = Gauge(
+    "agogd_deployments",
+    "Deployment records by environment and status (deploying, healthy, rolled_back,"
+    " rollback_failed, failed, blocked).",
+    ["environment", "status"],
+    registry=REGISTRY,
+)
+DEPLOY_SUCCESS = Gauge(
+    "agogd_deployment_success_ratio",
+    "Per environment, healthy deployments over those finished with a verdict (healthy,"
+    " rolled_back, rollback_failed, failed; not blocked or deploying): over every record"
+    " (window all) and over the last 10 (window last_10). No series before the first verdict.",
+    ["environment", "window"],
+    registry=REGISTRY,
+)
+ROLLBACK_LAST = Gauge(
+    "agogd_rollback_last_seconds",
+    "Per environment, the newest rollback that restored health: seconds from the failed"
+    " verdict to the rolled-back stack healthy.",
+    ["environment"],
+    registry=REGISTRY,
+)
+ROLLBACK_DURATION = Histogram(
+    "agogd_rollback_duration_seconds",
+    "Rollbacks that restored health, per environment: seconds from the failed verdict to"
+    " the rolled-back stack healthy (the records' rollback_seconds).",
+    ["environment"],
+    buckets=ROLLBACK_BUCKETS,
+    registry=REGISTRY,
+)
+RECOVERY = Histogram(
+    "agogd_deployment_recovery_seconds",
+    "Time to recovery after a failed deployment, per environment: the rollback's seconds"
+    " when it restored health, else from the failed deployment's end to the end of the"
+    " next healthy one. _sum / _count is the mean time to recovery.",
+    ["environment"],
+    buckets=RECOVERY_BUCKETS,
+    registry=REGISTRY,
+)
+UNRECOVERED = Gauge(
+    "agogd_deployment_unrecovered_seconds",
+    "Per environment, seconds since a deployment failed and was not rolled back to health"
+    " (its rollback failed, or there was nothing to roll back to), with no healthy"
+    " deployment since (0: none; the environment may be down).",
+    ["environment"],
     registry=REGISTRY,
 )
 

@@ -20,6 +20,7 @@ import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
+from orchestrator.runtime import failpoints
 from orchestrator.runtime.settings import redact_url
 
 
@@ -98,16 +99,26 @@ def sha256_of(path: Path) -> str:
 
 
 async def dump(
-    dsn: str, to: Path, *, bin_dir: Path | None = None, timeout: float = 3600.0
+    dsn: str,
+    to: Path,
+    *,
+    bin_dir: Path | None = None,
+    timeout: float = 3600.0,
+    snapshot: str | None = None,
 ) -> dict[str, object]:
     """A consistent custom-format ``pg_dump`` of the DSN's database into ``to``
     (written beside it, then renamed: a crash never leaves half an archive
-    under the real name). Returns its path, size and sha256."""
+    under the real name). Returns its path, size and sha256. ``snapshot``: an
+    exported snapshot (``pg_export_snapshot()``) to dump, so that what the
+    exporting transaction reads (row counts) is exactly what is dumped."""
     conn = Conn.of(dsn)
     tool = find_tool("pg_dump", bin_dir)
     to.parent.mkdir(parents=True, exist_ok=True)
     partial = to.with_name(to.name + ".partial")
-    argv = [str(tool), "--format=custom", "--no-owner", "--file", str(partial), conn.dsn]
+    argv = [str(tool), "--format=custom", "--no-owner", "--file", str(partial)]
+    if snapshot:
+        argv.append(f"--snapshot={snapshot}")
+    argv.append(conn.dsn)
     try:
         await _run(argv, conn.env, timeout, f"pg_dump of {redact_url(dsn)}")
     except BaseException:
@@ -149,3 +160,107 @@ async def version(bin_dir: Path | None = None) -> str:
         [str(find_tool("pg_dump", bin_dir)), "--version"], dict(os.environ), 30, "pg_dump"
     )
     return out.strip()
+
+
+async def restore_atomic(
+    dsn: str,
+    archive: Path,
+    *,
+    before: str = "",
+    after: str = "",
+    clean: bool = False,
+    bin_dir: Path | None = None,
+    timeout: float = 3600.0,
+) -> None:
+    """Restore a custom-format archive with ``before`` and ``after`` SQL in the
+    same single transaction: pg_restore writes the archive's SQL, psql runs it
+    between ``BEGIN`` + ``before`` and ``after`` + ``COMMIT``. The COMMIT is
+    sent only once pg_restore has exited 0 and psql has taken every statement
+    (ON_ERROR_STOP), so a corrupt archive, a failing statement, a timeout or a
+    kill at any moment leaves the database as it was. ``clean`` drops the
+    archive's objects first (``--clean --if-exists``: replacing what is there)."""
+    if not await asyncio.to_thread(os.path.isfile, archive):
+        raise PgToolError(f"no such archive: {archive}")
+    conn = Conn.of(dsn)
+    what = f"restore into {redact_url(dsn)}"
+    producer = await asyncio.create_subprocess_exec(
+        str(find_tool("pg_restore", bin_dir)),
+        "--no-owner",
+        "--no-comments",
+        *(["--clean", "--if-exists"] if clean else []),
+        "--file=-",
+        str(archive),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=conn.env,
+    )
+    consumer = await asyncio.create_subprocess_exec(
+        str(find_tool("psql", bin_dir)),
+        "-X",
+        "-q",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "--dbname",
+        conn.dsn,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+        env={**conn.env, "PGOPTIONS": "-c client_min_messages=warning"},
+    )
+    assert producer.stdout and producer.stderr and consumer.stdin and consumer.stderr
+    errors = [asyncio.ensure_future(p.read()) for p in (producer.stderr, consumer.stderr)]
+    sink, source = consumer.stdin, producer.stdout
+    try:
+        async with asyncio.timeout(timeout):
+            try:
+                sink.write(f"BEGIN;\n{before}\n".encode())
+                while block := await source.read(1 << 20):
+                    sink.write(block)
+                    await sink.drain()
+                if await producer.wait() == 0:
+                    failpoints.hit("pg_restore.before_commit")
+                    sink.write(f"\n{after}\nCOMMIT;\n".encode())
+                    await sink.drain()
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # psql stopped at an error: its stderr says which
+            finally:
+                sink.close()
+            produced, consumed = await producer.wait(), await consumer.wait()
+    except TimeoutError:
+        raise PgToolError(f"{what} timed out after {timeout:.0f}s; nothing was committed") from None
+    finally:
+        for proc in (producer, consumer):
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+    restore_err, psql_err = [(await e).decode(errors="replace").strip()[-800:] for e in errors]
+    if produced != 0:
+        raise PgToolError(f"pg_restore of {archive} failed (exit code {produced}): {restore_err}")
+    if consumed != 0:
+        raise PgToolError(
+            f"{what} failed (exit code {consumed}); nothing was committed: {psql_err}"
+        )
+
+
+async def schemas_of(
+    archive: Path, *, bin_dir: Path | None = None, timeout: float = 600.0
+) -> list[str]:
+    """The schemas a custom-format archive creates, and ``public`` (which a
+    dump of PostgreSQL 15 or later holds objects in without creating it),
+    from its table of contents (``pg_restore --list``)."""
+    tool = find_tool("pg_restore", bin_dir)
+    env = Conn.of("postgresql://").env
+    out = await _run(
+        [str(tool), "--list", str(archive)], env, timeout, f"pg_restore --list {archive}"
+    )
+    found = ["public"]
+    for line in out.splitlines():
+        # "7; 2615 16512 SCHEMA - billing owner" (2615: pg_namespace; the owner may be empty)
+        head, _, entry = line.partition("; ")
+        fields = entry.split(" ", 4)
+        if head.strip().isdecimal() and len(fields) == 5 and fields[2:4] == ["SCHEMA", "-"]:
+            name = fields[4].rpartition(" ")[0]
+            if name and name not in found:
+                found.append(name)
+    return found
