@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,6 +69,12 @@ def git_init(path: Path, *flags: str) -> None:
     subprocess.run(["git", "init", "-q", *flags, str(path)], check=True)
 
 
+def write_file(root: Path, path: str, text: str) -> None:
+    target = root / path
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(text)
+
+
 @dataclass
 class Workspace:
     """A git working tree holding a compose project that is up and healthy."""
@@ -84,9 +90,7 @@ class Workspace:
         return f"http://127.0.0.1:{self.port}/"
 
     def write(self, path: str, text: str) -> None:
-        target = self.root / path
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(text)
+        write_file(self.root, path, text)
 
     async def compose(self, *args: str) -> tuple[int, str, str]:
         return await run_compose(
@@ -175,33 +179,45 @@ async def run_berry(
 
 
 # --- through agogd: the whole pipeline to DEPLOYED --------------------------------
-async def test_native_berry_commits_tests_deploys_and_the_req_is_deployed(
-    workspace: Workspace, nats_server: NatsServer, nc: NATS, pg_dsn: str
-) -> None:
-    ws, req = workspace, "REQ-BERRY-1"
+async def deployed_through_agogd(
+    nc: NATS, settings: Any, req: str, roy: Callable[[], dict[str, Any]]
+) -> tuple[list[dict[str, Any]], asyncpg.Record]:
+    """``req`` through a running agogd with scripted agents (Roy's work is
+    ``roy()``, Berry's stage agogd's own) until DEPLOYED: Berry's notices and
+    the REQ's row."""
 
     def script(assignment: dict[str, Any]) -> dict[str, Any] | None:
         agent = assignment["agent"]
         if agent == "berry":
             return None  # agogd does Berry's stage itself
-        if agent == "roy":
-            ws.write("app/feature.txt", "inventory export\n")
-            ws.write("app/new/export.py", "print('export')\n")
-            return notice(
-                "roy", req, files_created=["app/new/export.py"], files_modified=["app/feature.txt"]
-            )
-        return notice(agent, assignment["req_number"])
+        return roy() if agent == "roy" else notice(agent, assignment["req_number"])
 
     agents = await ScriptedAgents(nc, script).start()
     notices, sub = await collect(nc, deliverable_subject("berry", req))
+    async with running_agogd(settings):
+        await submit(nc, req, title="Inventory export")
+        row = await wait_status(settings.dsn(), req, "DEPLOYED", timeout=180)
+    await sub.unsubscribe()
+    await agents.stop()
+    return notices, row
+
+
+async def test_native_berry_commits_tests_deploys_and_the_req_is_deployed(
+    workspace: Workspace, nats_server: NatsServer, nc: NATS, pg_dsn: str
+) -> None:
+    ws, req = workspace, "REQ-BERRY-1"
+
+    def roy() -> dict[str, Any]:
+        ws.write("app/feature.txt", "inventory export\n")
+        ws.write("app/new/export.py", "print('export')\n")
+        return notice(
+            "roy", req, files_created=["app/new/export.py"], files_modified=["app/feature.txt"]
+        )
+
     settings = berry_settings(
         ws, nats_server.url, pg_dsn, berry_release_tag="release-{req}", berry_push_remote="origin"
     )
-    async with running_agogd(settings):
-        await submit(nc, req, title="Inventory export")
-        row = await wait_status(pg_dsn, req, "DEPLOYED", timeout=120)
-    await sub.unsubscribe()
-    await agents.stop()
+    notices, row = await deployed_through_agogd(nc, settings, req, roy)
 
     (berry,) = notices
     head = git(ws.root, "rev-parse", "HEAD").strip()

@@ -5,24 +5,21 @@ Runs inside the agent runner in place of an agent process when
 heart-beating and the publishing of the notice this returns. Every step is
 safe to repeat after a crash: the commit carries an ``Agog-Req`` trailer
 (a re-run finds it instead of committing twice), ``compose up`` converges,
-and each deployment is a row of ``berry_deployments`` keyed by
-(REQ, attempt).
+and each deployment is a row of ``berry_deployments`` keyed by (REQ,
+attempt, environment). The deploy itself (staging, smoke tests, pre-flight,
+backup, production, rollback) is ``promotion.Promotion``'s.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import shlex
 import stat
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
-
-import asyncpg
 
 from orchestrator.runtime.context import Runtime
 from orchestrator.runtime.db import advisory_lock
@@ -34,7 +31,9 @@ from workers.adapters.git_repo import Author, GitError, GitRepo
 from workers.adapters.supervise import run_process
 from workers.branches.worktrees import WorktreeError, Worktrees
 from workers.infra.report import publish_report
-from workers.release.deploy import ComposeDeployer, ComposeTarget, DeployError, HealthVerdict
+from workers.release.backups import Backups
+from workers.release.deploy import ComposeDeployer, ComposeTarget
+from workers.release.environments import environments_of
 from workers.release.forge_steps import ForgeSteps, ForgeStop, describe_checks, failing_checks
 from workers.release.integrate import Conflict, Integrator
 from workers.release.plan import (
@@ -46,6 +45,9 @@ from workers.release.plan import (
     pull_request_title,
     qa_refusal,
 )
+from workers.release.promotion import Promotion
+from workers.release.rollout import Rollout
+from workers.release.smoke import parse_checks, run_failure
 
 log = get_logger("agogd.berry")
 
@@ -136,8 +138,8 @@ class NativeBerry:
             hooks=settings.berry_git_hooks,
             home=self.state_dir / "home",  # when HOME is unusable
         )
-        self.deployer = deployer_for(settings)
         self.worktrees = worktrees
+        self.promotion = self._promotion(settings)
         # With AGOG_REPO, Berry integrates the REQ's branch (never a list of files).
         self.integrator = (
             Integrator(
@@ -153,6 +155,36 @@ class NativeBerry:
         self._local_lock = asyncio.Lock()
         self.test_argv = (
             shlex.split(settings.berry_test_command) if settings.berry_test_command else []
+        )
+
+    def _promotion(self, settings: Settings) -> Promotion:
+        """Staging (when on), smoke tests, pre-flight, backup, production."""
+        checks = parse_checks(settings.berry_smoke_tests, settings.berry_smoke_timeout)
+        pool = self.rt.pool
+        return Promotion(
+            repo=self.repo,
+            workspace=self.workspace,
+            deployer=deployer_for(settings),
+            environments=environments_of(settings, self.workspace),
+            health_urls=tuple(settings.berry_health_urls),
+            rollout=Rollout(
+                pool,
+                self.repo,
+                workspace=self.workspace,
+                state_dir=self.state_dir,
+                checks=checks,
+                kill_grace=settings.runner_kill_grace,
+            ),
+            backups=Backups(
+                pool,
+                dsn=settings.berry_app_db_dsn,
+                directory=self.state_dir / "backups",
+                keep=settings.berry_backup_keep,
+                timeout=settings.berry_backup_timeout,
+                bin_dir=settings.pg_bin_dir,
+            ),
+            migrations_glob=settings.berry_migrations_glob,
+            after_deploy=self._infra_report,
         )
 
     # --- the run ---------------------------------------------------------------
@@ -209,12 +241,17 @@ class NativeBerry:
             sha = await self._commit_listed(req, items, message, notice)
         else:
             sha = await self._integrate(req, title, items, message, notice)
-        # 5-6. The deployment, rolled back if it is not healthy.
-        deploy = await self._deploy(req, attempt, sha)
+        # 5-6. The deployment (staging first, when on), rolled back if it fails.
+        deploy = await self.promotion.run(
+            req, attempt, sha, tests=notice.get("tests"), ci=notice.get("ci")
+        )
         BERRY_DEPLOYS.labels(outcome=deploy["outcome"]).inc()
         notice["deploy"] = deploy
+        notice.update({k: deploy[k] for k in ("staging", "preflight") if k in deploy})
         if deploy["outcome"] == "failed":
             raise BerryStop("FAILED", deploy["reason"], deploy=deploy)
+        if deploy["outcome"] == "blocked":
+            raise BerryStop("BLOCKED", deploy["reason"], deploy=deploy)
         deployed = deploy["outcome"] == "deployed"
         result: dict[str, Any] = {"status": "COMPLETE", "deployed": deployed}
         after = self.pipeline.followups_after(assignment["agent"])
@@ -436,13 +473,8 @@ class NativeBerry:
             on_line=lambda stream, line: log.info("berry.test_output", stream=stream, line=line),
         )
         tail = (result.stdout[-TAIL:] + "\n" + result.stderr_tail[-TAIL:]).strip()
-        if result.error:
-            reason = result.error
-        elif result.timed_out:
-            reason = f"timed out after {self.settings.berry_test_timeout:.0f}s"
-        elif result.exit_code != 0:
-            reason = f"exit code {result.exit_code}"
-        else:
+        reason = run_failure(result, self.settings.berry_test_timeout)
+        if reason is None:
             log.info("berry.tests_passed", argv0=self.test_argv[0])
             return {"passed": True, "exit_code": 0, "command": self.test_argv}
         log.warning("berry.tests_failed", reason=reason)
@@ -452,102 +484,6 @@ class NativeBerry:
             "exit_code": result.exit_code,
             "command": self.test_argv,
             "output_tail": tail,
-        }
-
-    async def _deploy(self, req: str, attempt: int, sha: str) -> dict[str, Any]:
-        if (why := await self.deployer.engine_problem()) is not None:
-            log.warning("berry.not_deploying", reason=why)
-            return {"outcome": "skipped", "reason": why}
-        env_file = self.workspace / ".env"
-        try:
-            project, services = await self.deployer.describe(self.workspace, env_file)
-        except (DeployError, ValueError) as exc:
-            return {"outcome": "failed", "reason": f"the compose stack is invalid: {exc}"}
-        pool = self.rt.pool
-        previous = await self._previous_good(pool, project, req, attempt, sha)
-        await _record(pool, req, attempt, project, sha, "deploying", {"previous": previous})
-        try:
-            await self.deployer.up(self.workspace, env_file)
-            verdict = await self.deployer.wait_healthy(project, services)
-        except DeployError as exc:
-            verdict = HealthVerdict(problems=[str(exc)])
-        if verdict.healthy:
-            at = datetime.now(UTC).isoformat()
-            await _record(
-                pool, req, attempt, project, sha, "healthy", {"health": verdict.as_dict()}
-            )
-            log.info("berry.deployed", project=project, commit_sha=sha)
-            await self._infra_report(req)
-            return {
-                "outcome": "deployed",
-                "project": project,
-                "deployed_at": at,
-                "health": verdict.as_dict(),
-            }
-        reason = "the deployment is not healthy: " + "; ".join(verdict.problems[:5])
-        log.error("berry.deploy_unhealthy", project=project, problems=verdict.problems[:10])
-        rollback = await self._rollback(project, services, previous)
-        status = "rolled_back" if rollback.get("healthy") else "rollback_failed"
-        await _record(
-            pool,
-            req,
-            attempt,
-            project,
-            sha,
-            status,
-            {"health": verdict.as_dict(), "rollback": rollback},
-        )
-        await self._infra_report(req)
-        return {
-            "outcome": "failed",
-            "reason": reason
-            + (
-                f"; rolled back to {previous[:12]}"
-                if previous and rollback.get("healthy")
-                else "; the rollback did not restore health"
-                if previous
-                else "; no earlier deployment to roll back to"
-            ),
-            "project": project,
-            "health": verdict.as_dict(),
-            "rollback": rollback,
-        }
-
-    async def _previous_good(
-        self, pool: asyncpg.Pool, project: str, req: str, attempt: int, sha: str
-    ) -> str | None:
-        """The commit of the last healthy deployment, else the REQ commit's parent."""
-        row = await pool.fetchval(
-            "SELECT commit_sha FROM berry_deployments WHERE project = $1 AND status = 'healthy'"
-            " AND commit_sha <> $2 ORDER BY finished_at DESC LIMIT 1",
-            project,
-            sha,
-        )
-        return row or await self.repo.parent(sha)
-
-    async def _rollback(
-        self, project: str, services: list[str], previous: str | None
-    ) -> dict[str, Any]:
-        """Redeploy the previous commit (a worktree of it) and check health again."""
-        if previous is None:
-            return {"attempted": False, "healthy": False, "reason": "no earlier commit"}
-        tree = self.state_dir / "rollback" / project / previous
-        try:
-            if not tree.exists():
-                tree.parent.mkdir(parents=True, exist_ok=True)
-                await self.repo.run("worktree", "add", "--detach", str(tree), previous)
-            await self.deployer.up(tree, self.workspace / ".env")
-            verdict = await self.deployer.wait_healthy(project, services)
-        except (GitError, DeployError) as exc:
-            log.error("berry.rollback_failed", to=previous, error=str(exc))
-            return {"attempted": True, "to": previous, "healthy": False, "reason": str(exc)}
-        level = log.warning if verdict.healthy else log.error
-        level("berry.rolled_back", to=previous, healthy=verdict.healthy)
-        return {
-            "attempted": True,
-            "to": previous,
-            "healthy": verdict.healthy,
-            "health": verdict.as_dict(),
         }
 
     async def _release(self, req: str, sha: str, deployed: bool) -> dict[str, Any]:
@@ -596,28 +532,4 @@ def deployer_for(settings: Settings) -> ComposeDeployer:
         health_urls=tuple(settings.berry_health_urls),
         health_timeout=settings.berry_health_timeout,
         deploy_timeout=settings.berry_deploy_timeout,
-    )
-
-
-async def _record(
-    pool: asyncpg.Pool,
-    req: str,
-    attempt: int,
-    project: str,
-    sha: str,
-    status: str,
-    detail: dict[str, Any],
-) -> None:
-    await pool.execute(
-        "INSERT INTO berry_deployments (req_number, attempt, project, commit_sha, status, detail)"
-        " VALUES ($1, $2, $3, $4, $5, $6::jsonb) ON CONFLICT (req_number, attempt) DO UPDATE"
-        " SET project = EXCLUDED.project, commit_sha = EXCLUDED.commit_sha,"
-        " status = EXCLUDED.status, detail = berry_deployments.detail || EXCLUDED.detail,"
-        " finished_at = CASE WHEN EXCLUDED.status = 'deploying' THEN NULL ELSE now() END",
-        req,
-        attempt,
-        project,
-        sha,
-        status,
-        json.dumps(detail, default=str),
     )

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,20 @@ class HealthVerdict:
             "problems": self.problems,
         }
 
+    def images(self) -> dict[str, str]:
+        """Service -> the image id its containers run (what was deployed)."""
+        return {c["service"]: c["image"] for c in self.containers if c.get("image")}
+
+
+@dataclass(frozen=True)
+class Stack:
+    """A compose stack as Compose resolves it: its project name, the services
+    to check, and the image name each service's containers are created from."""
+
+    project: str
+    services: list[str]
+    image_names: dict[str, str]
+
 
 @dataclass(frozen=True)
 class ComposeTarget:
@@ -86,6 +100,17 @@ class ComposeDeployer:
         self.docker_url, self.target = docker_url, target
         self.health_urls, self.health_timeout = health_urls, health_timeout
         self.deploy_timeout, self.probe_timeout = deploy_timeout, probe_timeout
+
+    def for_environment(self, project: str | None, health_urls: tuple[str, ...]) -> ComposeDeployer:
+        """The same deployer for another compose project and its own health URLs."""
+        return ComposeDeployer(
+            self.docker_url,
+            replace(self.target, project=project),
+            health_urls=health_urls,
+            health_timeout=self.health_timeout,
+            deploy_timeout=self.deploy_timeout,
+            probe_timeout=self.probe_timeout,
+        )
 
     # --- engine --------------------------------------------------------------
     async def engine_problem(self) -> str | None:
@@ -121,20 +146,35 @@ class ComposeDeployer:
         return args
 
     # --- compose ---------------------------------------------------------------
-    async def describe(self, project_dir: Path, env_file: Path | None) -> tuple[str, list[str]]:
-        """(project name, services to check) as Compose itself resolves them."""
+    async def describe(self, project_dir: Path, env_file: Path | None) -> Stack:
+        """The stack as Compose itself resolves it (``config``)."""
         code, out, err = await self._compose(
             [*self._base(project_dir, env_file), "config", "--format", "json"], project_dir, 60
         )
         if code != 0:
             raise DeployError(f"compose config failed ({code}): {err.strip()[-800:]}")
         model = json.loads(out)
-        services = list(self.target.services) or sorted((model.get("services") or {}).keys())
-        return str(model.get("name") or self.target.project), services
+        project = str(model.get("name") or self.target.project)
+        defined = model.get("services") or {}
+        services = list(self.target.services) or sorted(defined.keys())
+        names = {
+            # Compose names a built image without an ``image:`` "<project>-<service>".
+            name: str(spec.get("image") or f"{project}-{name}")
+            for name, spec in defined.items()
+            if name in services and (spec.get("image") or spec.get("build"))
+        }
+        return Stack(project, services, names)
 
-    async def up(self, project_dir: Path, env_file: Path | None) -> None:
-        """``compose up -d`` (building what has a build section) of the target."""
+    async def up(
+        self, project_dir: Path, env_file: Path | None, *, build: bool | None = None
+    ) -> None:
+        """``compose up -d`` of the target: ``build`` True rebuilds what has a
+        build section (``--build``), False never builds (``--no-build``: the
+        images are already there, promoted or rolled back to), None as Compose
+        decides (builds what is missing)."""
         args = [*self._base(project_dir, env_file), "up", "-d", "--remove-orphans"]
+        if build is not None:
+            args.append("--build" if build else "--no-build")
         args += list(self.target.services)
         started = time.monotonic()
         code, _out, err = await self._compose(args, project_dir, self.deploy_timeout)
@@ -147,7 +187,30 @@ class ComposeDeployer:
         if code != 0:
             raise DeployError(f"compose up failed ({code}): {err.strip()[-800:]}")
 
+    async def tag_images(self, images: dict[str, str], names: dict[str, str]) -> None:
+        """Give each service's image id the name its compose service expects,
+        so that ``up --no-build`` runs exactly those images. An image named by
+        digest is pinned already; one the engine no longer has is a DeployError."""
+        try:
+            async with connect(self.docker_url) as docker:
+                for service, image_id in images.items():
+                    name = names.get(service)
+                    if name is None or "@" in name:
+                        continue
+                    repo, tag = split_reference(name)
+                    await docker.images.tag(image_id, repo, tag=tag)
+        except (*ENGINE_ERRORS, ValueError) as exc:
+            raise DeployError(f"tagging the images failed: {exc}") from None
+
     # --- health ------------------------------------------------------------------
+    async def look(self, project: str, services: list[str]) -> HealthVerdict:
+        """One look, no waiting: is the project healthy right now?"""
+        try:
+            async with connect(self.docker_url) as docker:
+                return await self.check(docker, project, services)
+        except ENGINE_ERRORS as exc:
+            return HealthVerdict(problems=[f"container engine error: {exc!r}"[:500]])
+
     async def wait_healthy(self, project: str, services: list[str]) -> HealthVerdict:
         """Poll until healthy, a failure that cannot heal, or the health timeout."""
         deadline = time.monotonic() + self.health_timeout
@@ -208,6 +271,7 @@ class ComposeDeployer:
             "exit_code": state.get("ExitCode"),
             "restart_count": info.get("RestartCount", 0),
             "health": None,
+            "image": info.get("Image"),
         }
         verdict.containers.append(entry)
         if state.get("Status") != "running":
@@ -240,3 +304,13 @@ class ComposeDeployer:
                 verdict.urls.append({"url": url, "status": status, "error": error})
                 if error:
                     verdict.problems.append(f"health URL {url}: {error}")
+
+
+def split_reference(name: str) -> tuple[str, str]:
+    """``registry:5000/team/app:1.2`` -> (``registry:5000/team/app``, ``1.2``);
+    no tag is ``latest``, as the engine reads it."""
+    slash = name.rfind("/")
+    colon = name.rfind(":")
+    if colon > slash:
+        return name[:colon], name[colon + 1 :]
+    return name, "latest"

@@ -14,6 +14,7 @@ import sys
 
 from orchestrator.core.registry import Pipeline, Stage
 from orchestrator.runtime.settings import Settings
+from workers.release.smoke import parse_checks
 from workers.runner.profiles.base import Profile, ProfileError, parse_version
 from workers.runner.profiles.generic import GenericProfile
 from workers.runner.profiles.registry import builtin
@@ -146,6 +147,11 @@ def check_runner(settings: Settings, pipeline: Pipeline) -> list[Stage]:
         raise CommandError(
             "AGOG_BERRY_MODE=native needs AGOG_REPO or AGOG_BERRY_WORKSPACE (a git working tree)"
         )
+    if native:
+        try:  # the smoke tests are parsed now, not at the first deploy
+            parse_checks(settings.berry_smoke_tests, settings.berry_smoke_timeout)
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
     check_versions(settings, [s for s in stages if s.agent not in native])
     return stages
 
