@@ -61,6 +61,29 @@ class Settings(BaseSettings):
         " PATH); a server newer than 16 needs its own.",
     )
 
+    # --- backups of agogd's own state (agogctl backup, scheduled) ----------
+    backup_schedule: str = Field(
+        default="",
+        description="How often the daemon backs agogd up (an interval: 30m, 6h, 1d; slots"
+        " aligned to UTC midnight); one replica at a time. Empty: no scheduled backups.",
+    )
+    backup_dir: Path | None = Field(
+        default=None,
+        description="Where archives are written (scheduled, and agogctl backup create's"
+        " default; unset: AGOG_DATA_DIR/backups).",
+    )
+    backup_keep: int = Field(
+        default=7,
+        ge=1,
+        description="Archives kept in AGOG_BACKUP_DIR: after each scheduled backup the older"
+        " ones are deleted.",
+    )
+    backup_verify_dsn: SecretStr | None = Field(
+        default=None,
+        description="A Postgres role that may CREATE DATABASE, for agogctl backup verify's"
+        " scratch database (unset: agogd's own when it may, else agogd dev's superuser). Secret.",
+    )
+
     # --- other services --------------------------------------------------
     docker_url: str = "unix:///var/run/docker.sock"
     ollama_url: str = "http://127.0.0.1:11434"
@@ -85,6 +108,13 @@ class Settings(BaseSettings):
 
     # --- pipeline and schema ---------------------------------------------------
     pipeline_file: Path | None = None
+    stream_replicas: int | None = Field(
+        default=None,
+        ge=1,
+        le=5,
+        description="Copies of every JetStream stream (3 on a NATS cluster: R3), over the"
+        " pipeline file's num_replicas (unset: the file's).",
+    )
     migrations_dir: Path | None = Field(
         default=None, description="Directory of V*.sql migrations (default: the packaged ones)."
     )
@@ -284,6 +314,39 @@ class Settings(BaseSettings):
         default=None,
         description="The app database Berry backs up (pg_dump) before a production deploy"
         " that adds migrations, and `agogctl deploy restore-db` restores (unset: none). Secret.",
+    )
+    berry_staging: bool = Field(
+        default=False,
+        description="Deploy to a staging stack first, smoke-test it, then promote the same"
+        " images to production (off: one environment, production).",
+    )
+    berry_staging_project: str | None = Field(
+        default=None,
+        description="The staging stack's compose project (unset: production's + '-staging').",
+    )
+    berry_staging_env_file: Path = Field(
+        default=Path(".env.staging"),
+        description="The staging stack's env file, relative to the workspace (its ports;"
+        " production's is .env).",
+    )
+    berry_smoke_tests: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="JSON list of smoke tests run after each healthy deploy: {name, command}"
+        " or {name, url, status, contains}; ${VAR} comes from the environment's env file.",
+    )
+    berry_smoke_timeout: float = Field(
+        default=60.0, gt=0, description="Seconds one smoke test may take (unless it says)."
+    )
+    berry_migrations_glob: str = Field(
+        default="**/migrations/**/*.sql",
+        description="git glob of migration files: a commit adding one gets a backup of the"
+        " app database before production ('' = never).",
+    )
+    berry_backup_keep: int = Field(
+        default=5, ge=1, description="Migration backups kept; older dump files are deleted."
+    )
+    berry_backup_timeout: float = Field(
+        default=3600.0, gt=0, description="Seconds the app database's pg_dump may take."
     )
     berry_git_config: Path | None = Field(
         default=None,
@@ -520,13 +583,25 @@ class Settings(BaseSettings):
     def _lower(cls, value: Any) -> Any:
         return value.lower() if isinstance(value, str) else value
 
-    @field_validator("postgres_dsn")
+    @field_validator("postgres_dsn", "backup_verify_dsn")
     @classmethod
-    def _check_dsn(cls, value: SecretStr) -> SecretStr:
+    def _check_dsn(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return value
         scheme = urlsplit(value.get_secret_value()).scheme
         if scheme not in ("postgres", "postgresql"):
             raise ValueError("must be a postgresql:// URL")
         return value
+
+    @field_validator("backup_schedule")
+    @classmethod
+    def _check_backup_schedule(cls, value: str) -> str:
+        if value.strip():
+            try:
+                registry.parse_duration(value.strip())
+            except registry.RegistryError as exc:
+                raise ValueError(str(exc)) from None
+        return value.strip()
 
     @field_validator("stage_timeouts")
     @classmethod
@@ -578,8 +653,12 @@ class Settings(BaseSettings):
 
     # --- derived ----------------------------------------------------------
     def load_pipeline(self) -> registry.Pipeline:
-        """The canonical pipeline with this deployment's timeout overrides."""
-        return registry.load(self.pipeline_file, self.stage_timeouts)
+        """The canonical pipeline with this deployment's timeout and stream
+        replica overrides."""
+        pipeline = registry.load(self.pipeline_file, self.stage_timeouts)
+        if self.stream_replicas is not None:
+            pipeline = pipeline.with_stream_replicas(self.stream_replicas)
+        return pipeline
 
     def dsn(self) -> str:
         """The Postgres DSN with the password filled in (never log this)."""
@@ -598,6 +677,14 @@ class Settings(BaseSettings):
     def public_dsn(self) -> str:
         """The Postgres DSN safe to print: no password."""
         return redact_url(self.postgres_dsn.get_secret_value())
+
+    def backup_interval(self) -> float | None:
+        """Seconds between scheduled backups (AGOG_BACKUP_SCHEDULE); None: off."""
+        return registry.parse_duration(self.backup_schedule) if self.backup_schedule else None
+
+    def backup_directory(self) -> Path:
+        """Where archives go: AGOG_BACKUP_DIR, else AGOG_DATA_DIR/backups."""
+        return self.backup_dir or self.data_dir / "backups"
 
     def public_nats_urls(self) -> str:
         """The NATS URLs safe to print: no password or token in any of them."""
