@@ -298,6 +298,13 @@ class Pipeline:
             ),
         )
 
+    def with_stream_replicas(self, replicas: int) -> Pipeline:
+        """A copy whose every stream has ``replicas`` copies (R3 on a NATS
+        cluster); a deployment's choice, not the pipeline's."""
+        if not 1 <= replicas <= 5:
+            raise RegistryError(f"stream replicas must be 1 to 5, not {replicas}")
+        return replace(self, streams=tuple(replace(s, num_replicas=replicas) for s in self.streams))
+
 
 def validate(pipeline: Pipeline) -> list[str]:
     """Every inconsistency in a pipeline, as readable lines (empty when fine)."""
