@@ -22,6 +22,7 @@ from orchestrator.api import observe
 from orchestrator.api import routes as api_routes
 from orchestrator.api.common import ApiContext
 from orchestrator.api.observe import Observer
+from orchestrator.backup import schedule as backup_schedule
 from orchestrator.core.registry import Pipeline
 from orchestrator.engine import service as engine_service
 from orchestrator.memory import service as memory_service
@@ -101,6 +102,8 @@ class Agogd:
             )
         if reports is not None:
             services["infra-report-requests"] = reports.run
+        if self.with_engine:  # the last good backup's gauge; the schedule, when set
+            services["backup-schedule"] = backup_schedule.build(rt).run
         if runner is not None:
             services.update(runner.services())
         if watcher is not None:

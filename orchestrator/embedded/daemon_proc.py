@@ -19,7 +19,13 @@ from typing import Any
 class DaemonProcess:
     """One agogd process; its stdout is collected line by line in a thread."""
 
-    def __init__(self, env: dict[str, str], args: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        args: tuple[str, ...] = (),
+        command: tuple[str, ...] = (sys.executable, "-m", "orchestrator"),
+    ) -> None:
+        """``command`` runs agogd: this venv's by default, or e.g. ``podman run IMAGE``."""
         base = {k: v for k, v in os.environ.items() if not k.startswith("AGOG_")}
         self.env = {
             **base,
@@ -31,13 +37,14 @@ class DaemonProcess:
             **env,
         }
         self.args = args
+        self.command = command
         self.lines: list[str] = []
         self.proc: subprocess.Popen[str] | None = None
         self._reader: threading.Thread | None = None
 
     def start(self) -> DaemonProcess:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "orchestrator", *self.args],
+            [*self.command, *self.args],
             env=self.env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

@@ -127,3 +127,22 @@ async def advisory_lock(pool: asyncpg.Pool, key: str) -> AsyncIterator[None]:
             yield
         finally:
             await conn.execute("SELECT pg_advisory_unlock(hashtext($1))", key)
+
+
+@contextlib.asynccontextmanager
+async def try_advisory_lock(pool: asyncpg.Pool, key: str) -> AsyncIterator[bool]:
+    """Take the session advisory lock named by ``key`` if it is free: yields
+    whether it was taken (another holder, on any replica: False, at once),
+    and releases it after. A session whose unlock failed is closed, never
+    handed back to the pool still holding the lock."""
+    async with pool.acquire() as conn:
+        held = bool(await conn.fetchval("SELECT pg_try_advisory_lock(hashtext($1))", key))
+        try:
+            yield held
+        finally:
+            if held:
+                try:
+                    await conn.execute("SELECT pg_advisory_unlock(hashtext($1))", key)
+                except BaseException:
+                    conn.terminate()
+                    raise
