@@ -28,7 +28,7 @@ from orchestrator.backup import archive, jetstream
 from orchestrator.backup import postgres as pg
 from orchestrator.backup.errors import BackupError
 from orchestrator.backup.servers import Servers
-from orchestrator.runtime import pg_tools
+from orchestrator.runtime import failpoints, pg_tools
 from orchestrator.runtime.logs import get_logger
 
 log = get_logger("agogd.backup")
@@ -100,6 +100,9 @@ async def _collect(
         snapshot_started = await pg.clock(conn)
         manifest["nats"] = await _snapshot_streams(nc, work)
         manifest["nats"]["snapshot_started_at"] = snapshot_started.isoformat()
+        if pause := failpoints.pause_seconds("backup.streams_snapshotted"):
+            log.warning("failpoint.pause", failpoint="backup.streams_snapshotted", seconds=pause)
+            await asyncio.sleep(pause)
         subjects = {
             name: list(spec["config"].get("subjects") or [])
             for name, spec in manifest["nats"]["streams"].items()
