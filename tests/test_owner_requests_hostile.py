@@ -155,3 +155,31 @@ def test_good_berry_fields_pass_unchanged() -> None:
     assert n.field_notes == {} and "field_notes" not in n.model_dump()
     for sha in ("abc", "g" * 7, "a" * 65, "abc 123"):
         assert _berry(commit_sha=sha).commit_sha is None, sha
+
+
+async def test_an_entry_agogd_never_started_but_shown_in_progress_is_warned_about(
+    nats_server: NatsServer, nc: NATS, pg_dsn: str, tmp_path: Path
+) -> None:
+    """A file newer than the database (restored from an older backup) shows a
+    REQ as IN_PROGRESS that Postgres does not know: nothing would ever start
+    it, so agogd says so, and the operator's NEW then starts it."""
+    path = tmp_path / "OWNER_REQUESTS.md"
+    path.write_text(
+        "# Owner requests\n"
+        + entry("REQ-LOST-1", "Submitted after the backup").replace("NEW", "IN_PROGRESS")
+    )
+    await ScriptedAgents(nc).start()
+    settings = settings_for(
+        nats_server.url, pg_dsn, owner_requests_file=path, owner_requests_interval=0.2
+    )
+    with capture_logs() as logs:
+        async with running_agogd(settings):
+            deadline = time.monotonic() + 30
+            while not [e for e in logs if e["event"] == "owner_requests.unknown_req"]:
+                assert time.monotonic() < deadline, "no warning about the unknown REQ"
+                await asyncio.sleep(0.1)
+            path.write_text(path.read_text().replace("IN_PROGRESS", "NEW"))
+            await wait_status(pg_dsn, "REQ-LOST-1", "DEPLOYED")
+    warned = next(e for e in logs if e["event"] == "owner_requests.unknown_req")
+    assert warned["req_number"] == "REQ-LOST-1" and warned["file_status"] == "IN_PROGRESS"
+    assert "set it to NEW" in warned["reason"]

@@ -146,6 +146,21 @@ async def _ingest_one(
                 entry.priority,
             )
         log.info("owner_requests.entry", req_number=entry.req_number, created=bool(created))
+    elif not await conn.fetchval(
+        "SELECT 1 FROM workflow_state WHERE req_number = $1", entry.req_number
+    ):
+        # A status only agogd writes, for a REQ agogd does not know: the file is
+        # newer than the database (restored from a backup taken before the REQ
+        # was submitted). Nothing would ever start it; the operator decides.
+        log.warning(
+            "owner_requests.unknown_req",
+            req_number=entry.req_number,
+            file_status=entry.status,
+            reason=f"OWNER_REQUESTS.md shows {entry.req_number} as {entry.status}, but agogd"
+            " has no such REQ (the database restored from an older backup?): set it to NEW"
+            " to run it",
+        )
+        return 0  # not marked seen: once the operator sets it to NEW, it is taken in
     await conn.execute(
         "INSERT INTO owner_requests_seen (req_number, content_hash) VALUES ($1, $2)"
         " ON CONFLICT (req_number) DO UPDATE SET content_hash = EXCLUDED.content_hash,"
