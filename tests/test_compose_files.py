@@ -432,17 +432,24 @@ def test_missing_password_fails_config_naming_it(
 
 
 def dockerfile_stages() -> list[list[tuple[str, str]]]:
-    """The Dockerfile's stages, each a list of (INSTRUCTION, arguments)."""
+    """The Dockerfile's stages, each a list of (INSTRUCTION, arguments); a
+    FROM's ${ARG} is resolved to the default of the global ARG it names."""
     text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
     stages: list[list[tuple[str, str]]] = []
+    global_args: dict[str, str] = {}
     for line in text.splitlines():
         line = line.strip()
         if not line or line.startswith("#"):
             continue
         instruction, _, args = line.partition(" ")
         instruction = instruction.upper()
+        if instruction == "ARG" and not stages:
+            name, _, default = args.strip().partition("=")
+            global_args[name] = default
+            continue
         if instruction == "FROM":
             stages.append([])
+            args = re.sub(r"\$\{(\w+)\}", lambda m: global_args[m.group(1)], args)
         assert stages, f"instruction before the first FROM: {line}"
         stages[-1].append((instruction, args.strip()))
     return stages
@@ -604,3 +611,34 @@ async def test_agent_postgres_init_makes_agogds_role_owner_and_no_superuser(
             await conn.close()
     finally:
         server.stop()
+
+
+def _env_file(path: Path) -> dict[str, str]:
+    pairs = (line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
+    return {k.strip(): v.strip() for k, v in pairs if not k.lstrip().startswith("#")}
+
+
+def test_the_app_stacks_staging_copy_shares_nothing_with_production(compose, rendered) -> None:
+    """Berry's staging runs the app stack beside production on one engine
+    (.env.staging.example): no container name, network, volume or host port
+    in common, or staging would replace production's containers or open its
+    database."""
+    staging_env = _env_file(REPO / ".env.staging.example") | {"APP_DB_PASSWORD": "dummy-stg-pw"}
+    proc = compose(APP_FILE, "-p", "agogsaas-app-staging", "config", "--format", "json",
+                   env=DUMMY | staging_env)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    staging, production = json.loads(proc.stdout), rendered["app"]
+
+    def names(config: dict[str, Any]) -> set[str]:
+        found = {svc["container_name"] for _, svc in services(config)}
+        found |= {net["name"] for net in (config.get("networks") or {}).values()}
+        found |= {vol["name"] for vol in (config.get("volumes") or {}).values()}
+        found |= {
+            f"port {port['published']}"
+            for _, svc in services(config)
+            for port in svc.get("ports") or []
+        }
+        return found
+
+    assert names(production) and names(staging)
+    assert not names(production) & names(staging), names(production) & names(staging)
