@@ -277,6 +277,7 @@ def exposed_names() -> set[str]:
         metrics.AGENT_COST.labels("roy", "m"),
         metrics.DEPLOY_SUCCESS.labels("production", "last_10"),
         metrics.ROLLBACK_LAST.labels("production"),
+        metrics.BACKUP_RUNS.labels("ok"),  # else only after a backup ran in this session
     ):
         assert series is not None  # created, so that it is exposed
     text = generate_latest(metrics.REGISTRY).decode()
