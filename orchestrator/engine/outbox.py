@@ -211,6 +211,6 @@ async def _listen(dsn: str, wake: asyncio.Event) -> asyncpg.Connection | None:
         conn = await asyncpg.connect(dsn, timeout=5)
         await conn.add_listener(OUTBOX_CHANNEL, lambda *_: wake.set())
         return conn
-    except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+    except (TimeoutError, *db.DB_ERRORS) as exc:  # InternalClientError: a server going down
         log.debug("outbox.listen_failed", error=str(exc))
         return None
