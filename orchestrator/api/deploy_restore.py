@@ -50,7 +50,7 @@ import asyncpg
 
 from orchestrator.api.deploy_records import jsonb, restores_of
 from orchestrator.engine import store
-from orchestrator.runtime import pg_tools
+from orchestrator.runtime import db, pg_tools
 from orchestrator.runtime.context import Runtime
 from orchestrator.runtime.logs import get_logger
 from orchestrator.runtime.settings import redact_url
@@ -198,15 +198,12 @@ def _one_line(text: str) -> str:
 
 async def restore_db(rt: Runtime, ask: RestoreAsk) -> dict[str, Any]:
     """Restore as asked (see the module docstring); RestoreRefused when not."""
-    async with rt.pool.acquire() as holder:
-        if not await holder.fetchval("SELECT pg_try_advisory_lock(hashtext($1))", LOCK_KEY):
+    async with db.try_advisory_lock(rt.pool, LOCK_KEY) as held:
+        if not held:
             raise RestoreRefused(
                 409, "another restore-db is running (one at a time); try again once it is done"
             )
-        try:
-            return await _restore_locked(rt, ask)
-        finally:
-            await holder.execute("SELECT pg_advisory_unlock(hashtext($1))", LOCK_KEY)
+        return await _restore_locked(rt, ask)
 
 
 async def _restore_locked(rt: Runtime, ask: RestoreAsk) -> dict[str, Any]:
