@@ -13,7 +13,10 @@ import contextlib
 import logging
 import re
 import sys
-from collections.abc import Iterator, MutableMapping
+import time
+from collections.abc import Iterator, Mapping, MutableMapping
+from contextvars import ContextVar
+from types import MappingProxyType
 from typing import Any
 
 import structlog
@@ -26,16 +29,75 @@ _SECRET_KEY = re.compile(r"pass(word)?|secret|token|creds|authorization|api_key"
 _URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*):[^@/\s]+@", re.I)
 
 
+# Whether a key looks secret, decided once per key: log keys are a small set
+# that the code names, and the regex per key per line was most of a line's cost.
+_SECRET_KEYS: dict[str, bool] = {}
+_SECRET_KEYS_MAX = 4096  # keys from elsewhere (stdlib extras) are tested, not kept
+
+
+def _learn_secret_key(key: object) -> bool:
+    hit = bool(_SECRET_KEY.search(str(key)))
+    if isinstance(key, str) and len(_SECRET_KEYS) < _SECRET_KEYS_MAX:
+        _SECRET_KEYS[key] = hit
+    return hit
+
+
 def redact_secrets(
     _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
     """Mask values under secret-looking keys and passwords inside URLs."""
+    known = _SECRET_KEYS
     for key, value in list(event_dict.items()):
-        if _SECRET_KEY.search(key) and value is not None:
+        if value is None:
+            continue
+        secret = known.get(key)
+        if secret is None:
+            secret = _learn_secret_key(key)
+        if secret:
             event_dict[key] = "***"
         elif isinstance(value, str) and "://" in value:
             event_dict[key] = _URL_PASSWORD.sub(r"\g<scheme>\g<user>:***@", value)
     return event_dict
+
+
+# The context ``bound_context`` binds: one variable holding a read-only
+# mapping, so merging it is one lookup (structlog's merge_contextvars walks
+# every context variable of the context on every line).
+_NO_CONTEXT: Mapping[str, Any] = MappingProxyType({})
+_CONTEXT: ContextVar[Mapping[str, Any]] = ContextVar("agogd_log_context", default=_NO_CONTEXT)
+
+
+def merge_context(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """Put the bound context first on the line; the call's own keys win."""
+    context = _CONTEXT.get()
+    if not context:
+        return event_dict
+    merged = dict(context)
+    merged.update(event_dict)
+    return merged
+
+
+class UtcTimestamp:
+    """``timestamp``: ISO 8601 in UTC with microseconds and a ``Z``, as
+    structlog's ``TimeStamper(fmt="iso", utc=True)`` writes it, with the date
+    and time of day formatted once a second instead of on every line."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = ""
+
+    def __call__(
+        self, _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = second
+        event_dict["timestamp"] = f"{self._prefix}.{int((now - second) * 1e6):06d}Z"
+        return event_dict
 
 
 _LAYOUT_KEYS = frozenset({"exception", "stack"})  # multi-line by the renderer's own layout
@@ -89,9 +151,9 @@ def configure(level: str = "info", fmt: str = "json", *, once: bool = False) -> 
     if fmt == "auto":
         fmt = "console" if sys.stdout.isatty() else "json"
     shared: list[Any] = [
-        structlog.contextvars.merge_contextvars,
+        merge_context,
         structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        UtcTimestamp(),
         redact_secrets,
     ]
     renderer: Any
@@ -146,5 +208,8 @@ def get_logger(name: str | None = None) -> structlog.typing.FilteringBoundLogger
 def bound_context(**context: Any) -> Iterator[None]:
     """Bind REQ/stage/agent/subject context to every log line in the block."""
     known = {k: v for k, v in context.items() if v is not None}
-    with structlog.contextvars.bound_contextvars(**known):
+    token = _CONTEXT.set(MappingProxyType({**_CONTEXT.get(), **known}))
+    try:
         yield
+    finally:
+        _CONTEXT.reset(token)
