@@ -50,6 +50,11 @@ def split_name(name: str) -> tuple[str, str]:
     return provider, model.removesuffix(":latest")
 
 
+# Answered by the partial index of embedded rows (V1.12.0), not by reading
+# every memory: it runs at every start.
+EMBEDDED_SQL = "SELECT EXISTS (SELECT 1 FROM memories WHERE embedding IS NOT NULL)"
+
+
 async def column_dimension(conn: asyncpg.Connection) -> int | None:
     typmod = await conn.fetchval(
         "SELECT atttypmod FROM pg_attribute WHERE attrelid = 'memories'::regclass"
@@ -60,9 +65,7 @@ async def column_dimension(conn: asyncpg.Connection) -> int | None:
 
 async def stored(conn: asyncpg.Connection) -> Stored:
     row = await conn.fetchrow("SELECT provider, model, dimension FROM embedding_config")
-    embedded = await conn.fetchval(
-        "SELECT EXISTS (SELECT 1 FROM memories WHERE embedding IS NOT NULL)"
-    )
+    embedded = await conn.fetchval(EMBEDDED_SQL)
     column = await column_dimension(conn)
     if row is None:
         return Stored("", "", column or 0, column, bool(embedded))
