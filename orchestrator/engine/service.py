@@ -8,7 +8,9 @@ connections are up; everything the parts need is handed to them here.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING
 
 from orchestrator.engine.handlers import Handlers
@@ -18,10 +20,14 @@ from orchestrator.engine.pruning import Pruner
 from orchestrator.engine.scheduler import Scheduler
 from orchestrator.engine.transactions import AfterCommitted, BatchApplier, Handler
 from orchestrator.engine.transition import Transitions
+from orchestrator.engine.unacked import UnackedSweep
 from orchestrator.inbound.owner_requests import OwnerRequestsFile
 from orchestrator.runtime.context import Runtime
+from orchestrator.runtime.logs import get_logger
 from orchestrator.runtime.pull import PullFeed
 from orchestrator.runtime.services import Outcome, Service, consume, periodic
+
+log = get_logger("agogd.engine")
 
 if TYPE_CHECKING:
     from nats.aio.msg import Msg
@@ -75,6 +81,9 @@ def build(rt: Runtime, memory: Memory | None) -> Engine:
         transitions=transitions,
         after=after,
     )
+    sweep = UnackedSweep(
+        nc=rt.nc, js=rt.nc.jetstream(), applier=applier, batch=settings.consumer_batch
+    )
     services: dict[str, Service] = {}
     table = handlers.table()
     read = []
@@ -84,7 +93,10 @@ def build(rt: Runtime, memory: Memory | None) -> Engine:
             continue  # another service's (the wiring refuses a consumer nobody reads)
         read.append(spec.name)
         for stream in spec.streams:
-            services[f"consume:{stream}:{spec.name}"] = _consumer(rt, applier, stream, handler)
+            unacked = partial(sweep.run, stream, handler, spec.filter_subject)
+            services[f"consume:{stream}:{spec.name}"] = _consumer(
+                rt, applier, stream, handler, unacked
+            )
     relay = OutboxRelay(
         publisher,
         dsn=settings.dsn(),
@@ -139,9 +151,16 @@ def build(rt: Runtime, memory: Memory | None) -> Engine:
     )
 
 
-def _consumer(rt: Runtime, applier: BatchApplier, stream: str, handler: Handler) -> Service:
+def _consumer(
+    rt: Runtime,
+    applier: BatchApplier,
+    stream: str,
+    handler: Handler,
+    sweep: Callable[[], Awaitable[int]],
+) -> Service:
     """One durable consumer on one stream: each batch is acked (or term'd) only
-    after its transaction has committed."""
+    after its transaction has committed. ``sweep`` applies, beside the first
+    pulls, what a killed predecessor was handed and never acked."""
 
     async def run() -> None:
         feed = PullFeed(rt.nc, stream, handler.consumer, rt.settings.consumer_batch)
@@ -150,12 +169,26 @@ def _consumer(rt: Runtime, applier: BatchApplier, stream: str, handler: Handler)
             # While a batch waits for Postgres, what the feed holds waits too.
             return await applier.handle_batch(msgs, handler, waiting=feed.keep_alive)
 
-        await consume(
-            await feed.start(),
-            handle,
-            name=f"consumer.{stream}",
-            stopping=rt.stopping,
-            states=rt.states,
-        )
+        swept = asyncio.ensure_future(_quietly(sweep, stream))
+        try:
+            await consume(
+                await feed.start(),
+                handle,
+                name=f"consumer.{stream}",
+                stopping=rt.stopping,
+                states=rt.states,
+            )
+        finally:
+            swept.cancel()
+            await asyncio.gather(swept, return_exceptions=True)
 
     return run
+
+
+async def _quietly(sweep: Callable[[], Awaitable[int]], stream: str) -> None:
+    """The sweep is a head start, never a condition: its failure is logged and
+    the messages wait for their redelivery as they would without it."""
+    try:
+        await sweep()
+    except Exception as exc:
+        log.warning("unacked.sweep_failed", stream=stream, error=repr(exc))

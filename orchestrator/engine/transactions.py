@@ -26,7 +26,7 @@ from orchestrator.engine.outbox import Publisher
 from orchestrator.engine.tx import AfterCommit, EngineTx
 from orchestrator.inbound.messages import Rejected
 from orchestrator.inbound.rejection import Rejection
-from orchestrator.runtime import db, metrics
+from orchestrator.runtime import db, failpoints, metrics
 from orchestrator.runtime.logs import get_logger
 from orchestrator.runtime.services import Outcome
 
@@ -115,6 +115,8 @@ class BatchApplier:
         ``waiting`` is called with each try, to keep alive what else was
         fetched. Once the daemon stops they are left to their ack wait.
         """
+        # A crash point for tests: the batch is ours, nothing of it applied.
+        failpoints.hit(f"engine.fetched.{handler.consumer}")
         for msg in msgs:
             # nats-server takes a NUL in a subject, Postgres text does not: its
             # claim failed every try (a redelivery loop). Read as U+FFFD instead.
