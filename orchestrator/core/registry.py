@@ -11,6 +11,7 @@ import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
@@ -159,22 +160,27 @@ class Pipeline:
     runner_template: ConsumerSpec | None = None
 
     # --- lookups -----------------------------------------------------------
-    @property
+    # Lookups made per message are worked out once (the registry never changes).
+    @cached_property
     def agents(self) -> tuple[str, ...]:
         """Every agent agogd knows, pipeline first."""
         names = [s.agent for s in self.stages] + [s.agent for s in self.followups]
         names += [r.agent for r in self.reporters]
         return tuple(dict.fromkeys(names))
 
+    @cached_property
+    def _stage_by_agent(self) -> Mapping[str, Stage]:
+        by_agent: dict[str, Stage] = {}
+        for stage in (*self.stages, *self.followups):
+            by_agent.setdefault(stage.agent, stage)
+        return by_agent
+
     def stage(self, index: int) -> Stage:
         return self.stages[index]
 
     def stage_for_agent(self, agent: str) -> Stage | None:
         """The pipeline stage or follow-up an agent runs, or None."""
-        for stage in (*self.stages, *self.followups):
-            if stage.agent == agent:
-                return stage
-        return None
+        return self._stage_by_agent.get(agent)
 
     def followup(self, index: int) -> Stage | None:
         """The follow-up numbered ``index`` (they come after the pipeline), or None."""

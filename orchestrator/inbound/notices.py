@@ -73,6 +73,8 @@ def validate_req_id(value: object) -> str:
     The id becomes a NATS subject token and part of file paths, so dots,
     wildcards, separators and whitespace would route or write elsewhere.
     """
+    if type(value) is str and len(value) <= REQ_ID_MAX and _REQ_ID.fullmatch(value):
+        return value  # the usual case, in one match; the checks below say why not
     if not isinstance(value, str):
         raise InvalidReqId(f"REQ id must be a string, not {_json_type(value)}")
     if not value:
@@ -303,25 +305,25 @@ class CompletionNotice(BaseModel):
     status: NoticeStatus
     deliverable: str | None = None
     summary: str = ""
-    files_created: list[str] = []
-    files_modified: list[str] = []
-    files_deleted: list[str] = []
+    files_created: list[str] = Field(default_factory=list)
+    files_modified: list[str] = Field(default_factory=list)
+    files_deleted: list[str] = Field(default_factory=list)
     files_changed_count: int | None = None
-    tables_created: list[str] = []
-    migrations_added: list[str] = []
-    key_changes: list[str] = []
-    containers_affected: list[str] = []
+    tables_created: list[str] = Field(default_factory=list)
+    migrations_added: list[str] = Field(default_factory=list)
+    key_changes: list[str] = Field(default_factory=list)
+    containers_affected: list[str] = Field(default_factory=list)
     next_agent: str | None = None
     # Sylvia (critique)
     critique_verdict: Verdict | None = None
-    required_fixes: list[str] = []
-    issues_found: list[str] = []
-    blockers: list[str] = []
+    required_fixes: list[str] = Field(default_factory=list)
+    issues_found: list[str] = Field(default_factory=list)
+    blockers: list[str] = Field(default_factory=list)
     # Billy (QA)
     tests_passed: bool | int | None = None
     tests_failed: int | None = None
-    qa_failures: list[str] = []
-    rework_agents: list[str] = []
+    qa_failures: list[str] = Field(default_factory=list)
+    rework_agents: list[str] = Field(default_factory=list)
     # Berry (DevOps)
     commit_sha: str | None = None
     deployed_at: str | None = None
