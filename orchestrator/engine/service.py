@@ -159,8 +159,8 @@ def _consumer(
     sweep: Callable[[], Awaitable[int]],
 ) -> Service:
     """One durable consumer on one stream: each batch is acked (or term'd) only
-    after its transaction has committed. ``sweep`` applies, beside the first
-    pulls, what a killed predecessor was handed and never acked."""
+    after its transaction has committed. ``sweep`` first applies what a killed
+    predecessor was handed and never acked."""
 
     async def run() -> None:
         feed = PullFeed(rt.nc, stream, handler.consumer, rt.settings.consumer_batch)
@@ -169,18 +169,16 @@ def _consumer(
             # While a batch waits for Postgres, what the feed holds waits too.
             return await applier.handle_batch(msgs, handler, waiting=feed.keep_alive)
 
-        swept = asyncio.ensure_future(_quietly(sweep, stream))
-        try:
-            await consume(
-                await feed.start(),
-                handle,
-                name=f"consumer.{stream}",
-                stopping=rt.stopping,
-                states=rt.states,
-            )
-        finally:
-            swept.cancel()
-            await asyncio.gather(swept, return_exceptions=True)
+        # Before the first pull, so that what it reads is only what earlier
+        # processes were handed (and a live replica's batches), not this feed's.
+        await _quietly(sweep, stream)
+        await consume(
+            await feed.start(),
+            handle,
+            name=f"consumer.{stream}",
+            stopping=rt.stopping,
+            states=rt.states,
+        )
 
     return run
 

@@ -6,8 +6,7 @@ the REQs of the batches it held would stall for a minute. JetStream has no
 call that gives them back at once, but its consumer info says where they can
 be (above the ack floor, up to the last delivered stream sequence) and the
 stream still holds them. So each claimed consumer, as it starts, reads that
-range from the stream and applies it in batches, before or while its first
-pull runs.
+range from the stream and applies it in batches, before its first pull.
 
 This is safe because the engine's claims apply a message at most once: one
 applied already (acked above the floor, or being applied by a live replica
