@@ -295,6 +295,8 @@ async def recovery(
     d.signal(signal.SIGKILL)
     d.wait_exit(30)
     left = in_flight - len(advanced)
+    # What the killed process held unacked (JetStream's count, the research stream's).
+    held = (await js.consumer_info(stage.stream, "agogd_deliverables")).num_ack_pending
     if not under_load:
         await notices()  # the agents finish while agogd is down
     restarted = time.perf_counter()
@@ -316,6 +318,7 @@ async def recovery(
         "ready": ready,
         "all_advanced": max(waits),
         "p50": pct(waits, 0.5),
+        "held": held,
         "swept": sum(e.get("messages", 0) for e in d2.named("unacked.applied")),
     }
 
@@ -609,7 +612,8 @@ def report(
     )
     print(
         f"   killed under load ({loaded['left']} of {loaded['in_flight']} notices still to"
-        f" apply, {loaded['swept']} read back unacked at the restart): ready"
+        f" apply, {loaded['held']} of them held unacked by the killed agogd,"
+        f" {loaded['swept']} read back at the restart): ready"
         f" {loaded['ready']:.2f} s; all advanced after {loaded['all_advanced']:.2f} s"
         f" (p50 {loaded['p50']:.2f} s)"
     )
