@@ -374,9 +374,20 @@ async def footprint(url: str, dsn: str, in_flight: int) -> dict[str, Any]:
 
 
 # --- 5. history -------------------------------------------------------------------------
-async def history(url: str, pg: PostgresServer, reqs: int, rounds: int) -> dict[str, Any]:
+async def history(work: Path, pg: PostgresServer, reqs: int, rounds: int) -> dict[str, Any]:
     """The lone stage advance on a database holding ``reqs`` finished REQs'
-    history against fresh empty ones, ``rounds`` times alternately."""
+    history against fresh empty ones, ``rounds`` times alternately. On a
+    nats-server of its own: the template REQ must be the only one its agogd
+    sees (the recovery runs leave notices pending on the shared one, which a
+    starting agogd reads back, and those would be rows of the template)."""
+    nats_server = NatsServer(work / "nats-history").start()
+    try:
+        return await _history(nats_server.url, pg, reqs, rounds)
+    finally:
+        nats_server.stop()
+
+
+async def _history(url: str, pg: PostgresServer, reqs: int, rounds: int) -> dict[str, Any]:
     template, _ = await growth_bench.make_template(url, pg, pending=False)
     db = "history"
     await growth_bench.migrate_db(await asyncio.to_thread(pg.create_database, db))
@@ -536,7 +547,7 @@ async def main() -> None:
             loaded = await recovery(nats_server.url, dbs["rld"], rec, under_load=True, tag="RLD")
             feet = await footprint(nats_server.url, dbs["foot"], foot)
             hist = (
-                await history(nats_server.url, pg, args.history, 1 if args.quick else 3)
+                await history(work, pg, args.history, 1 if args.quick else 3)
                 if args.history
                 else None
             )
