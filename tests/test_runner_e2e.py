@@ -207,7 +207,7 @@ async def test_agogd_runner_on_its_own_beside_the_engine(
             await wait_status(pg_dsn, "REQ-SPLIT-1", "DEPLOYED", timeout=90)
         assert runner.named("runner.demo_mode")
         assert {e.get("agent") for e in runner.named("agent.finished")} >= {"cynthia", "berry"}
-        assert not runner.named("stage.dispatched")  # the engine is not in this process
+        assert not runner.named("stage.completed")  # the engine is not in this process
     finally:
         runner.stop()
 

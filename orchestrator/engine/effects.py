@@ -207,7 +207,10 @@ class EffectRunner:
             attempt=attempt,
             detail={"instructions": instructions},
         )
-        log.info(
+        # Debug: a dispatch always follows an info line that says why (the
+        # intake, the stage before it completing, a retry or a decision), and
+        # one info line per transition is what the log's cost allows.
+        log.debug(
             "stage.dispatched",
             req_number=req,
             stage=stage.index,
