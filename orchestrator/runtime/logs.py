@@ -168,7 +168,7 @@ def configure(level: str = "info", fmt: str = "json", *, once: bool = False) -> 
     structlog.configure(
         processors=[*shared, structlog.processors.format_exc_info, *last, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(),  # follows sys.stdout
+        logger_factory=structlog.WriteLoggerFactory(),  # follows sys.stdout; one write a line
         cache_logger_on_first_use=once,
     )
     handler = _StdoutHandler()
