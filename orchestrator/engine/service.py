@@ -23,11 +23,8 @@ from orchestrator.engine.transition import Transitions
 from orchestrator.engine.unacked import UnackedSweep
 from orchestrator.inbound.owner_requests import OwnerRequestsFile
 from orchestrator.runtime.context import Runtime
-from orchestrator.runtime.logs import get_logger
 from orchestrator.runtime.pull import PullFeed
 from orchestrator.runtime.services import Outcome, Service, consume, periodic
-
-log = get_logger("agogd.engine")
 
 if TYPE_CHECKING:
     from nats.aio.msg import Msg
@@ -171,7 +168,7 @@ def _consumer(
 
         # Before the first pull, so that what it reads is only what earlier
         # processes were handed (and a live replica's batches), not this feed's.
-        await _quietly(sweep, stream)
+        await sweep()
         await consume(
             await feed.start(),
             handle,
@@ -181,12 +178,3 @@ def _consumer(
         )
 
     return run
-
-
-async def _quietly(sweep: Callable[[], Awaitable[int]], stream: str) -> None:
-    """The sweep is a head start, never a condition: its failure is logged and
-    the messages wait for their redelivery as they would without it."""
-    try:
-        await sweep()
-    except Exception as exc:
-        log.warning("unacked.sweep_failed", stream=stream, error=repr(exc))

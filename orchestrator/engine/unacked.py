@@ -53,7 +53,16 @@ class UnackedSweep:
 
     async def run(self, stream: str, handler: Handler, filter_subject: str | None = None) -> int:
         """Apply what may be pending on ``handler.consumer`` of ``stream``;
-        returns how many messages were applied (duplicates included)."""
+        returns how many messages were applied (duplicates included). Never
+        raises: the sweep is a head start, not a condition of consuming, and
+        what it could not apply comes back with its redelivery."""
+        try:
+            return await self._sweep(stream, handler, filter_subject)
+        except Exception as exc:
+            log.warning("unacked.sweep_failed", stream=stream, error=repr(exc))
+            return 0
+
+    async def _sweep(self, stream: str, handler: Handler, filter_subject: str | None) -> int:
         if not handler.claim:
             return 0  # only claimed messages are known to apply once
         try:
