@@ -153,6 +153,17 @@ async def submit(nc: NATS, req: str, priority: str = "P2", title: str = "A featu
     )
 
 
+async def until(check: Callable[[], Any], timeout: float = 30, what: str = "") -> Any:
+    """Await ``check()`` every 0.1 s until it returns something truthy, and
+    return that; AssertionError after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if result := await check():
+            return result
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
 async def wait_status(dsn: str, req: str, status: str, timeout: float = 30) -> asyncpg.Record:
     conn = await asyncpg.connect(dsn)
     try:

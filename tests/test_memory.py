@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,15 @@ from orchestrator.memory.writes import Writer
 from orchestrator.runtime import migrate
 from orchestrator.runtime.daemon import EXIT_FAILED
 from orchestrator.wiring import make_daemon
-from tests.agents import ScriptedAgents, happy, notice, running_agogd, settings_for, wait_status
+from tests.agents import (
+    ScriptedAgents,
+    happy,
+    notice,
+    running_agogd,
+    settings_for,
+    until,
+    wait_status,
+)
 from workers.runner.prompt import build_prompt
 
 INVOICE = "The invoice totals are wrong when a discount applies."
@@ -281,15 +288,6 @@ class OllamaOnLocal:
             await self._runner.cleanup()
 
 
-async def _until(check: Any, timeout: float = 30, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if result := await check():
-            return result
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 async def test_pending_rows_are_backfilled_when_the_provider_comes_back(
     nats_server: NatsServer, nc: NATS, pg_dsn: str, local: LocalEmbeddings
 ) -> None:
@@ -319,7 +317,7 @@ async def test_pending_rows_are_backfilled_when_the_provider_comes_back(
                 )
             await wait_status(pg_dsn, "REQ-OUT-2", "DEPLOYED")
             # A requirement, seven stages and Tim, per REQ: all pending.
-            await _until(
+            await until(
                 lambda: pool.fetchval(
                     "SELECT count(*) = 27 FROM memories WHERE embedding_status = 'pending'"
                 ),
@@ -335,13 +333,13 @@ async def test_pending_rows_are_backfilled_when_the_provider_comes_back(
             assert "cannot reach ollama" in warnings[0]["reason"]
             await server.start()
             try:
-                await _until(lambda: _none_pending(pool), what="the backfill to embed every row")
+                await until(lambda: _none_pending(pool), what="the backfill to embed every row")
 
                 async def restored_logged() -> list[dict[str, Any]]:
                     # Logged once the pass that embedded the rows returns.
                     return [e for e in logs if e["event"] == "memory.embeddings_restored"]
 
-                restored = await _until(restored_logged, what="memory.embeddings_restored")
+                restored = await until(restored_logged, what="memory.embeddings_restored")
                 assert len(restored) == 1 and restored[0]["failed_calls"] >= 2
             finally:
                 await server.stop()
@@ -485,7 +483,7 @@ async def test_a_later_req_gets_the_earlier_reqs_memories(
         await nc.jetstream().publish("agog.requirements.new", json.dumps(REQ1).encode())
         await wait_status(pg_dsn, "REQ-INV-1", "DEPLOYED")
         await asyncio.sleep(0.5)  # Tim
-        await _until(lambda: _none_pending(pool), what="REQ-INV-1's memories embedded")
+        await until(lambda: _none_pending(pool), what="REQ-INV-1's memories embedded")
         kinds = {
             r["memory_type"]
             for r in await pool.fetch(
@@ -496,7 +494,7 @@ async def test_a_later_req_gets_the_earlier_reqs_memories(
         await nc.jetstream().publish("agog.requirements.new", json.dumps(REQ2).encode())
         # Real agents take minutes per stage; this one waits until the memory
         # service has redone REQ-INV-2's recall with its embedded requirement.
-        await _until(
+        await until(
             lambda: pool.fetchval(
                 "SELECT mode = 'hybrid' FROM memory_context WHERE req_number = 'REQ-INV-2'"
             ),

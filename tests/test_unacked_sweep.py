@@ -8,7 +8,6 @@ applied anything; JetStream keeps that notice pending until its ack wait.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 
@@ -17,7 +16,7 @@ from nats.aio.client import Client as NATS
 
 from orchestrator.embedded import NatsServer
 from orchestrator.embedded.daemon_proc import DaemonProcess
-from tests.agents import PIPELINE, collect, deliverable_subject, notice, submit
+from tests.agents import PIPELINE, collect, deliverable_subject, notice, submit, until
 
 REQ = "REQ-UNACKED-1"
 ACK_WAIT = PIPELINE.consumers[0].ack_wait
@@ -25,15 +24,6 @@ ACK_WAIT = PIPELINE.consumers[0].ack_wait
 
 def _env(nats_server: NatsServer, dsn: str, **extra: str) -> dict[str, str]:
     return {"AGOG_NATS_URL": nats_server.url, "AGOG_POSTGRES_DSN": dsn, **extra}
-
-
-async def _wait_for(check, timeout: float, what: str):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if found := await check():
-            return found
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"{what} within {timeout:.0f} s")
 
 
 async def test_a_killed_agogds_unacked_notice_is_applied_at_restart_and_once(
@@ -52,7 +42,7 @@ async def test_a_killed_agogds_unacked_notice_is_applied_at_restart_and_once(
         async def started(agent: str) -> list[dict]:  # type: ignore[type-arg]
             return [a for a in assignments if a["req_number"] == REQ and a["agent"] == agent]
 
-        await _wait_for(lambda: started("cynthia"), 30, "cynthia's assignment")
+        await until(lambda: started("cynthia"), 30, "cynthia's assignment")
         await nc.jetstream().publish(
             deliverable_subject("cynthia", REQ), json.dumps(notice("cynthia", REQ)).encode()
         )
@@ -64,7 +54,7 @@ async def test_a_killed_agogds_unacked_notice_is_applied_at_restart_and_once(
         restarted = time.monotonic()
         second = DaemonProcess(_env(nats_server, pg_dsn)).start()
         second.wait_ready(60)
-        await _wait_for(lambda: started("sylvia"), ACK_WAIT / 2, "sylvia's assignment")
+        await until(lambda: started("sylvia"), ACK_WAIT / 2, "sylvia's assignment")
         took = time.monotonic() - restarted
         assert took < ACK_WAIT / 2, f"the stage advanced after {took:.1f} s: the ack wait"
         assert second.named("unacked.applied"), "not the sweep's doing"
@@ -75,7 +65,7 @@ async def test_a_killed_agogds_unacked_notice_is_applied_at_restart_and_once(
             i = await nc.jetstream().consumer_info("agog_features_research", "agogd_deliverables")
             return i.num_ack_pending == 0
 
-        await _wait_for(settled, ACK_WAIT + 60, "the redelivered notice acked")
+        await until(settled, ACK_WAIT + 60, "the redelivered notice acked")
         assert len(await started("sylvia")) == 1
         claims = await conn.fetchval(
             "SELECT count(*) FROM processed_messages WHERE stream = 'agog_features_research'"
